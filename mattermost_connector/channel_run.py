@@ -1,0 +1,74 @@
+"""The record of one channel's run as it moves through the pipeline's steps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mattermost_connector.delivery import Work
+from mattermost_connector.stix import Attachment, ChannelContext
+
+
+@dataclass
+class ChannelRun:
+    channel_id: str
+    kind: str
+    run_id: int
+    context: ChannelContext
+    cursor: dict[str, Any]
+    last_post_at: int
+    work: Work
+    spool: Path
+    cursor_before: dict[str, Any] = field(default_factory=dict)
+    posts: int = 0
+    files: int = 0
+    objects: int = 0
+    skipped: int = 0
+    bundles: int = 0
+
+
+@dataclass
+class Batch:
+    """Posts to deliver together, oldest first, and the cursor that holds once they are."""
+
+    posts: list[dict[str, Any]]
+    users: dict[str, dict[str, Any]]
+    cursor: dict[str, Any]
+    exhausted: bool
+    skipped: int = 0
+
+
+@dataclass
+class Bundle:
+    json: str
+    objects: int
+    files: int
+    attachments: dict[str, list[Attachment]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ChannelResult:
+    channel_id: str
+    name: str | None
+    kind: str
+    status: str
+    posts: int = 0
+    files: int = 0
+    objects: int = 0
+    skipped: int = 0
+    error: str | None = None
+    cursor_before: dict[str, Any] | None = None
+    cursor_after: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    def summary(self) -> str:
+        label = f"channel {self.channel_id}" + (f" ({self.name})" if self.name else "")
+        if not self.ok:
+            return f"{label}: FAILED: {self.error}"
+        return f"{label}: ok, {self.posts} posts, {self.files} files, {self.objects} objects" + (
+            f", {self.skipped} skipped" if self.skipped else ""
+        )

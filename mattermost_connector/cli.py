@@ -1,0 +1,103 @@
+"""`mattermost-connector`: run the connector's flows from a shell.
+
+Exit codes: 0 everything done, 1 a channel or the run failed, 2 bad configuration or input.
+Expected failures print one line; tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mattermost_connector.errors import ConfigError, ConnectorError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# Prefect reads these at import: set them first, leaving any the user chose.
+_PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "mattermost_connector",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mattermost-connector",
+        description="Import Mattermost channels into OpenCTI as STIX 2.1, with Prefect.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sync = commands.add_parser("sync", help="sync the configured channels once, then exit")
+    sync.add_argument(
+        "--channel",
+        action="append",
+        metavar="ID",
+        help="sync only this channel (repeatable); default: MATTERMOST_CHANNEL_IDS",
+    )
+    return parser
+
+
+def _configure_logging(level: str, debug: bool) -> None:
+    logger = logging.getLogger("mattermost_connector")
+    logger.setLevel(logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO))
+
+
+def _print_report(report: Sequence[dict[str, Any]]) -> None:
+    from mattermost_connector.channel_run import ChannelResult
+
+    for row in report:
+        print(ChannelResult(**row).summary())
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from mattermost_connector.config import parse_channel_ids
+    from tasks import resources
+
+    settings = resources.settings()
+    channels = None
+    if args.channel:
+        try:
+            channels = parse_channel_ids(args.channel)
+        except ValueError as error:
+            raise ConfigError(f"--channel: {error}") from None
+    _configure_logging(settings.connector.log_level, settings.mattermost.debug)
+    resources.store()  # a state store that cannot open fails here, in one line
+    resources.outputs()  # so does registration with OpenCTI
+
+    from flows.sync import mattermost_sync
+
+    state = mattermost_sync(channel_ids=channels, return_state=True)
+    report = state.result(raise_on_failure=False)
+    if isinstance(report, list):
+        _print_report(report)
+    if state.is_completed():
+        return EXIT_OK
+    print(f"sync failed: {state.message}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name, value in _PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    try:
+        if args.command == "sync":
+            return _sync(args)
+    except ConfigError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConnectorError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted: progress up to the last delivered bundle is kept", file=sys.stderr)
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""Connector configuration, read from environment variables and `.env`.
+
+Three groups keep the variable names of the original connector (`OPENCTI_*`, `CONNECTOR_*`,
+`MATTERMOST_*`). Every invalid value becomes a `ConfigError` whose one-line message names the
+variable and what it accepts; secrets are never echoed back.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from enum import StrEnum
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from mattermost_connector.errors import ConfigError
+
+MATTERMOST_ID = re.compile(r"^[a-z0-9]{26}$")
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class TLP(StrEnum):
+    CLEAR = "CLEAR"
+    WHITE = "WHITE"
+    GREEN = "GREEN"
+    AMBER = "AMBER"
+    AMBER_STRICT = "AMBER+STRICT"
+    RED = "RED"
+
+
+def parse_duration(value: str) -> timedelta:
+    """Parse `30s`, `5m`, `1h`, `1d` (the original connector's format) into a positive delta."""
+    match = _DURATION.match(value.strip().lower())
+    if not match:
+        raise ValueError("must be a positive whole number followed by s, m, h or d, like 30s or 1h")
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be greater than zero, like 30s or 1h")
+    return timedelta(seconds=seconds)
+
+
+def parse_channel_ids(value: object) -> list[str]:
+    """Split the comma-separated list and check every id has Mattermost's 26-char shape."""
+    if isinstance(value, list):
+        items = [str(v).strip() for v in value]
+    else:
+        items = [part.strip() for part in str(value or "").split(",")]
+    items = [item for item in items if item]
+    if not items:
+        raise ValueError("must list at least one channel id, comma-separated")
+    bad = [item for item in items if not MATTERMOST_ID.match(item)]
+    if bad:
+        raise ValueError(
+            f"{bad[0]!r} is not a channel id (26 lowercase letters and digits expected)"
+        )
+    return list(dict.fromkeys(items))
+
+
+class _Group(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+
+class OpenCTISettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="OPENCTI_")
+
+    url: str | None = None
+    token: SecretStr | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError("must be an http(s) URL, like http://opencti:8080")
+        return value.rstrip("/")
+
+
+class ConnectorSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="CONNECTOR_")
+
+    id: uuid.UUID | None = None
+    name: str = Field("Mattermost", min_length=2)
+    scope: str = "mattermost"
+    confidence_level: int = Field(50, ge=0, le=100)
+    log_level: Literal["debug", "info", "warn", "warning", "error"] = "info"
+    run_every: Annotated[timedelta, NoDecode] = timedelta(hours=1)
+    state_database_url: str = "sqlite:///data/state.db"
+    send_to_queue: bool = True
+    send_to_directory: bool = False
+    send_to_directory_path: Path = Path("data/bundles")
+    queue_protocol: Literal["amqp", "api"] = "amqp"
+
+    @field_validator("log_level", "queue_protocol", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("run_every", mode="before")
+    @classmethod
+    def _run_every(cls, value: object) -> object:
+        return parse_duration(value) if isinstance(value, str) else value
+
+    @field_validator("state_database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("must be a SQLAlchemy URL, like sqlite:///data/state.db")
+        return value
+
+
+class MattermostSettings(_Group):
+    model_config = SettingsConfigDict(env_prefix="MATTERMOST_")
+
+    domain: str = Field(min_length=1)
+    port: int = Field(8065, ge=1, le=65535)
+    protocol: Literal["http", "https"] = "https"
+    basepath: str = "/api/v4"
+    token: SecretStr
+    channel_ids: Annotated[list[str], NoDecode]
+    start_timestamp: int = Field(0, ge=0)
+    tlp: TLP = TLP.AMBER
+    verify: bool = True
+    timeout: float = Field(30.0, gt=0)
+    request_timeout: float | None = Field(None, gt=0)
+    keepalive: bool = False
+    keepalive_delay: float = Field(5.0, ge=0)
+    debug: bool = False
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip()
+        if "://" in value or "/" in value or not value:
+            raise ValueError("must be a host name only, like chat.example.org (no scheme, no path)")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty: set a personal access token or bot token")
+        return value
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("basepath")
+    @classmethod
+    def _basepath(cls, value: str) -> str:
+        return "/" + value.strip().strip("/")
+
+    @field_validator("channel_ids", mode="before")
+    @classmethod
+    def _channel_ids(cls, value: object) -> list[str]:
+        return parse_channel_ids(value)
+
+    @field_validator("tlp", mode="before")
+    @classmethod
+    def _tlp(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip().upper().removeprefix("TLP:")
+            if text not in TLP.__members__.values():
+                raise ValueError(f"must be one of {', '.join(TLP)} (got {value!r})")
+            return TLP(text)
+        return value
+
+    @field_validator("request_timeout", mode="before")
+    @classmethod
+    def _optional_number(cls, value: object) -> object:
+        return None if value in ("", "None", "none") else value
+
+    @property
+    def server_url(self) -> str:
+        """Base URL of the web app, used in permalinks (default ports left out)."""
+        default = {"http": 80, "https": 443}[self.protocol]
+        port = "" if self.port == default else f":{self.port}"
+        return f"{self.protocol}://{self.domain}{port}"
+
+    @property
+    def api_url(self) -> str:
+        return self.server_url + self.basepath
+
+
+_PREFIXES = {
+    OpenCTISettings: "OPENCTI_",
+    ConnectorSettings: "CONNECTOR_",
+    MattermostSettings: "MATTERMOST_",
+}
+_SECRET_FIELDS = {"token"}
+
+
+def _describe(group: type[_Group], error: ValidationError) -> str:
+    """Turn pydantic's report into `VARIABLE: what is wrong` clauses, one line in all."""
+    clauses = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else ""
+        variable = _PREFIXES[group] + field.upper()
+        if item["type"] == "missing":
+            clauses.append(f"{variable} is required")
+            continue
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] in {"int_parsing", "float_parsing"}:
+            message = "must be a number"
+        elif item["type"] == "bool_parsing":
+            message = "must be true or false"
+        elif item["type"] == "uuid_parsing":
+            message = "must be a UUID, like 3f1c2a9e-5b7d-4c1e-9a0b-2d4e6f8a1c3b"
+        elif item["type"] == "literal_error":
+            message = message.replace("Input should be", "must be")
+        if field not in _SECRET_FIELDS and item["type"] not in {"value_error"}:
+            got = item.get("input")
+            if isinstance(got, str | int | float):
+                message += f" (got {got!r})"
+        clauses.append(f"{variable}: {message}")
+    return "; ".join(clauses)
+
+
+def _load(group: type[_Group], env_file: str | None) -> _Group:
+    try:
+        return group(_env_file=env_file)  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise ConfigError(_describe(group, error)) from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    opencti: OpenCTISettings
+    connector: ConnectorSettings
+    mattermost: MattermostSettings
+
+    @cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for the log filter that masks them."""
+        values = [self.mattermost.token.get_secret_value()]
+        if self.opencti.token is not None:
+            values.append(self.opencti.token.get_secret_value())
+        return tuple(v for v in values if v)
+
+
+def load_settings(env_file: str | None = ".env") -> Settings:
+    """Read and cross-check every variable; raises ConfigError with one line on bad input."""
+    problems: list[str] = []
+    groups: dict[type[_Group], _Group] = {}
+    for group in (OpenCTISettings, ConnectorSettings, MattermostSettings):
+        try:
+            groups[group] = _load(group, env_file)
+        except ConfigError as error:
+            problems.append(str(error))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    settings = Settings(
+        opencti=groups[OpenCTISettings],  # type: ignore[arg-type]
+        connector=groups[ConnectorSettings],  # type: ignore[arg-type]
+        mattermost=groups[MattermostSettings],  # type: ignore[arg-type]
+    )
+    _cross_check(settings)
+    return settings
+
+
+def _cross_check(settings: Settings) -> None:
+    connector, opencti = settings.connector, settings.opencti
+    if not connector.send_to_queue and not connector.send_to_directory:
+        raise ConfigError(
+            "CONNECTOR_SEND_TO_QUEUE and CONNECTOR_SEND_TO_DIRECTORY are both false: "
+            "set one to true so the bundles go somewhere"
+        )
+    if not connector.send_to_queue:
+        return
+    missing = [
+        name
+        for name, value in (
+            ("OPENCTI_URL", opencti.url),
+            ("OPENCTI_TOKEN", opencti.token),
+            ("CONNECTOR_ID", connector.id),
+        )
+        if not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required when "
+            "CONNECTOR_SEND_TO_QUEUE=true (set CONNECTOR_SEND_TO_QUEUE=false for offline export)"
+        )
+    if opencti.token is not None and opencti.token.get_secret_value() == "ChangeMe":
+        raise ConfigError("OPENCTI_TOKEN: still the placeholder ChangeMe; set the platform's token")

@@ -1,0 +1,187 @@
+"""Where bundles go: the OpenCTI platform (through the real pycti helper) and/or a directory.
+
+Each destination delivers a bundle fully or raises DeliveryError, so that the caller advances a
+channel's cursor only after every destination has what precedes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from mattermost_connector.config import Settings
+from mattermost_connector.errors import DeliveryError
+from mattermost_connector.redact import redact
+
+log = logging.getLogger("mattermost_connector.delivery")
+
+
+@dataclass
+class Work:
+    """One channel run as each destination tracks it (an OpenCTI work, a file prefix)."""
+
+    channel_id: str
+    friendly_name: str
+    ids: dict[str, str | None] = field(default_factory=dict)
+    sequence: int = 0
+
+
+class Destination(Protocol):
+    name: str
+
+    def open_work(self, work: Work) -> None: ...
+
+    def send(self, work: Work, bundle: str) -> None: ...
+
+    def close_work(self, work: Work, message: str, in_error: bool) -> None: ...
+
+    def save_state(self, channel_id: str, state: dict[str, Any]) -> None: ...
+
+
+class DirectoryDestination:
+    """Writes one STIX 2.1 bundle per file, atomically: a reader never sees half a bundle."""
+
+    name = "directory"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise DeliveryError(
+                f"CONNECTOR_SEND_TO_DIRECTORY_PATH: cannot create {path} ({error.strerror})"
+            ) from None
+
+    def open_work(self, work: Work) -> None:
+        work.ids[self.name] = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{work.channel_id}"
+
+    def send(self, work: Work, bundle: str) -> None:
+        work.sequence += 1
+        final = self.path / f"{work.ids[self.name]}-{work.sequence:06d}-{uuid.uuid4().hex[:8]}.json"
+        partial = final.with_suffix(".json.tmp")
+        try:
+            with open(partial, "w", encoding="utf-8") as handle:
+                handle.write(bundle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(partial, final)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            raise DeliveryError(f"cannot write bundle {final}: {error.strerror}") from None
+
+    def close_work(self, work: Work, message: str, in_error: bool) -> None:
+        """Nothing to close: each file is complete when renamed into place."""
+
+    def save_state(self, channel_id: str, state: dict[str, Any]) -> None:
+        """The directory keeps no state; the state store holds the cursors."""
+
+
+_helpers: dict[tuple[str, str], Any] = {}
+_helpers_lock = threading.Lock()
+
+
+def _helper_config(settings: Settings) -> dict[str, Any]:
+    opencti, connector = settings.opencti, settings.connector
+    assert opencti.url and opencti.token and connector.id  # checked by load_settings
+    return {
+        "opencti": {"url": opencti.url, "token": opencti.token.get_secret_value()},
+        "connector": {
+            "id": str(connector.id),
+            "type": "EXTERNAL_IMPORT",
+            "name": connector.name,
+            "scope": connector.scope,
+            "log_level": "warning" if connector.log_level == "warn" else connector.log_level,
+            "queue_protocol": connector.queue_protocol,
+            "send_to_queue": True,
+            "send_to_directory": False,
+            # Prefect schedules the runs: no pycti scheduler, no heartbeat thread per process.
+            "run_and_terminate": True,
+        },
+    }
+
+
+def opencti_helper(settings: Settings) -> Any:
+    """Register the connector once per process and keep the helper for every later run."""
+    key = (settings.opencti.url or "", str(settings.connector.id))
+    with _helpers_lock:
+        if key not in _helpers:
+            from pycti import OpenCTIConnectorHelper  # heavy import, only when delivering
+
+            hook = sys.excepthook
+            try:
+                _helpers[key] = OpenCTIConnectorHelper(_helper_config(settings))
+            except Exception as error:  # pycti raises bare ValueErrors and requests errors
+                raise DeliveryError(
+                    f"cannot register with OpenCTI at {settings.opencti.url}: "
+                    f"{redact(str(error), settings.secrets)[:300]}"
+                ) from None
+            finally:
+                sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
+        return _helpers[key]
+
+
+class OpenCTIDestination:
+    """Drives pycti's helper ourselves: works, bundles and state, never its scheduler."""
+
+    name = "opencti"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._helper = opencti_helper(settings)
+
+    def _fail(self, action: str, error: Exception) -> DeliveryError:
+        reason = redact(f"{type(error).__name__}: {error}", self._settings.secrets)
+        return DeliveryError(f"OpenCTI {action} failed: {reason[:300]}")
+
+    def open_work(self, work: Work) -> None:
+        try:
+            work.ids[self.name] = self._helper.api.work.initiate_work(
+                self._helper.connector_id, work.friendly_name
+            )
+        except Exception as error:
+            raise self._fail("workAdd", error) from None
+
+    def send(self, work: Work, bundle: str) -> None:
+        try:
+            self._helper.send_stix2_bundle(
+                bundle,
+                work_id=work.ids.get(self.name),
+                send_to_directory=False,
+                send_to_s3=False,
+                cleanup_inconsistent_bundle=False,
+            )
+        except Exception as error:
+            raise self._fail("bundle delivery", error) from None
+        work.sequence += 1
+
+    def close_work(self, work: Work, message: str, in_error: bool) -> None:
+        work_id = work.ids.get(self.name)
+        if not work_id:
+            return
+        try:
+            self._helper.api.work.to_processed(work_id, message, in_error)
+        except Exception as error:
+            log.warning("could not close OpenCTI work %s: %s", work_id, self._fail("", error))
+
+    def save_state(self, channel_id: str, state: dict[str, Any]) -> None:
+        """Mirror the channel's cursor into the connector state shown in OpenCTI's UI."""
+        merged = self._helper.get_state() or {}
+        merged.setdefault("channels", {})[channel_id] = state
+        self._helper.set_state(merged)
+        self._helper.force_ping()
+
+
+def destinations(settings: Settings) -> list[Destination]:
+    found: list[Destination] = []
+    if settings.connector.send_to_directory:
+        found.append(DirectoryDestination(settings.connector.send_to_directory_path))
+    if settings.connector.send_to_queue:
+        found.append(OpenCTIDestination(settings))
+    return found

@@ -1,0 +1,63 @@
+"""Resolve a channel into what its messages need: a stable STIX name and permalinks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mattermost_connector.errors import ChannelNotAccessible, MattermostError
+from mattermost_connector.mattermost.client import MattermostClient
+from mattermost_connector.stix import ChannelContext
+
+DIRECT, GROUP = "D", "G"
+
+
+def describe_channel(channel: dict[str, Any]) -> str | None:
+    parts = [
+        f"Purpose: {channel['purpose']}" if channel.get("purpose") else None,
+        f"Header: {channel['header']}" if channel.get("header") else None,
+    ]
+    return "\n".join(filter(None, parts)) or None
+
+
+def _conversation_name(client: MattermostClient, channel: dict[str, Any]) -> str:
+    """Direct and group messages have no team: name them by their participants' usernames."""
+    if channel["type"] == DIRECT:
+        ids = [part for part in channel.get("name", "").split("__") if part]
+        users = {user["id"]: user for user in client.users(ids)} if ids else {}
+        names = sorted(f"@{users[i]['username']}" if i in users else f"@{i}" for i in ids)
+        return "direct/" + ",".join(names)
+    display = channel.get("display_name") or channel.get("name") or channel["id"]
+    names = sorted(f"@{name.strip()}" for name in display.split(",") if name.strip())
+    return "group/" + ",".join(names)
+
+
+def channel_context(
+    client: MattermostClient, channel_id: str, server_url: str
+) -> tuple[ChannelContext, dict[str, Any]]:
+    """Fetch the channel (and its team): 403 and 404 both mean "not accessible"."""
+    try:
+        channel = client.channel(channel_id)
+    except MattermostError as error:
+        if error.status in (403, 404):
+            raise ChannelNotAccessible(
+                f"channel {channel_id} is not accessible: {error.status} {error.error_id}",
+                status=error.status,
+                error_id=error.error_id,
+            ) from None
+        raise
+    team_name = None
+    if channel.get("team_id"):
+        team_name = client.team(channel["team_id"])["name"]
+        name = f"{team_name}/{channel['name']}"
+    else:
+        name = _conversation_name(client, channel)
+    context = ChannelContext(
+        channel_id=channel_id,
+        name=name,
+        description=describe_channel(channel),
+        team_name=team_name,
+        channel_type=channel.get("type", "O"),
+        created_ms=int(channel.get("create_at") or 0),
+        server_url=server_url,
+    )
+    return context, channel

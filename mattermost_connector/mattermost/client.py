@@ -1,0 +1,267 @@
+"""A thin Mattermost REST API v4 client: one keep-alive httpx connection pool, no state.
+
+Transient faults are retried here, per request, because a page or a file is the unit that can
+be repeated safely; retrying a whole channel (Prefect's task retries) is the outer layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+
+import httpx
+
+from mattermost_connector.config import MattermostSettings
+from mattermost_connector.errors import AuthenticationError, MattermostError
+
+log = logging.getLogger("mattermost_connector.mattermost")
+
+PER_PAGE = 200  # the server's silent cap
+USERS_BATCH = 100
+_RETRY_STATUSES = {500, 502, 503, 504}
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Bounded exponential backoff with full jitter for 5xx, timeouts and dropped connections."""
+
+    attempts: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 30.0
+    max_rate_limit_wait: float = 300.0
+    max_throttled: int = 100
+
+    def backoff(self, attempt: int) -> float:
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    size: int
+    sha256: str
+    mime_type: str | None
+
+
+class MattermostClient:
+    """Calls the endpoints the connector needs; every error becomes a MattermostError."""
+
+    def __init__(
+        self,
+        settings: MattermostSettings,
+        *,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._debug = settings.debug
+        self._retry = retry or RetryPolicy(base_delay=max(settings.keepalive_delay, 0.0) or 0.5)
+        self._sleep = sleep
+        self._not_before = 0.0  # monotonic time before which no request may leave (rate limit)
+        timeout = httpx.Timeout(settings.timeout, read=settings.request_timeout or settings.timeout)
+        self._http = httpx.Client(
+            base_url=settings.api_url,
+            headers={
+                "Authorization": f"Bearer {settings.token.get_secret_value()}",
+                "X-Requested-With": "XMLHttpRequest",
+                "User-Agent": "opencti-mattermost-prefect",
+            },
+            timeout=timeout,
+            verify=settings.verify,
+            transport=transport,
+            limits=httpx.Limits(max_keepalive_connections=8, keepalive_expiry=60),
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> MattermostClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def me(self) -> dict[str, Any]:
+        return self._json("GET", "/users/me")
+
+    def channel(self, channel_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/channels/{channel_id}")
+
+    def team(self, team_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/teams/{team_id}")
+
+    def post(self, post_id: str) -> dict[str, Any]:
+        return self._json("GET", f"/posts/{post_id}")
+
+    def posts(self, channel_id: str, **params: Any) -> list[dict[str, Any]]:
+        """One page of a channel's posts in the server's `order` (newest first).
+
+        `posts` may hold context posts (roots, siblings) that are not part of the page: only
+        the ids in `order` are returned.
+        """
+        params.setdefault("per_page", PER_PAGE)
+        body = self._json("GET", f"/channels/{channel_id}/posts", params=params)
+        posts = body.get("posts") or {}
+        return [posts[post_id] for post_id in body.get("order") or [] if post_id in posts]
+
+    def users(self, user_ids: Iterable[str]) -> list[dict[str, Any]]:
+        ids = sorted(set(user_ids))
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), USERS_BATCH):
+            found.extend(self._json("POST", "/users/ids", json=ids[start : start + USERS_BATCH]))
+        return found
+
+    def download(self, file_id: str, sink: IO[bytes]) -> FileDownload:
+        """Stream a file's bytes into `sink`; a retried attempt rewinds and starts over."""
+        start = sink.tell()
+        path = f"/files/{file_id}"
+
+        def perform() -> FileDownload:
+            sink.seek(start)
+            sink.truncate()
+            digest = hashlib.sha256()
+            size = 0
+            with self._http.stream("GET", path) as response:
+                if not response.is_success:
+                    response.read()
+                self._check(response)
+                for chunk in response.iter_bytes(1 << 16):
+                    digest.update(chunk)
+                    sink.write(chunk)
+                    size += len(chunk)
+                expected = response.headers.get("Content-Length")
+                if expected is not None and int(expected) != size:
+                    raise httpx.RemoteProtocolError("file body shorter than Content-Length")
+            mime = response.headers.get("Content-Type", "").split(";")[0] or None
+            return FileDownload(size=size, sha256=digest.hexdigest(), mime_type=mime)
+
+        return self._with_retries("GET", path, perform)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        def perform() -> httpx.Response:
+            response = self._http.request(method, path, **kwargs)
+            self._check(response, kwargs.get("params"))
+            return response
+
+        response = self._with_retries(method, path, perform)
+        try:
+            return response.json()
+        except ValueError:
+            raise MattermostError(
+                f"{method} {path}: answer is not JSON (status {response.status_code})",
+                status=response.status_code,
+            ) from None
+
+    def _with_retries(self, method: str, path: str, perform: Callable[[], T]) -> T:
+        """Run one request until it succeeds, with separate budgets for 429s and failures."""
+        failures = throttled = 0
+        while True:
+            self._wait_rate_limit()
+            try:
+                return perform()
+            except _Throttled as signal:
+                throttled += 1
+                if throttled > self._retry.max_throttled:
+                    raise MattermostError(
+                        f"{method} {path}: still rate limited after {throttled} waits"
+                    ) from None
+                self._not_before = max(self._not_before, time.monotonic() + signal.delay)
+            except (_Transient, httpx.TransportError) as error:
+                failures += 1
+                reason = str(error) or type(error).__name__
+                log.warning("%s %s failed (%s), attempt %d", method, path, reason, failures)
+                if failures >= self._retry.attempts:
+                    raise MattermostError(
+                        f"{method} {path}: gave up after {failures} attempts ({reason})"
+                    ) from None
+                self._sleep(self._retry.backoff(failures - 1))
+
+    def _check(self, response: httpx.Response, params: Any = None) -> None:
+        """Trace the answer, note the rate-limit budget, and classify any error."""
+        request = response.request
+        self._trace(request.method, request.url.path, response, params)
+        self._note_rate_limit(response)
+        status = response.status_code
+        if response.is_success:
+            return
+        if status == 429:
+            raise _Throttled(_retry_after(response))
+        if status in _RETRY_STATUSES:
+            raise _Transient(f"status {status}")
+        error_id, message = _app_error(response)
+        if status == 401:
+            raise AuthenticationError(
+                f"Mattermost refused the token ({status} {error_id}): check MATTERMOST_TOKEN",
+                status=status,
+                error_id=error_id,
+            )
+        raise MattermostError(
+            f"{request.method} {request.url.path}: {status} {error_id or ''} {message}".strip(),
+            status=status,
+            error_id=error_id,
+        )
+
+    def _wait_rate_limit(self) -> None:
+        delay = self._not_before - time.monotonic()
+        if delay > 0:
+            log.info("rate limited by Mattermost: waiting %.1f s", delay)
+            self._sleep(min(delay, self._retry.max_rate_limit_wait))
+
+    def _note_rate_limit(self, response: httpx.Response) -> None:
+        """Pace before the server has to say 429: when the budget is spent, wait for its reset."""
+        remaining = response.headers.get("X-RateLimit-Remaining")
+        reset = response.headers.get("X-RateLimit-Reset")
+        if remaining is None or reset is None:
+            return
+        try:
+            if int(remaining) <= 1:
+                self._not_before = max(self._not_before, time.monotonic() + float(reset))
+        except ValueError:
+            return
+
+    def _trace(self, method: str, path: str, response: httpx.Response, params: Any = None) -> None:
+        if self._debug:
+            query = f"?{httpx.QueryParams(params)}" if params else ""
+            elapsed = response.elapsed.total_seconds() * 1000 if response.is_closed else 0.0
+            log.info("%s %s%s -> %d (%.0f ms)", method, path, query, response.status_code, elapsed)
+
+
+class _Throttled(Exception):
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"429, retry after {delay:g} s")
+        self.delay = delay
+
+
+class _Transient(Exception):
+    """A 5xx answer: worth another attempt."""
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Seconds to wait after a 429: Retry-After, else X-RateLimit-Reset (relative), else 1."""
+    for header in ("Retry-After", "X-RateLimit-Reset"):
+        value = response.headers.get(header)
+        if value:
+            try:
+                return max(float(value), 0.0)
+            except ValueError:
+                continue
+    return 1.0
+
+
+def _app_error(response: httpx.Response) -> tuple[str | None, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text.strip()[:200]
+    if isinstance(body, dict):
+        return body.get("id"), str(body.get("message", ""))
+    return None, ""

@@ -1,0 +1,169 @@
+"""Walk a channel's posts oldest first, completely, in pages, from a resumable cursor.
+
+The server's `after=<post id>` returns posts strictly newer than the anchor's `create_at`, so a
+naive "anchor on the last post" skips posts sharing that millisecond. The cursor therefore keeps
+the millisecond it has reached and the ids already taken in it, and anchors on a post of the
+millisecond before. `since` is never used to list posts: it silently stops at 1000 rows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from mattermost_connector.mattermost.client import PER_PAGE, MattermostClient
+
+log = logging.getLogger("mattermost_connector.mattermost")
+
+Post = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """Every post created before `boundary_ms`, and those of `boundary_ids` created at it, are
+    taken; `after=anchor_id` lists everything else (no anchor: locate one by time first)."""
+
+    boundary_ms: int
+    boundary_ids: tuple[str, ...] = ()
+    anchor_id: str | None = None
+
+    @classmethod
+    def start_at(cls, epoch_seconds: int) -> Cursor:
+        return cls(boundary_ms=epoch_seconds * 1000)
+
+    def wants(self, post: Post) -> bool:
+        created = post["create_at"]
+        return created > self.boundary_ms or (
+            created == self.boundary_ms and post["id"] not in self.boundary_ids
+        )
+
+    def advance(self, post: Post) -> Cursor:
+        """The cursor once `post` (the newest so far) is taken too."""
+        created = post["create_at"]
+        if created > self.boundary_ms:
+            anchor = self.boundary_ids[0] if self.boundary_ids else self.anchor_id
+            return Cursor(boundary_ms=created, boundary_ids=(post["id"],), anchor_id=anchor)
+        if created == self.boundary_ms and post["id"] not in self.boundary_ids:
+            return Cursor(self.boundary_ms, (*self.boundary_ids, post["id"]), self.anchor_id)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "boundary_ms": self.boundary_ms,
+            "boundary_ids": list(self.boundary_ids),
+            "anchor_id": self.anchor_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Cursor:
+        return cls(
+            boundary_ms=int(data["boundary_ms"]),
+            boundary_ids=tuple(data.get("boundary_ids") or ()),
+            anchor_id=data.get("anchor_id"),
+        )
+
+
+@dataclass
+class Page:
+    """New posts, oldest first, and the cursor that holds once they are all delivered."""
+
+    posts: list[Post]
+    cursor: Cursor
+
+
+def _ascending(posts: list[Post]) -> list[Post]:
+    return sorted(posts, key=lambda post: (post["create_at"], post["id"]))
+
+
+def walk_posts(
+    client: MattermostClient,
+    channel_id: str,
+    cursor: Cursor,
+    *,
+    last_post_at: int | None = None,
+    per_page: int = PER_PAGE,
+) -> Iterator[Page]:
+    """Yield every post not yet taken, page by page, oldest first, until the channel's end.
+
+    `last_post_at` (from the channel) lets a resumed walk notice that its anchor post was
+    purged: the server then answers an empty list instead of an error.
+    """
+    resumed = cursor.anchor_id is not None
+    if not resumed:
+        cursor, first = _locate(client, channel_id, cursor, per_page)
+        if first:
+            yield Page(first, cursor)
+        if cursor.anchor_id is None:
+            return
+    page_index = 0
+    while True:
+        batch = client.posts(channel_id, after=cursor.anchor_id, page=page_index, per_page=per_page)
+        if resumed and not batch and last_post_at is not None and last_post_at > cursor.boundary_ms:
+            log.warning(
+                "channel %s: anchor post %s is gone; locating the position by time instead",
+                channel_id,
+                cursor.anchor_id,
+            )
+            cursor, first = _locate(client, channel_id, cursor, per_page)
+            if first:
+                yield Page(first, cursor)
+            if cursor.anchor_id is None:
+                return
+            resumed = False
+            continue
+        resumed = False
+        fresh = [post for post in _ascending(batch) if cursor.wants(post)]
+        for post in fresh:
+            cursor = cursor.advance(post)
+        if fresh:
+            yield Page(fresh, cursor)
+        if len(batch) < per_page:
+            return
+        # A full page with nothing new means one millisecond holds more posts than a page:
+        # keep the anchor and page on through that millisecond.
+        page_index = 0 if fresh else page_index + 1
+
+
+def _locate(
+    client: MattermostClient, channel_id: str, cursor: Cursor, per_page: int
+) -> tuple[Cursor, list[Post]]:
+    """Find an anchor post created before the cursor's millisecond.
+
+    Pages of the default listing (newest first) are probed at 0, 1, 3, 7, ... then bisected:
+    about 2*log2(N/per_page) requests, whatever the channel's size. When no post is older
+    than the cursor, the walk starts at the channel's oldest millisecond, whose posts are
+    returned as a first batch.
+    """
+    pages: dict[int, list[Post]] = {}
+
+    def page(index: int) -> list[Post]:
+        if index not in pages:
+            pages[index] = client.posts(channel_id, page=index, per_page=per_page)
+        return pages[index]
+
+    def reaches_before(index: int) -> bool:
+        found = page(index)
+        return not found or found[-1]["create_at"] < cursor.boundary_ms
+
+    low, high = 0, 0
+    while not reaches_before(high):
+        low, high = high + 1, high * 2 + 1
+    while low < high:
+        middle = (low + high) // 2
+        if reaches_before(middle):
+            high = middle
+        else:
+            low = middle + 1
+    found = page(high)
+    if found:
+        anchor = next(post for post in found if post["create_at"] < cursor.boundary_ms)
+        return Cursor(cursor.boundary_ms, cursor.boundary_ids, anchor["id"]), []
+    if high == 0:
+        return cursor, []  # an empty channel: nothing to anchor on yet
+    tail = _ascending(page(high - 1))
+    oldest_ms = tail[0]["create_at"]
+    first = [post for post in tail if post["create_at"] == oldest_ms and cursor.wants(post)]
+    located = Cursor(oldest_ms, tuple(p["id"] for p in tail if p["create_at"] == oldest_ms))
+    return Cursor(located.boundary_ms, located.boundary_ids, tail[0]["id"]), first

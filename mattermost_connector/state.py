@@ -1,0 +1,238 @@
+"""Per-channel cursors and run history, in SQLite by default or any SQLAlchemy database.
+
+The schema is versioned by a one-row table and upgraded in order by `MIGRATIONS`, so a file
+written by an older release is migrated in place when a newer one opens it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from mattermost_connector.errors import ConnectorError
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+channel_cursors = sa.Table(
+    "channel_cursors",
+    metadata,
+    sa.Column("channel_id", sa.String(64), primary_key=True),
+    sa.Column("cursor", sa.Text, nullable=False),
+    sa.Column("posts_delivered", sa.BigInteger, nullable=False, default=0),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("flow_run_id", sa.String(64)),
+    sa.Column("channel_id", sa.String(64), nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("window_start", sa.DateTime(timezone=True)),
+    sa.Column("window_end", sa.DateTime(timezone=True)),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ended_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("posts", sa.Integer, nullable=False, default=0),
+    sa.Column("files", sa.Integer, nullable=False, default=0),
+    sa.Column("objects", sa.Integer, nullable=False, default=0),
+    sa.Column("error", sa.Text),
+)
+
+
+def _create_v1(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[channel_cursors, runs])
+
+
+# version -> step that brings the schema from version-1 to it
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: int
+    flow_run_id: str | None
+    channel_id: str
+    kind: str
+    started_at: datetime
+    ended_at: datetime | None
+    status: str
+    posts: int
+    files: int
+    objects: int
+    error: str | None
+
+
+def _now() -> datetime:
+    return datetime.now(tz=UTC)
+
+
+def _engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class StateStore:
+    """Cursors and runs. Each write is its own committed transaction."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._engine = _engine(url)
+            self.migrate()
+        except (SQLAlchemyError, OSError, ImportError) as error:
+            raise ConnectorError(
+                f"CONNECTOR_STATE_DATABASE_URL: cannot open the state store "
+                f"({type(error).__name__}: {str(error).splitlines()[0]})"
+            ) from None
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def migrate(self) -> int:
+        """Bring the schema to SCHEMA_VERSION; returns the version found before."""
+        with self._engine.begin() as connection:
+            schema_version.create(connection, checkfirst=True)
+            found = connection.execute(sa.select(schema_version.c.version)).scalar()
+            if found is None:
+                connection.execute(schema_version.insert().values(version=0))
+                found = 0
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                MIGRATIONS[version](connection)
+                connection.execute(schema_version.update().values(version=version))
+        return found
+
+    def version(self) -> int:
+        with self._engine.connect() as connection:
+            return connection.execute(sa.select(schema_version.c.version)).scalar_one()
+
+    # -- cursors ---------------------------------------------------------------------------
+
+    def cursor(self, channel_id: str) -> dict[str, Any] | None:
+        with self._engine.connect() as connection:
+            raw = connection.execute(
+                sa.select(channel_cursors.c.cursor).where(
+                    channel_cursors.c.channel_id == channel_id
+                )
+            ).scalar()
+        return json.loads(raw) if raw else None
+
+    def save_cursor(self, channel_id: str, cursor: dict[str, Any], posts_delivered: int) -> None:
+        """Record that everything up to `cursor` is delivered (call only after delivery)."""
+        table = channel_cursors
+        encoded = json.dumps(cursor, sort_keys=True)
+        with self._engine.begin() as connection:
+            updated = connection.execute(
+                table.update()
+                .where(table.c.channel_id == channel_id)
+                .values(
+                    cursor=encoded,
+                    posts_delivered=table.c.posts_delivered + posts_delivered,
+                    updated_at=_now(),
+                )
+            ).rowcount
+            if not updated:
+                connection.execute(
+                    table.insert().values(
+                        channel_id=channel_id,
+                        cursor=encoded,
+                        posts_delivered=posts_delivered,
+                        updated_at=_now(),
+                    )
+                )
+
+    def cursors(self) -> list[dict[str, Any]]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(channel_cursors).order_by(channel_cursors.c.channel_id)
+            ).mappings()
+            return [dict(row, cursor=json.loads(row["cursor"])) for row in rows]
+
+    # -- run history -----------------------------------------------------------------------
+
+    def start_run(
+        self,
+        channel_id: str,
+        kind: str,
+        flow_run_id: str | None = None,
+        window: tuple[datetime | None, datetime | None] = (None, None),
+    ) -> int:
+        with self._engine.begin() as connection:
+            result = connection.execute(
+                runs.insert().values(
+                    channel_id=channel_id,
+                    kind=kind,
+                    flow_run_id=flow_run_id,
+                    window_start=window[0],
+                    window_end=window[1],
+                    started_at=_now(),
+                    status="running",
+                    posts=0,
+                    files=0,
+                    objects=0,
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def finish_run(
+        self,
+        run_id: int,
+        status: str,
+        *,
+        posts: int = 0,
+        files: int = 0,
+        objects: int = 0,
+        error: str | None = None,
+    ) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                runs.update()
+                .where(runs.c.id == run_id)
+                .values(
+                    status=status,
+                    ended_at=_now(),
+                    posts=posts,
+                    files=files,
+                    objects=objects,
+                    error=error,
+                )
+            )
+
+    def runs(self, limit: int = 20, channel_id: str | None = None) -> list[RunRecord]:
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if channel_id:
+            query = query.where(runs.c.channel_id == channel_id)
+        with self._engine.connect() as connection:
+            return [
+                RunRecord(**{k: v for k, v in row.items() if k in RunRecord.__dataclass_fields__})
+                for row in connection.execute(query).mappings()
+            ]

@@ -1,0 +1,292 @@
+"""Mattermost posts, channels and users as STIX 2.1 objects, with ids that never change.
+
+Every id is derived from Mattermost data alone (pycti's uuid5 generators), and timestamps come
+from the posts themselves, so importing the same post twice yields the same object.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import unicodedata
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import stix2
+from pycti import (
+    Channel,
+    CustomObjectChannel,
+    CustomObservableMediaContent,
+    Identity,
+    StixCoreRelationship,
+)
+
+from mattermost_connector.config import TLP
+
+Post = Mapping[str, Any]
+MEDIA_CATEGORY = "mattermost"
+_STATEMENT_MARKINGS = {
+    # OpenCTI-specific TLP markings: stix2 refuses them as TLP objects, so they are statements
+    # carrying OpenCTI's own definition, as the platform exports them.
+    TLP.CLEAR: ("marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9", "TLP:CLEAR"),
+    TLP.AMBER_STRICT: (
+        "marking-definition--826578e1-40ad-459f-bc73-ede076f81f37",
+        "TLP:AMBER+STRICT",
+    ),
+}
+_STANDARD_MARKINGS = {
+    TLP.WHITE: stix2.TLP_WHITE,
+    TLP.GREEN: stix2.TLP_GREEN,
+    TLP.AMBER: stix2.TLP_AMBER,
+    TLP.RED: stix2.TLP_RED,
+}
+
+
+@dataclass(frozen=True)
+class ChannelContext:
+    """What every message of one channel needs: its STIX name and how to build permalinks."""
+
+    channel_id: str
+    name: str
+    description: str | None
+    team_name: str | None
+    channel_type: str
+    created_ms: int
+    server_url: str
+
+    def permalink(self, post_id: str) -> str:
+        if self.team_name:
+            return f"{self.server_url}/{self.team_name}/pl/{post_id}"
+        return f"{self.server_url}/_redirect/pl/{post_id}"
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A post's file as downloaded: `path` is None when it could not be fetched."""
+
+    file_id: str
+    name: str
+    mime_type: str
+    size: int
+    path: Path | None = None
+    sha256: str | None = None
+    error: str | None = None
+
+
+def marking_object(tlp: TLP) -> dict[str, Any]:
+    if tlp in _STATEMENT_MARKINGS:
+        marking_id, definition = _STATEMENT_MARKINGS[tlp]
+        return {
+            "type": "marking-definition",
+            "spec_version": "2.1",
+            "id": marking_id,
+            "created": "2022-10-01T00:00:00.000Z",
+            "name": definition,
+            "definition_type": "statement",
+            "definition": {"statement": "custom"},
+            "x_opencti_definition_type": "TLP",
+            "x_opencti_definition": definition,
+        }
+    return json.loads(_STANDARD_MARKINGS[tlp].serialize())
+
+
+def marking_id(tlp: TLP) -> str:
+    return marking_object(tlp)["id"]
+
+
+def _timestamp(epoch_ms: int) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+def identity_name(user: Mapping[str, Any]) -> str:
+    return f"@{user.get('username') or user['id']}"
+
+
+def identity_id(user: Mapping[str, Any]) -> str:
+    return Identity.generate_id(identity_name(user), "individual")
+
+
+def channel_id(context: ChannelContext) -> str:
+    return Channel.generate_id(context.name)
+
+
+def message_id(context: ChannelContext, post_id: str) -> str:
+    """The media-content id of a post, computable without the post (for reply links)."""
+    return str(CustomObservableMediaContent(url=context.permalink(post_id)).id)
+
+
+def channel_object(context: ChannelContext, tlp: TLP) -> CustomObjectChannel:
+    when = _timestamp(context.created_ms)
+    return CustomObjectChannel(
+        id=channel_id(context),
+        name=context.name,
+        description=context.description or None,
+        channel_types=["Mattermost"],
+        created=when,
+        modified=when,
+        object_marking_refs=[marking_id(tlp)],
+        allow_custom=True,
+    )
+
+
+def identity_object(user: Mapping[str, Any], tlp: TLP) -> stix2.Identity:
+    """An author as an individual named `@username`: emails may be hidden, usernames never."""
+    full_name = " ".join(filter(None, (user.get("first_name"), user.get("last_name"))))
+    details = [
+        f"Mattermost user {identity_name(user)}",
+        f"name: {full_name}" if full_name else None,
+        f"nickname: {user['nickname']}" if user.get("nickname") else None,
+        f"email: {user['email']}" if user.get("email") else None,
+        "bot account" if user.get("is_bot") else None,
+        "deactivated" if user.get("delete_at") else None,
+        None if "username" in user else "not visible to the connector's account",
+    ]
+    when = _timestamp(user.get("create_at") or 0)
+    return stix2.Identity(
+        id=identity_id(user),
+        name=identity_name(user),
+        identity_class="individual",
+        description="; ".join(filter(None, details)),
+        contact_information=user.get("email") or None,
+        created=when,
+        modified=when,
+        object_marking_refs=[marking_id(tlp)],
+        allow_custom=True,
+    )
+
+
+def _related(source: str, target: str, created_ms: int, tlp: TLP) -> stix2.Relationship:
+    when = _timestamp(created_ms)
+    return stix2.Relationship(
+        id=StixCoreRelationship.generate_id("related-to", source, target),
+        relationship_type="related-to",
+        source_ref=source,
+        target_ref=target,
+        created=when,
+        modified=when,
+        object_marking_refs=[marking_id(tlp)],
+    )
+
+
+def safe_file_name(name: str, file_id: str) -> str:
+    """Keep what an analyst recognises; drop path parts and control characters, cap the length."""
+    name = unicodedata.normalize("NFC", name or "")
+    name = re.split(r"[\\/]", name)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip(" .")
+    if len(name) > 200:
+        stem, dot, ext = name.rpartition(".")
+        name = (stem[: 200 - len(ext) - 1] + dot + ext) if dot and len(ext) <= 16 else name[:200]
+    return name or f"attachment-{file_id}"
+
+
+def _file_entries(attachments: Iterable[Attachment], tlp: TLP) -> list[dict[str, Any]]:
+    entries = []
+    for attachment in attachments:
+        if attachment.path is None:
+            continue
+        entries.append(
+            {
+                "name": attachment.name,
+                "data": base64.b64encode(attachment.path.read_bytes()).decode("ascii"),
+                "mime_type": attachment.mime_type,
+                "object_marking_refs": [marking_id(tlp)],
+                "no_trigger_import": True,
+            }
+        )
+    return entries
+
+
+def _title(message: str) -> str | None:
+    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    return (first_line[:117] + "...") if len(first_line) > 120 else (first_line or None)
+
+
+def message_objects(
+    post: Post,
+    context: ChannelContext,
+    author: Mapping[str, Any],
+    attachments: list[Attachment],
+    tlp: TLP,
+) -> list[Any]:
+    """The media-content of one post and its links to the channel and to its thread's root."""
+    description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
+    if post.get("root_id"):
+        description.append(f"reply in thread {context.permalink(post['root_id'])}")
+    if post.get("edit_at"):
+        description.append(f"edited {_timestamp(post['edit_at']).isoformat()}")
+    missing = [a for a in attachments if a.path is None]
+    if missing:
+        description.append(
+            "attachments not embedded: "
+            + ", ".join(f"{a.name} ({a.size} bytes, {a.mime_type}): {a.error}" for a in missing)
+        )
+    custom: dict[str, Any] = {
+        "x_opencti_description": "; ".join(description),
+        "x_opencti_created_by_ref": identity_id(author),
+    }
+    files = _file_entries(attachments, tlp)
+    if files:
+        custom["x_opencti_files"] = files
+    message = CustomObservableMediaContent(
+        url=context.permalink(post["id"]),
+        title=_title(post.get("message") or ""),
+        content=post.get("message") or "",
+        media_category=MEDIA_CATEGORY,
+        publication_date=_timestamp(post["create_at"]),
+        object_marking_refs=[marking_id(tlp)],
+        allow_custom=True,
+        custom_properties=custom,
+    )
+    objects: list[Any] = [
+        message,
+        _related(message.id, channel_id(context), post["create_at"], tlp),
+    ]
+    if post.get("root_id"):
+        root = message_id(context, post["root_id"])
+        objects.append(_related(message.id, root, post["create_at"], tlp))
+    return objects
+
+
+def unknown_author(user_id: str) -> dict[str, Any]:
+    """A stand-in for an author the server would not return (removed or hidden)."""
+    return {"id": user_id}
+
+
+def bundle_json(objects: Iterable[Any]) -> str:
+    """Serialise objects into one bundle without re-parsing them (stix2 would refuse CLEAR)."""
+    parts = [
+        json.dumps(obj, ensure_ascii=False) if isinstance(obj, dict) else obj.serialize()
+        for obj in objects
+    ]
+    return (
+        f'{{"type": "bundle", "id": "bundle--{uuid.uuid4()}", "objects": ['
+        + ", ".join(parts)
+        + "]}"
+    )
+
+
+def build_bundle(
+    context: ChannelContext,
+    posts: list[Post],
+    users: Mapping[str, Mapping[str, Any]],
+    attachments: Mapping[str, list[Attachment]],
+    tlp: TLP,
+) -> tuple[str, int]:
+    """One bundle for a batch of posts: marking, channel, authors, messages, relationships.
+
+    Returns the JSON and the number of objects in it.
+    """
+    objects: list[Any] = [marking_object(tlp), channel_object(context, tlp)]
+    authors: dict[str, Any] = {}
+    for post in posts:
+        author = users.get(post["user_id"]) or unknown_author(post["user_id"])
+        if post["user_id"] not in authors:
+            authors[post["user_id"]] = identity_object(author, tlp)
+        objects.extend(message_objects(post, context, author, attachments.get(post["id"], []), tlp))
+    objects[2:2] = list(authors.values())
+    return bundle_json(objects), len(objects)

@@ -1,0 +1,35 @@
+"""Retry policy shared by the tasks: never retry what cannot get better by waiting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.cache_policies import NO_CACHE
+
+from mattermost_connector.errors import AuthenticationError, ChannelNotAccessible, ConfigError
+from mattermost_connector.redact import redact
+
+FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError)
+
+# Tasks take pages of posts and bundles: hashing them for a cache key would cost more than the
+# work, and results are never reused across runs. See ../shared/docs/prefect-notes.md.
+TASK_DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
+
+
+def retryable(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect retry condition: a bad token or an inaccessible channel fails at once."""
+    try:
+        state.result()
+    except FINAL_ERRORS:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+def describe(error: BaseException) -> str:
+    """One line for run history and CLI output, with every secret masked."""
+    from mattermost_connector.errors import ConnectorError
+
+    text = str(error) if isinstance(error, ConnectorError) else f"{type(error).__name__}: {error}"
+    return redact(" ".join(text.split()))[:1000]

@@ -1,0 +1,74 @@
+"""Process-wide resources the tasks share: settings, HTTP client, state store, destinations.
+
+Tasks receive references (channel ids, cursors), never clients: Prefect would try to hash them.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from mattermost_connector.config import Settings, load_settings
+from mattermost_connector.delivery import Destination, destinations
+from mattermost_connector.mattermost.client import MattermostClient
+from mattermost_connector.mattermost.users import UserDirectory
+from mattermost_connector.redact import mask_secrets_in_logs
+from mattermost_connector.state import StateStore
+
+_lock = threading.RLock()
+_cache: dict[str, Any] = {}
+
+
+def _get(key: str, build: Any) -> Any:
+    with _lock:
+        if key not in _cache:
+            _cache[key] = build()
+        return _cache[key]
+
+
+def settings() -> Settings:
+    def build() -> Settings:
+        loaded = load_settings()
+        mask_secrets_in_logs(loaded.secrets)
+        return loaded
+
+    return _get("settings", build)
+
+
+def client() -> MattermostClient:
+    return _get("client", lambda: MattermostClient(settings().mattermost))
+
+
+def store() -> StateStore:
+    return _get("store", lambda: StateStore(settings().connector.state_database_url))
+
+
+def outputs() -> list[Destination]:
+    return _get("destinations", lambda: destinations(settings()))
+
+
+def users(run_key: str) -> UserDirectory:
+    """One user cache per flow run: a long-lived `serve` process must see renamed users."""
+    with _lock:
+        directory = _cache.get("users")
+        if directory is None or directory[0] != run_key:
+            directory = (run_key, UserDirectory(client()))
+            _cache["users"] = directory
+        return directory[1]
+
+
+def release_connections() -> None:
+    """Close Mattermost connections unless MATTERMOST_KEEPALIVE asks to keep them between runs."""
+    with _lock:
+        if "client" in _cache and not settings().mattermost.keepalive:
+            _cache.pop("client").close()
+
+
+def reset() -> None:
+    """Forget everything (tests; a configuration change)."""
+    with _lock:
+        if "client" in _cache:
+            _cache["client"].close()
+        if "store" in _cache:
+            _cache["store"].close()
+        _cache.clear()

@@ -1,0 +1,776 @@
+"""A Mattermost server simulator that behaves like the real one, traps included.
+
+It follows ../shared/docs/mattermost-api.md: the four post-listing modes with their exact
+selection and ordering (`since` capped at 1000 rows picked in no order, edit-history and deleted
+rows included; `after`/`before` strict on create_at; an unknown anchor answers an empty list),
+context posts outside `order`, AppError bodies, hidden emails, and faults on demand: rate limits
+with Retry-After, 5xx answers, dropped connections and slow answers.
+
+Run it alone with sample data:  python -m tests.mattermost_sim --port 8065 --demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import string
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ID_CHARS = string.ascii_lowercase + string.digits
+API = "/api/v4"
+SINCE_LIMIT = 1000
+
+
+class AppError(Exception):
+    def __init__(self, status: int, error_id: str, message: str = "") -> None:
+        super().__init__(error_id)
+        self.status, self.error_id, self.message = status, error_id, message or error_id
+
+
+@dataclass
+class Faults:
+    """Misbehaviour to inject; rates are probabilities per request."""
+
+    error_rate: float = 0.0
+    drop_rate: float = 0.0
+    latency: float = 0.0
+    rate_limit_per_sec: float | None = None  # None: RateLimitSettings.Enable = false
+    rate_limit_burst: int = 100
+    seed: int = 7
+
+
+@dataclass
+class RequestLog:
+    at: float
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    status: int
+
+
+@dataclass
+class StoredFile:
+    info: dict[str, Any]
+    data: bytes
+
+
+@dataclass
+class State:
+    teams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    posts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    files: dict[str, StoredFile] = field(default_factory=dict)
+    tokens: dict[str, str] = field(default_factory=dict)  # token -> user id
+    members: dict[str, set[str]] = field(default_factory=dict)  # channel id -> user ids
+    tiebreak: dict[str, float] = field(default_factory=dict)  # stands for the DB's row order
+
+
+class MattermostSimulator:
+    """Holds the data, mutates it like the server does, and serves it over HTTP."""
+
+    def __init__(
+        self,
+        *,
+        show_email: bool = True,
+        show_full_name: bool = True,
+        old_server: bool = False,
+        seed: int = 1,
+    ) -> None:
+        self.state = State()
+        self.faults = Faults()
+        self.show_email = show_email
+        self.show_full_name = show_full_name
+        self.old_server = old_server  # answers 403 instead of 404 for unknown channels
+        self.requests: list[RequestLog] = []
+        self.on_request: Callable[[str, dict[str, list[str]]], None] | None = None
+        self._rng = random.Random(seed)
+        self._fault_rng = random.Random(self.faults.seed)
+        self._lock = threading.RLock()
+        self._clock_ms = 1_700_000_000_000
+        self._bucket = (0.0, 0.0)  # tokens, last refill
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- data ------------------------------------------------------------------------------
+
+    def new_id(self) -> str:
+        with self._lock:
+            return "".join(self._rng.choice(ID_CHARS) for _ in range(26))
+
+    def now(self) -> int:
+        """A simulated clock in ms, always moving forward."""
+        with self._lock:
+            self._clock_ms = max(self._clock_ms + 1, int(time.time() * 1000))
+            return self._clock_ms
+
+    def add_team(self, name: str, display_name: str | None = None) -> dict[str, Any]:
+        team = {"id": self.new_id(), "name": name, "display_name": display_name or name}
+        self.state.teams[team["id"]] = team
+        return team
+
+    def add_user(
+        self,
+        username: str,
+        *,
+        email: str | None = None,
+        first_name: str = "",
+        last_name: str = "",
+        is_bot: bool = False,
+        token: str | None = None,
+        admin: bool = False,
+    ) -> dict[str, Any]:
+        at = self.now()
+        user = {
+            "id": self.new_id(),
+            "username": username,
+            "email": email if email is not None else f"{username}@example.org",
+            "first_name": first_name,
+            "last_name": last_name,
+            "nickname": "",
+            "is_bot": is_bot,
+            "create_at": at,
+            "update_at": at,
+            "delete_at": 0,
+            "roles": "system_admin system_user" if admin else "system_user",
+        }
+        self.state.users[user["id"]] = user
+        if token:
+            self.state.tokens[token] = user["id"]
+        return user
+
+    def deactivate_user(self, user_id: str) -> None:
+        self.state.users[user_id]["delete_at"] = self.now()
+
+    def add_channel(
+        self,
+        team: dict[str, Any] | None,
+        name: str,
+        *,
+        type: str = "O",
+        members: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        purpose: str = "",
+        header: str = "",
+        display_name: str | None = None,
+    ) -> dict[str, Any]:
+        at = self.now()
+        channel = {
+            "id": self.new_id(),
+            "team_id": team["id"] if team else "",
+            "type": type,
+            "name": name,
+            "display_name": display_name or name,
+            "header": header,
+            "purpose": purpose,
+            "create_at": at,
+            "update_at": at,
+            "delete_at": 0,
+            "last_post_at": 0,
+            "total_msg_count": 0,
+        }
+        self.state.channels[channel["id"]] = channel
+        self.state.members[channel["id"]] = {m["id"] for m in members}
+        return channel
+
+    def add_direct_channel(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        name = "__".join(sorted((a["id"], b["id"])))
+        return self.add_channel(None, name, type="D", members=[a, b], display_name="")
+
+    def add_file(
+        self, user: dict[str, Any], name: str, data: bytes, mime_type: str
+    ) -> dict[str, Any]:
+        at = self.now()
+        info = {
+            "id": self.new_id(),
+            "user_id": user["id"],
+            "post_id": "",
+            "channel_id": "",
+            "create_at": at,
+            "update_at": at,
+            "delete_at": 0,
+            "name": name,
+            "extension": name.rsplit(".", 1)[-1].lower() if "." in name else "",
+            "size": len(data),
+            "mime_type": mime_type,
+            "width": 0,
+            "height": 0,
+            "has_preview_image": mime_type.startswith("image/"),
+            "mini_preview": None,
+        }
+        self.state.files[info["id"]] = StoredFile(info, data)
+        return info
+
+    def add_post(
+        self,
+        channel: dict[str, Any],
+        user: dict[str, Any],
+        message: str,
+        *,
+        root: dict[str, Any] | None = None,
+        create_at: int | None = None,
+        files: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        type: str = "",
+    ) -> dict[str, Any]:
+        """Create a post as the API would: a reply bumps its root's update_at."""
+        with self._lock:
+            at = create_at if create_at is not None else self.now()
+            self._clock_ms = max(self._clock_ms, at)
+            post = {
+                "id": self.new_id(),
+                "create_at": at,
+                "update_at": at,
+                "edit_at": 0,
+                "delete_at": 0,
+                "is_pinned": False,
+                "user_id": user["id"],
+                "channel_id": channel["id"],
+                "root_id": root["id"] if root else "",
+                "original_id": "",
+                "message": message,
+                "type": type,
+                "props": {},
+                "hashtags": "",
+                "file_ids": [f["id"] for f in files][:5],
+                "reply_count": 0,
+                "last_reply_at": 0,
+                "participants": None,
+                "metadata": {},
+            }
+            for info in files[:5]:
+                info.update(post_id=post["id"], channel_id=channel["id"])
+            self.state.posts[post["id"]] = post
+            self.state.tiebreak[post["id"]] = self._rng.random()
+            if root:
+                stored_root = self.state.posts[root["id"]]
+                stored_root["update_at"] = max(stored_root["update_at"], at)
+                stored_root["reply_count"] += 1
+                stored_root["last_reply_at"] = at
+            channel["last_post_at"] = max(channel["last_post_at"], at)
+            channel["total_msg_count"] += 1
+            return post
+
+    def edit_post(self, post_id: str, message: str) -> dict[str, Any]:
+        """Edit like the server: a history row (new id, original_id set, deleted) is inserted."""
+        with self._lock:
+            post = self.state.posts[post_id]
+            at = self.now()
+            history = json.loads(json.dumps(post))
+            history.update(id=self.new_id(), original_id=post_id, delete_at=at, update_at=at)
+            self.state.posts[history["id"]] = history
+            self.state.tiebreak[history["id"]] = self._rng.random()
+            post.update(message=message, edit_at=at, update_at=at)
+            self._bump_root(post, at)
+            return post
+
+    def react(self, post_id: str) -> None:
+        with self._lock:
+            self.state.posts[post_id]["update_at"] = self.now()
+
+    def delete_post(self, post_id: str) -> None:
+        """Soft delete; deleting a root deletes its replies too."""
+        with self._lock:
+            at = self.now()
+            post = self.state.posts[post_id]
+            targets = [post]
+            if not post["root_id"]:
+                targets += [p for p in self.state.posts.values() if p["root_id"] == post_id]
+            for target in targets:
+                if target["delete_at"]:
+                    continue
+                target.update(delete_at=at, update_at=at)
+                target["props"] = {**target["props"], "deleteBy": post["user_id"]}
+            self._bump_root(post, at)
+
+    def purge_post(self, post_id: str) -> None:
+        """Hard delete (data retention): the row is gone, as if it never existed."""
+        with self._lock:
+            self.state.posts.pop(post_id, None)
+
+    def _bump_root(self, post: dict[str, Any], at: int) -> None:
+        if post["root_id"] and post["root_id"] in self.state.posts:
+            root = self.state.posts[post["root_id"]]
+            root["update_at"] = max(root["update_at"], at)
+
+    def live_posts(self, channel_id: str) -> list[dict[str, Any]]:
+        """What a user sees: non-deleted, non-history posts of the channel."""
+        return [
+            p
+            for p in self.state.posts.values()
+            if p["channel_id"] == channel_id and not p["delete_at"] and not p["original_id"]
+        ]
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def start(self, port: int = 0, host: str = "127.0.0.1") -> MattermostSimulator:
+        simulator = self
+
+        class Handler(_Handler):
+            sim = simulator
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # -- request handling ------------------------------------------------------------------
+
+    def rate_limit(self) -> tuple[bool, dict[str, str]]:
+        """A token bucket like the server's throttled store, keyed by (our only) client."""
+        if self.faults.rate_limit_per_sec is None:
+            return True, {}
+        with self._lock:
+            rate, burst = self.faults.rate_limit_per_sec, self.faults.rate_limit_burst
+            tokens, last = self._bucket
+            now = time.monotonic()
+            tokens = burst + 1 if last == 0 else min(burst + 1, tokens + (now - last) * rate)
+            allowed = tokens >= 1
+            if allowed:
+                tokens -= 1
+            self._bucket = (tokens, now)
+            reset = max(1, int((1 - tokens) / rate + 0.999)) if tokens < 1 else 0
+            headers = {
+                "X-RateLimit-Limit": str(burst + 1),
+                "X-RateLimit-Remaining": str(int(tokens)),
+                "X-RateLimit-Reset": str(reset),
+            }
+            if not allowed:
+                headers["Retry-After"] = str(reset)
+            return allowed, headers
+
+    def fault(self) -> str | None:
+        with self._lock:
+            roll = self._fault_rng.random()
+        if roll < self.faults.drop_rate:
+            return "drop"
+        if roll < self.faults.drop_rate + self.faults.error_rate:
+            return "error"
+        return None
+
+    def caller(self, headers: Any, query: dict[str, list[str]]) -> dict[str, Any]:
+        if "access_token" in query:
+            raise AppError(401, "api.context.token_provided.app_error")
+        auth = headers.get("Authorization", "")
+        token = auth[7:] if auth.startswith("Bearer ") else ""
+        user_id = self.state.tokens.get(token)
+        if not user_id:
+            raise AppError(
+                401, "api.context.session_expired.app_error", "Invalid or expired session"
+            )
+        return self.state.users[user_id]
+
+    def route(
+        self, method: str, path: str, query: dict[str, list[str]], body: bytes, me: dict
+    ) -> Any:
+        parts = path[len(API) :].strip("/").split("/")
+        match method, parts:
+            case "GET", ["users", "me"]:
+                return self.visible_user(me, me)
+            case "GET", ["users", "me", "teams"]:
+                return list(self.state.teams.values())
+            case "GET", ["users", "me", "teams", team_id, "channels"]:
+                return [
+                    c
+                    for c in self.state.channels.values()
+                    if c["team_id"] == _valid(team_id) and me["id"] in self.state.members[c["id"]]
+                ]
+            case "GET", ["users", user_id]:
+                user = self.state.users.get(_valid(user_id))
+                if not user:
+                    raise AppError(404, "app.user.missing_account.const")
+                return self.visible_user(user, me)
+            case "POST", ["users", "ids"]:
+                ids = json.loads(body or b"[]")
+                if not isinstance(ids, list) or not ids:
+                    raise AppError(400, "api.context.invalid_body_param.app_error")
+                return [
+                    self.visible_user(self.state.users[i], me) for i in ids if i in self.state.users
+                ]
+            case "GET", ["channels", channel_id]:
+                return self.readable_channel(channel_id, me)
+            case "GET", ["teams", team_id]:
+                team = self.state.teams.get(_valid(team_id))
+                if not team:
+                    raise AppError(404, "app.team.get.find.app_error")
+                return team
+            case "GET", ["channels", channel_id, "posts"]:
+                channel = self.readable_channel(channel_id, me)
+                return self.list_posts(channel["id"], query, me)
+            case "GET", ["posts", post_id]:
+                post = self.state.posts.get(_valid(post_id))
+                if not post or post["delete_at"]:
+                    raise AppError(404, "app.post.get.app_error")
+                self.readable_channel(post["channel_id"], me)
+                return self.with_metadata(post)
+            case "GET", ["files", file_id, "info"]:
+                return self.readable_file(file_id, me).info
+            case "GET", ["files", file_id]:
+                return self.readable_file(file_id, me)
+        raise AppError(404, "api.context.404.app_error", "Sorry, we could not find the page.")
+
+    def readable_channel(self, channel_id: str, me: dict[str, Any]) -> dict[str, Any]:
+        channel = self.state.channels.get(_valid(channel_id))
+        if channel is None:
+            if self.old_server:
+                raise AppError(403, "api.context.permissions.app_error")
+            raise AppError(404, "app.channel.get.existing.app_error")
+        if me["id"] not in self.state.members[channel["id"]]:
+            raise AppError(403, "api.context.permissions.app_error")
+        return channel
+
+    def readable_file(self, file_id: str, me: dict[str, Any]) -> StoredFile:
+        stored = self.state.files.get(_valid(file_id))
+        if stored is None or stored.info["delete_at"]:
+            raise AppError(404, "app.file_info.get.app_error")
+        if stored.info["channel_id"]:
+            self.readable_channel(stored.info["channel_id"], me)
+        return stored
+
+    def visible_user(self, user: dict[str, Any], me: dict[str, Any]) -> dict[str, Any]:
+        shown = dict(user)
+        if "system_admin" not in me["roles"] and user["id"] != me["id"]:
+            if not self.show_email:
+                shown["email"] = ""
+            if not self.show_full_name:
+                shown["first_name"] = shown["last_name"] = ""
+        return shown
+
+    def with_metadata(self, post: dict[str, Any]) -> dict[str, Any]:
+        shown = json.loads(json.dumps(post))
+        if post["delete_at"]:
+            shown["message"] = ""
+            shown["metadata"] = {}
+            return shown
+        files = [self.state.files[f].info for f in post["file_ids"] if f in self.state.files]
+        if files:
+            shown["metadata"] = {**shown["metadata"], "files": files}
+        return shown
+
+    def list_posts(
+        self, channel_id: str, query: dict[str, list[str]], me: dict[str, Any]
+    ) -> dict[str, Any]:
+        """GET /channels/{id}/posts: one mode, picked in the server's order; others ignored."""
+        page = _int(query, "page", 0)
+        per_page = _int(query, "per_page", 60)
+        per_page = 60 if per_page <= 0 else min(per_page, 200)
+        page = max(page, 0)
+        since = _int(query, "since", 0)
+        after = query.get("after", [""])[0]
+        before = query.get("before", [""])[0]
+        if (
+            query.get("include_deleted", ["false"])[0] == "true"
+            and "system_admin" not in me["roles"]
+        ):
+            raise AppError(403, "api.context.permissions.app_error")
+        rows = [p for p in self.state.posts.values() if p["channel_id"] == channel_id]
+        key = lambda p: (p["create_at"], self.state.tiebreak[p["id"]])  # noqa: E731
+        if since > 0:
+            changed = [p for p in rows if p["update_at"] > since]
+            self._rng.shuffle(changed)  # LIMIT 1000 with no ORDER BY: any 1000 rows
+            picked = changed[:SINCE_LIMIT]
+            roots = {p["root_id"] for p in picked if p["root_id"]}
+            picked_ids = {p["id"] for p in picked}
+            picked += [
+                self.state.posts[r] for r in roots if r in self.state.posts and r not in picked_ids
+            ]
+            selected = sorted(picked, key=key, reverse=True)
+            return self._answer(selected, [], etag=False)
+        live = [p for p in rows if not p["delete_at"]]
+        if after or before:
+            anchor_id = _valid(after or before)
+            anchor = self.state.posts.get(anchor_id)
+            if anchor is None:
+                return self._answer([], [], etag=True)
+            if after:
+                newer = sorted((p for p in live if p["create_at"] > anchor["create_at"]), key=key)
+                selected = newer[page * per_page : (page + 1) * per_page][::-1]
+            else:
+                older = sorted(
+                    (p for p in live if p["create_at"] < anchor["create_at"]), key=key, reverse=True
+                )
+                selected = older[page * per_page : (page + 1) * per_page]
+        else:
+            newest_first = sorted(live, key=key, reverse=True)
+            selected = newest_first[page * per_page : (page + 1) * per_page]
+        return self._answer(selected, self._context(selected), etag=True)
+
+    def _context(self, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Roots and a sibling reply of the page's replies: sent in `posts`, not in `order`."""
+        ids = {p["id"] for p in selected}
+        extra: dict[str, dict[str, Any]] = {}
+        for post in selected:
+            root_id = post["root_id"]
+            if not root_id:
+                continue
+            if root_id not in ids and root_id in self.state.posts:
+                extra[root_id] = self.state.posts[root_id]
+            for sibling in self.state.posts.values():
+                if sibling["root_id"] == root_id and sibling["id"] not in ids:
+                    extra.setdefault(sibling["id"], sibling)
+                    break
+        return [p for p in extra.values() if not p["delete_at"]]
+
+    def _answer(
+        self, selected: list[dict[str, Any]], context: list[dict[str, Any]], *, etag: bool
+    ) -> dict[str, Any]:
+        posts = {p["id"]: self.with_metadata(p) for p in (*selected, *context)}
+        return {
+            "order": [p["id"] for p in selected],
+            "posts": posts,
+            "next_post_id": "",
+            "prev_post_id": "",
+            "first_inaccessible_post_time": 0,
+            "_etag": etag,
+        }
+
+
+def _valid(identifier: str) -> str:
+    if len(identifier) != 26 or any(ch not in ID_CHARS for ch in identifier):
+        raise AppError(
+            400, "api.context.invalid_url_param.app_error", "Invalid or missing parameter"
+        )
+    return identifier
+
+
+def _int(query: dict[str, list[str]], name: str, default: int) -> int:
+    try:
+        return int(query.get(name, [str(default)])[0])
+    except ValueError:
+        return default
+
+
+class _Handler(BaseHTTPRequestHandler):
+    sim: MattermostSimulator
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Silent: tests read `sim.requests` instead."""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._handle("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._handle("POST")
+
+    def _handle(self, method: str) -> None:
+        sim = self.sim
+        split = urlsplit(self.path)
+        query = parse_qs(split.query)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        request_id = uuid.uuid4().hex[:26]
+        if sim.faults.latency:
+            time.sleep(sim.faults.latency)
+        if sim.on_request:
+            sim.on_request(split.path, query)
+        allowed, limit_headers = sim.rate_limit()
+        if not allowed:
+            self._log(method, split.path, query, 429)
+            self._send(429, b"limit exceeded\n", "text/plain; charset=utf-8", limit_headers)
+            return
+        fault = sim.fault() if split.path.startswith(API) else None
+        if fault == "drop":
+            self._log(method, split.path, query, 0)
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if fault == "error":
+            status = sim._fault_rng.choice([500, 502, 503])
+            self._log(method, split.path, query, status)
+            self._app_error(
+                AppError(status, "app.fault.injected", "Injected fault"), request_id, limit_headers
+            )
+            return
+        try:
+            me = sim.caller(self.headers, query)
+            with sim._lock:
+                result = sim.route(method, split.path, query, body, me)
+        except AppError as error:
+            self._log(method, split.path, query, error.status)
+            self._app_error(error, request_id, limit_headers)
+            return
+        headers = {**limit_headers, "X-Request-ID": request_id}
+        if isinstance(result, StoredFile):
+            self._log(method, split.path, query, 200)
+            self._file(result, headers)
+            return
+        etag = result.pop("_etag", False) if isinstance(result, dict) else False
+        payload = json.dumps(result).encode()
+        if etag:
+            tag = hashlib.md5(payload).hexdigest()
+            headers["ETag"] = tag
+            if self.headers.get("If-None-Match") == tag:
+                self._log(method, split.path, query, 304)
+                self._send(304, b"", None, headers)
+                return
+        self._log(method, split.path, query, 200)
+        self._send(200, payload, "application/json", headers)
+
+    def _log(self, method: str, path: str, query: dict[str, list[str]], status: int) -> None:
+        with self.sim._lock:
+            self.sim.requests.append(RequestLog(time.monotonic(), method, path, query, status))
+
+    def _app_error(self, error: AppError, request_id: str, extra: dict[str, str]) -> None:
+        body = json.dumps(
+            {
+                "id": error.error_id,
+                "message": error.message,
+                "detailed_error": "",
+                "request_id": request_id,
+                "status_code": error.status,
+            }
+        ).encode()
+        self._send(error.status, body, "application/json", {**extra, "X-Request-ID": request_id})
+
+    def _file(self, stored: StoredFile, headers: dict[str, str]) -> None:
+        info = stored.info
+        mime = info["mime_type"]
+        if mime in ("text/html", "application/javascript", "text/javascript"):
+            mime = "text/plain"
+        name = info["name"]
+        ascii_name = name.encode("ascii", "replace").decode().replace('"', "")
+        from urllib.parse import quote
+
+        disposition = "inline" if mime.startswith(("image/", "video/", "audio/")) else "attachment"
+        headers["Content-Disposition"] = (
+            f"{disposition};filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
+        )
+        self._send(200, stored.data, mime, headers)
+
+    def _send(
+        self, status: int, body: bytes, content_type: str | None, headers: dict[str, str]
+    ) -> None:
+        self.send_response(status)
+        if content_type:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if body:
+            self.wfile.write(body)
+
+
+# -- sample data -----------------------------------------------------------------------------
+
+DEMO_TOKEN = "demo-token-not-secret-0000"
+
+
+@dataclass
+class Demo:
+    sim: MattermostSimulator
+    token: str
+    channels: list[dict[str, Any]]
+    users: list[dict[str, Any]]
+
+
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+def seed_demo(sim: MattermostSimulator, *, big: int = 1500, token: str = DEMO_TOKEN) -> Demo:
+    """Three channels: one of `big` posts (over the 60-post default and the 1000-row `since`
+    cap) with threads and attachments, a small private one, and a direct conversation."""
+    rng = random.Random(42)
+    reader = sim.add_user("octi-reader", token=token, first_name="OpenCTI", last_name="Reader")
+    alice = sim.add_user("alice", first_name="Alice", last_name="Analyst")
+    bob = sim.add_user("bob", email="")
+    bot = sim.add_user("feedbot", is_bot=True)
+    team = sim.add_team("threat-intel", "Threat Intel")
+    sharing = sim.add_channel(
+        team,
+        "ioc-sharing",
+        members=[reader, alice, bob, bot],
+        purpose="Indicators shared by partners",
+        header="TLP:AMBER unless stated",
+    )
+    incident = sim.add_channel(team, "incident-42", type="P", members=[reader, alice, bob])
+    direct = sim.add_direct_channel(reader, alice)
+    authors = [alice, bob, bot]
+    base = 1_700_000_000_000
+    roots: list[dict[str, Any]] = []
+    for index in range(big):
+        author = authors[index % 3]
+        at = base + index * 1000 - (index % 7 == 0) * 1000  # some posts share a millisecond
+        files = []
+        if index % 50 == 0:
+            data = f"indicator list {index}\n".encode() + bytes(
+                rng.getrandbits(8) for _ in range(512)
+            )
+            files.append(sim.add_file(author, f"iocs-{index}.txt", data, "text/plain"))
+        if index % 125 == 0:
+            files.append(sim.add_file(author, f"screenshot-{index}.png", PNG_1PX, "image/png"))
+        if roots and index % 4 == 0:
+            post = sim.add_post(
+                sharing,
+                author,
+                f"reply {index}: confirmed",
+                root=rng.choice(roots[-20:]),
+                create_at=at,
+                files=files,
+            )
+        else:
+            post = sim.add_post(
+                sharing,
+                author,
+                f"post {index}: 198.51.100.{index % 255} seen",
+                create_at=at,
+                files=files,
+            )
+            roots.append(post)
+    t0 = base + big * 1000
+    first = sim.add_post(incident, alice, "Incident 42 opened: phishing wave", create_at=t0)
+    sim.add_post(
+        incident,
+        bob,
+        "Sample attached",
+        root=first,
+        create_at=t0 + 10,
+        files=[sim.add_file(bob, "mail.eml", b"From: x@example.org\n\nhi", "message/rfc822")],
+    )
+    sim.add_post(direct, alice, "Can you look at incident 42?", create_at=t0 + 20)
+    sim.add_post(direct, reader, "On it.", create_at=t0 + 30)
+    return Demo(sim, token, [sharing, incident, direct], [reader, alice, bob, bot])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8065)
+    parser.add_argument("--demo", action="store_true", help="load the sample channels")
+    args = parser.parse_args()
+    sim = MattermostSimulator()
+    if args.demo:
+        demo = seed_demo(sim)
+        print("token:", demo.token)
+        print("channels:", ",".join(c["id"] for c in demo.channels))
+    sim.start(port=args.port)
+    print(f"Mattermost simulator on http://127.0.0.1:{sim.port}{API}", flush=True)
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        sim.stop()
+
+
+if __name__ == "__main__":
+    main()
