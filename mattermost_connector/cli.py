@@ -42,8 +42,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(level: str, debug: bool) -> None:
+    """Our own console handler, set after Prefect's dictConfig (which disables loggers created
+    before it) and independent of the root handler pycti replaces at registration."""
     logger = logging.getLogger("mattermost_connector")
+    logger.disabled = False
+    logger.propagate = False
     logger.setLevel(logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO))
+    if not any(getattr(h, "_mattermost_console", False) for h in logger.handlers):
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(
+            logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
+        )
+        console._mattermost_console = True  # type: ignore[attr-defined]
+        logger.addHandler(console)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's own API calls
 
 
 def _print_report(report: Sequence[dict[str, Any]]) -> None:
@@ -64,11 +76,12 @@ def _sync(args: argparse.Namespace) -> int:
             channels = parse_channel_ids(args.channel)
         except ValueError as error:
             raise ConfigError(f"--channel: {error}") from None
-    _configure_logging(settings.connector.log_level, settings.mattermost.debug)
     resources.store()  # a state store that cannot open fails here, in one line
-    resources.outputs()  # so does registration with OpenCTI
 
     from flows.sync import mattermost_sync
+
+    _configure_logging(settings.connector.log_level, settings.mattermost.debug)
+    resources.outputs()  # so does registration with OpenCTI
 
     state = mattermost_sync(channel_ids=channels, return_state=True)
     report = state.result(raise_on_failure=False)

@@ -162,8 +162,13 @@ def _locate(
         return Cursor(cursor.boundary_ms, cursor.boundary_ids, anchor["id"]), []
     if high == 0:
         return cursor, []  # an empty channel: nothing to anchor on yet
-    tail = _ascending(page(high - 1))
-    oldest_ms = tail[0]["create_at"]
-    first = [post for post in tail if post["create_at"] == oldest_ms and cursor.wants(post)]
-    located = Cursor(oldest_ms, tuple(p["id"] for p in tail if p["create_at"] == oldest_ms))
-    return Cursor(located.boundary_ms, located.boundary_ids, tail[0]["id"]), first
+    # Start at the oldest millisecond; its posts may spill over several pages backwards.
+    index = high - 1
+    oldest_ms = page(index)[-1]["create_at"]
+    cluster = {p["id"]: p for p in page(index) if p["create_at"] == oldest_ms}
+    while index > 0 and page(index)[0]["create_at"] == oldest_ms:
+        index -= 1
+        cluster.update({p["id"]: p for p in page(index) if p["create_at"] == oldest_ms})
+    ordered = _ascending(list(cluster.values()))
+    first = [post for post in ordered if cursor.wants(post)]
+    return Cursor(oldest_ms, tuple(p["id"] for p in ordered), ordered[0]["id"]), first

@@ -1,0 +1,101 @@
+"""What "imported completely" means, checked object by object against the simulator."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from stix2validator import ValidationOptions, validate_string
+
+from mattermost_connector.stix import message_id
+from tests.mattermost_sim import MattermostSimulator
+
+STIX = dict[str, Any]
+
+
+def directory_bundles(path: Path) -> list[STIX]:
+    return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
+
+
+def queue_bundles(queue: str) -> list[STIX]:
+    """Drain the push queue and decode each message as the platform's worker would."""
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+    channel = connection.channel()
+    bundles = []
+    while True:
+        method, _props, body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            break
+        message = json.loads(body)
+        assert message["bundle_type"] == "QUEUE_BUNDLE"
+        bundles.append(json.loads(base64.b64decode(message["content"])))
+    connection.close()
+    return bundles
+
+
+def objects_by_id(bundles: list[STIX]) -> dict[str, STIX]:
+    found: dict[str, STIX] = {}
+    for bundle in bundles:
+        for obj in bundle["objects"]:
+            found[obj["id"]] = obj
+    return found
+
+
+def assert_valid_stix(bundles: list[STIX]) -> None:
+    options = ValidationOptions(version="2.1", strict=False)
+    for bundle in bundles:
+        result = validate_string(json.dumps(bundle), options)
+        assert result.is_valid, [str(e) for e in result.errors]
+
+
+def assert_channel_complete(
+    sim: MattermostSimulator,
+    context: Any,
+    objects: dict[str, STIX],
+    marking: str,
+    bundles: list[STIX] | None = None,
+) -> int:
+    """Every live post of the channel is there once, with its text, thread link and files."""
+    posts = sim.live_posts(context.channel_id)
+    channel_ref = next(
+        o["id"] for o in objects.values() if o["type"] == "channel" and o["name"] == context.name
+    )
+    relationships = {
+        (o["source_ref"], o["target_ref"]) for o in objects.values() if o["type"] == "relationship"
+    }
+    for post in posts:
+        mc_id = message_id(context, post["id"])
+        assert mc_id in objects, f"post {post['id']} missing"
+        mc = objects[mc_id]
+        assert mc["url"] == context.permalink(post["id"])
+        assert mc["content"] == post["message"]
+        assert (mc_id, channel_ref) in relationships
+        if post["root_id"]:
+            assert (mc_id, message_id(context, post["root_id"])) in relationships
+        author = sim.state.users[post["user_id"]]
+        identity = objects[mc["x_opencti_created_by_ref"]]
+        assert identity["name"] == f"@{author['username']}"
+        files = {f["name"]: base64.b64decode(f["data"]) for f in mc.get("x_opencti_files", [])}
+        expected = {
+            sim.state.files[f].info["name"]: sim.state.files[f].data for f in post["file_ids"]
+        }
+        assert files == expected, f"post {post['id']} files differ"
+    if bundles is not None:
+        in_channel = {source for source, target in relationships if target == channel_ref}
+        delivered = Counter(
+            o["id"]
+            for b in bundles
+            for o in b["objects"]
+            if o["type"] == "media-content" and o["id"] in in_channel
+        )
+        assert set(delivered) == {message_id(context, p["id"]) for p in posts}, "extra messages"
+        assert max(delivered.values(), default=1) == 1, "a message was delivered twice"
+    for obj in objects.values():
+        if obj["type"] != "marking-definition":
+            assert obj.get("object_marking_refs") == [marking], obj["id"]
+    return len(posts)

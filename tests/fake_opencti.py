@@ -1,0 +1,204 @@
+"""A small stand-in for the OpenCTI platform: the GraphQL operations pycti's helper sends.
+
+It answers by operation name, as the platform would for a connector (register, ping, works,
+expectations, stixBundlePush), and records every call so tests can check what the platform
+received. With the AMQP transport, it points pycti at the real RabbitMQ (../shared/docs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")
+
+
+@dataclass
+class Work:
+    id: str
+    connector_id: str
+    friendly_name: str
+    expectations: int = 0
+    status: str = "wait"
+    message: str | None = None
+    in_error: bool | None = None
+
+
+@dataclass
+class FakeOpenCTI:
+    token: str
+    amqp: dict[str, Any] = field(
+        default_factory=lambda: {
+            "host": "127.0.0.1",
+            "vhost": "/",
+            "use_ssl": False,
+            "port": 5672,
+            "user": "guest",
+            "pass": "guest",
+        }
+    )
+    push_exchange: str = "amqp.worker.exchange"
+    connector_user_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    fail_operations: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.works: dict[str, Work] = {}
+        self.states: dict[str, str | None] = {}
+        self.pushed_bundles: list[dict[str, Any]] = []
+        self.registrations: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    # -- operations ------------------------------------------------------------------------
+
+    def push_routing(self, connector_id: str) -> str:
+        return f"push_routing_{connector_id}"
+
+    def answer(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
+        if operation in self.fail_operations:
+            return {"errors": [{"message": f"{operation} refused", "name": "FUNCTIONAL_ERROR"}]}
+        handler = getattr(self, f"_op_{operation}", None)
+        if handler is None:
+            return {"errors": [{"message": f"fake platform: no operation {operation}"}]}
+        return {"data": handler(variables)}
+
+    def _op_healthCheck(self, _: dict[str, Any]) -> Any:
+        return {"about": {"version": "6.9.0"}}
+
+    def _op_RegisterConnector(self, variables: dict[str, Any]) -> Any:
+        connector = variables["input"]
+        self.registrations.append(connector)
+        connector_id = connector["id"]
+        self.states.setdefault(connector_id, None)
+        return {"registerConnector": self._registration(connector_id)}
+
+    def _registration(self, connector_id: str) -> dict[str, Any]:
+        return {
+            "id": connector_id,
+            "connector_state": self.states[connector_id],
+            "jwks": json.dumps({"keys": []}),
+            "connector_user_id": self.connector_user_id,
+            "config": {
+                "connection": self.amqp,
+                "s3": {
+                    "endpoint": "localhost",
+                    "port": 9000,
+                    "use_ssl": False,
+                    "bucket_name": "opencti-bucket",
+                    "bucket_region": "us-east-1",
+                    "access_key": "",
+                    "secret_key": "",
+                },
+                "listen": f"listen_{connector_id}",
+                "listen_routing": f"listen_routing_{connector_id}",
+                "listen_exchange": "amqp.connector.exchange",
+                "push": f"push_{connector_id}",
+                "push_routing": self.push_routing(connector_id),
+                "push_exchange": self.push_exchange,
+            },
+        }
+
+    def _op_PingConnector(self, variables: dict[str, Any]) -> Any:
+        connector_id = variables["id"]
+        if variables.get("state") not in (None, "null"):
+            self.states[connector_id] = variables["state"]
+        return {
+            "pingConnector": {
+                "id": connector_id,
+                "connector_state": self.states.get(connector_id),
+                "connector_info": variables.get("connectorInfo"),
+            }
+        }
+
+    def _op_workAdd(self, variables: dict[str, Any]) -> Any:
+        work = Work(
+            id=f"work_{uuid.uuid4()}",
+            connector_id=variables["connectorId"],
+            friendly_name=variables.get("friendlyName") or "",
+        )
+        self.works[work.id] = work
+        return {"workAdd": {"id": work.id}}
+
+    def _op_addExpectations(self, variables: dict[str, Any]) -> Any:
+        self.works[variables["id"]].expectations += int(variables.get("expectations") or 0)
+        return {"workEdit": {"addExpectations": variables["id"]}}
+
+    def _op_reportExpectation(self, variables: dict[str, Any]) -> Any:
+        return {"workEdit": {"reportExpectation": variables["id"]}}
+
+    def _op_workToReceived(self, variables: dict[str, Any]) -> Any:
+        self.works[variables["id"]].status = "progress"
+        return {"workEdit": {"toReceived": variables["id"]}}
+
+    def _op_workToProcessed(self, variables: dict[str, Any]) -> Any:
+        work = self.works[variables["id"]]
+        work.status, work.message = "complete", variables.get("message")
+        work.in_error = bool(variables.get("inError"))
+        return {"workEdit": {"toProcessed": variables["id"]}}
+
+    def _op_pingWork(self, variables: dict[str, Any]) -> Any:
+        return {"workEdit": {"ping": variables["id"]}}
+
+    def _op_StixBundlePush(self, variables: dict[str, Any]) -> Any:
+        self.pushed_bundles.append(
+            {"work_id": variables.get("work_id"), "bundle": json.loads(variables["bundle"])}
+        )
+        return {"stixBundlePush": True}
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def start(self) -> FakeOpenCTI:
+        platform = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body leave at once, no 40 ms stall
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Silent."""
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Authorization") != f"Bearer {platform.token}":
+                    self._send(200, {"errors": [{"message": "You must be logged in to do this."}]})
+                    return
+                request = json.loads(body)
+                match = _OPERATION.search(request.get("query", ""))
+                operation = match.group(2) if match else ""
+                variables = request.get("variables") or {}
+                with platform._lock:
+                    platform.calls.append((operation, variables))
+                    answer = platform.answer(operation, variables)
+                self._send(200, answer)
+
+            def _send(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def operations(self) -> list[str]:
+        return [name for name, _ in self.calls]

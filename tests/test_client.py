@@ -1,0 +1,132 @@
+"""The Mattermost client against the simulator: listings, users, files, errors and faults."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import pytest
+
+from mattermost_connector.config import MattermostSettings
+from mattermost_connector.errors import AuthenticationError, MattermostError
+from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
+from tests.mattermost_sim import Demo, MattermostSimulator
+
+
+def make_client(sim: MattermostSimulator, token: str, **retry) -> MattermostClient:
+    settings = MattermostSettings(
+        domain="127.0.0.1",
+        port=sim.port,
+        protocol="http",
+        token=token,
+        channel_ids=["a" * 26],
+        timeout=5,
+    )
+    return MattermostClient(settings, retry=RetryPolicy(base_delay=0.01, **retry))
+
+
+def test_listing_returns_order_only_not_context_posts(demo: Demo):
+    client = make_client(demo.sim, demo.token)
+    channel = demo.channels[0]
+    page = client.posts(channel["id"], page=0, per_page=200)
+    assert len(page) == 200
+    assert [p["create_at"] for p in page] == sorted((p["create_at"] for p in page), reverse=True)
+    raw = demo.sim.requests[-1]
+    assert raw.query["per_page"] == ["200"]
+    # the server sent context posts too; they must not leak into the page
+    body = client._http.get(f"/channels/{channel['id']}/posts", params={"per_page": 200}).json()
+    assert set(body["posts"]) - set(body["order"]), "simulator should send context posts"
+
+
+def test_the_server_defaults_and_caps_page_size(demo: Demo):
+    client = make_client(demo.sim, demo.token)
+    channel_id = demo.channels[0]["id"]
+    assert len(client._http.get(f"/channels/{channel_id}/posts").json()["order"]) == 60
+    assert len(client.posts(channel_id, per_page=1000)) == 200
+
+
+def test_since_is_capped_at_1000_rows(demo: Demo):
+    client = make_client(demo.sim, demo.token)
+    assert len(client.posts(demo.channels[0]["id"], since=1)) <= 1000 + 375  # + thread roots
+
+
+def test_users_are_fetched_in_batches(demo: Demo):
+    client = make_client(demo.sim, demo.token)
+    ids = [u["id"] for u in demo.users] + ["z" * 26]
+    found = client.users(ids)
+    assert {u["username"] for u in found} == {"octi-reader", "alice", "bob", "feedbot"}
+    assert [r.method for r in demo.sim.requests].count("POST") == 1
+
+
+def test_file_download_is_byte_exact_with_sha256(demo: Demo):
+    client = make_client(demo.sim, demo.token)
+    stored = next(iter(demo.sim.state.files.values()))
+    sink = io.BytesIO()
+    result = client.download(stored.info["id"], sink)
+    assert sink.getvalue() == stored.data
+    assert result.size == len(stored.data)
+    import hashlib
+
+    assert result.sha256 == hashlib.sha256(stored.data).hexdigest()
+
+
+def test_bad_token_fails_at_once_without_retrying(demo: Demo):
+    client = make_client(demo.sim, "wrong-token-xyz")
+    started = time.monotonic()
+    with pytest.raises(AuthenticationError, match="check MATTERMOST_TOKEN") as caught:
+        client.channel(demo.channels[0]["id"])
+    assert time.monotonic() - started < 2
+    assert caught.value.error_id == "api.context.session_expired.app_error"
+    assert len(demo.sim.requests) == 1
+    assert "wrong-token-xyz" not in str(caught.value)
+
+
+def test_token_travels_in_the_header_only(demo: Demo):
+    client = make_client(demo.sim, demo.token)
+    client.me()
+    assert all("access_token" not in r.query for r in demo.sim.requests)
+
+
+@pytest.mark.parametrize(
+    ("status", "error_id"),
+    [(404, "app.channel.get.existing.app_error"), (400, "api.context.invalid_url_param.app_error")],
+)
+def test_app_errors_carry_status_and_id(demo: Demo, status: int, error_id: str):
+    client = make_client(demo.sim, demo.token)
+    channel_id = "q" * 26 if status == 404 else "Q" * 26
+    with pytest.raises(MattermostError) as caught:
+        client.channel(channel_id)
+    assert (caught.value.status, caught.value.error_id) == (status, error_id)
+
+
+def test_429_waits_for_retry_after(demo: Demo):
+    demo.sim.faults.rate_limit_per_sec = 5
+    demo.sim.faults.rate_limit_burst = 2
+    client = make_client(demo.sim, demo.token)
+    channel_id = demo.channels[0]["id"]
+    for _ in range(12):
+        client.posts(channel_id, per_page=10)
+    statuses = [r.status for r in demo.sim.requests]
+    assert statuses.count(200) == 12
+    # after each 429, the next request waited at least Retry-After (1 s here)
+    for index, request in enumerate(demo.sim.requests[:-1]):
+        if request.status == 429:
+            assert demo.sim.requests[index + 1].at - request.at >= 0.95
+
+
+def test_5xx_and_dropped_connections_are_retried(demo: Demo):
+    demo.sim.faults.error_rate = 0.2
+    demo.sim.faults.drop_rate = 0.1
+    client = make_client(demo.sim, demo.token, attempts=8)
+    channel_id = demo.channels[0]["id"]
+    for page in range(8):
+        assert len(client.posts(channel_id, page=page, per_page=100)) == 100
+    statuses = {r.status for r in demo.sim.requests}
+    assert {0, 200} <= statuses and statuses & {500, 502, 503}
+
+
+def test_a_server_that_keeps_failing_gives_up_with_a_clear_error(demo: Demo):
+    demo.sim.faults.error_rate = 1.0
+    client = make_client(demo.sim, demo.token, attempts=3)
+    with pytest.raises(MattermostError, match=r"gave up after 3 attempts \(status 5\d\d\)"):
+        client.channel(demo.channels[0]["id"])

@@ -1,0 +1,165 @@
+"""Configuration: defaults, parsing, and one-line errors that name the variable (exit 2)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from mattermost_connector.config import TLP, load_settings
+from mattermost_connector.errors import ConfigError
+from tests.conftest import run_cli
+
+TOKEN = "mm-token-3b9d-never-print-me"
+VALID = {
+    "MATTERMOST_DOMAIN": "chat.example.org",
+    "MATTERMOST_TOKEN": TOKEN,
+    "MATTERMOST_CHANNEL_IDS": "5i5rip6zaf8qprwfi86iu9xsjy,ztu3g3f4upgjxezhsuqe5imzpr",
+    "CONNECTOR_SEND_TO_QUEUE": "false",
+    "CONNECTOR_SEND_TO_DIRECTORY": "true",
+}
+
+
+def settings_with(monkeypatch: pytest.MonkeyPatch, **overrides: str):
+    for name, value in {**VALID, **overrides}.items():
+        monkeypatch.setenv(name, value)
+    return load_settings()
+
+
+def test_defaults_follow_the_original_connector(workdir: Path, monkeypatch: pytest.MonkeyPatch):
+    settings = settings_with(monkeypatch)
+    mm = settings.mattermost
+    assert (mm.port, mm.protocol, mm.basepath, mm.start_timestamp) == (8065, "https", "/api/v4", 0)
+    assert (mm.tlp, mm.verify, mm.timeout, mm.request_timeout) == (TLP.AMBER, True, 30.0, None)
+    assert (mm.keepalive, mm.keepalive_delay, mm.debug) == (False, 5.0, False)
+    assert mm.channel_ids == ["5i5rip6zaf8qprwfi86iu9xsjy", "ztu3g3f4upgjxezhsuqe5imzpr"]
+    assert mm.api_url == "https://chat.example.org:8065/api/v4"
+    connector = settings.connector
+    assert connector.state_database_url == "sqlite:///data/state.db"
+    assert connector.queue_protocol == "amqp"
+    assert connector.run_every == timedelta(hours=1)
+    assert str(connector.send_to_directory_path) == "data/bundles"
+
+
+def test_values_are_parsed_leniently_where_unambiguous(workdir: Path, monkeypatch):
+    settings = settings_with(
+        monkeypatch,
+        MATTERMOST_TLP="tlp:amber+strict",
+        CONNECTOR_RUN_EVERY="30s",
+        MATTERMOST_CHANNEL_IDS=" 5i5rip6zaf8qprwfi86iu9xsjy , 5i5rip6zaf8qprwfi86iu9xsjy,",
+        MATTERMOST_PORT="443",
+        MATTERMOST_BASEPATH="api/v4/",
+        MATTERMOST_REQUEST_TIMEOUT="",
+    )
+    assert settings.mattermost.tlp is TLP.AMBER_STRICT
+    assert settings.connector.run_every == timedelta(seconds=30)
+    assert settings.mattermost.channel_ids == ["5i5rip6zaf8qprwfi86iu9xsjy"]
+    assert settings.mattermost.server_url == "https://chat.example.org"
+    assert settings.mattermost.basepath == "/api/v4"
+
+
+def test_dotenv_file_is_read(workdir: Path, monkeypatch):
+    (workdir / ".env").write_text(
+        "\n".join(f"{k}={v}" for k, v in VALID.items()) + "\nMATTERMOST_TLP=red\n"
+    )
+    assert load_settings().mattermost.tlp is TLP.RED
+
+
+@pytest.mark.parametrize("tlp", ["CLEAR", "white", "Green", "amber", "AMBER+STRICT", "red"])
+def test_every_tlp_is_accepted(workdir: Path, monkeypatch, tlp: str):
+    assert settings_with(monkeypatch, MATTERMOST_TLP=tlp).mattermost.tlp.value == tlp.upper()
+
+
+def test_queue_mode_needs_the_platform(workdir: Path, monkeypatch):
+    with pytest.raises(ConfigError, match="OPENCTI_URL, OPENCTI_TOKEN, CONNECTOR_ID are required"):
+        settings_with(monkeypatch, CONNECTOR_SEND_TO_QUEUE="true")
+
+
+BAD_INPUTS = [
+    ({"MATTERMOST_TOKEN": None}, "MATTERMOST_TOKEN is required"),
+    ({"MATTERMOST_TOKEN": ""}, "MATTERMOST_TOKEN: must not be empty"),
+    (
+        {"MATTERMOST_TLP": "PURPLE"},
+        "MATTERMOST_TLP: must be one of CLEAR, WHITE, GREEN, AMBER, AMBER+STRICT, RED",
+    ),
+    ({"CONNECTOR_RUN_EVERY": "0s"}, "CONNECTOR_RUN_EVERY: must be greater than zero"),
+    (
+        {"CONNECTOR_RUN_EVERY": "10x"},
+        "CONNECTOR_RUN_EVERY: must be a positive whole number followed by s, m, h or d",
+    ),
+    ({"CONNECTOR_ID": "not-a-uuid"}, "CONNECTOR_ID: must be a UUID"),
+    ({"MATTERMOST_CHANNEL_IDS": ""}, "MATTERMOST_CHANNEL_IDS: must list at least one channel id"),
+    (
+        {"MATTERMOST_CHANNEL_IDS": " , ,"},
+        "MATTERMOST_CHANNEL_IDS: must list at least one channel id",
+    ),
+    (
+        {"MATTERMOST_CHANNEL_IDS": "town-square"},
+        "MATTERMOST_CHANNEL_IDS: 'town-square' is not a channel id",
+    ),
+    ({"MATTERMOST_PORT": "abc"}, "MATTERMOST_PORT: must be a number (got 'abc')"),
+    ({"MATTERMOST_PORT": "70000"}, "MATTERMOST_PORT: Input should be less than or equal to 65535"),
+    ({"MATTERMOST_PROTOCOL": "ftp"}, "MATTERMOST_PROTOCOL: must be 'http' or 'https'"),
+    (
+        {"MATTERMOST_DOMAIN": "https://chat.example.org"},
+        "MATTERMOST_DOMAIN: must be a host name only",
+    ),
+    ({"MATTERMOST_VERIFY": "maybe"}, "MATTERMOST_VERIFY: must be true or false"),
+    (
+        {"MATTERMOST_START_TIMESTAMP": "-5"},
+        "MATTERMOST_START_TIMESTAMP: Input should be greater than or equal to 0",
+    ),
+    ({"CONNECTOR_QUEUE_PROTOCOL": "kafka"}, "CONNECTOR_QUEUE_PROTOCOL: must be 'amqp' or 'api'"),
+    (
+        {"CONNECTOR_SEND_TO_DIRECTORY": "false"},
+        "CONNECTOR_SEND_TO_QUEUE and CONNECTOR_SEND_TO_DIRECTORY are both false",
+    ),
+    (
+        {
+            "CONNECTOR_SEND_TO_QUEUE": "true",
+            "OPENCTI_URL": "http://opencti:8080",
+            "OPENCTI_TOKEN": "ChangeMe",
+            "CONNECTOR_ID": "6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69",
+        },
+        "OPENCTI_TOKEN: still the placeholder ChangeMe",
+    ),
+    (
+        {"CONNECTOR_STATE_DATABASE_URL": "data/state.db"},
+        "CONNECTOR_STATE_DATABASE_URL: must be a SQLAlchemy URL",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"), BAD_INPUTS, ids=[next(iter(c)) for c, _ in BAD_INPUTS]
+)
+def test_bad_value_exits_2_with_one_line_naming_it(workdir: Path, change: dict, expected: str):
+    env = {**VALID, **change}
+    env = {k: v for k, v in env.items() if v is not None}
+    result = run_cli(["sync"], env, workdir, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("configuration error: ")
+    assert expected in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+    assert TOKEN not in result.stderr + result.stdout
+
+
+def test_bad_channel_option_exits_2(workdir: Path):
+    result = run_cli(["sync", "--channel", "nope"], VALID, workdir, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "configuration error: --channel: 'nope' is not a channel id "
+        "(26 lowercase letters and digits expected)"
+    )
+
+
+def test_unwritable_state_store_is_one_line(workdir: Path):
+    (workdir / "blocker").write_text("a file where a directory should be")
+    env = {**VALID, "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir}/blocker/state.db"}
+    result = run_cli(["sync"], env, workdir, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith("error: CONNECTOR_STATE_DATABASE_URL: cannot open")
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,150 @@
+"""The STIX mapping: valid 2.1, deterministic, marked, with files and thread links."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from mattermost_connector.config import TLP
+from mattermost_connector.stix import (
+    Attachment,
+    ChannelContext,
+    build_bundle,
+    marking_id,
+    message_id,
+    safe_file_name,
+)
+from tests.checks import assert_valid_stix
+
+CONTEXT = ChannelContext(
+    channel_id="c" * 26,
+    name="threat-intel/ioc-sharing",
+    description="Purpose: IOCs",
+    team_name="threat-intel",
+    channel_type="O",
+    created_ms=1_600_000_000_000,
+    server_url="https://chat.example.org",
+)
+ALICE = {"id": "a" * 26, "username": "alice", "email": "", "first_name": "Alice", "create_at": 1}
+ROOT = {
+    "id": "r" * 26,
+    "user_id": ALICE["id"],
+    "create_at": 1_700_000_000_000,
+    "message": "root\nbody",
+    "root_id": "",
+}
+REPLY = {
+    "id": "p" * 26,
+    "user_id": ALICE["id"],
+    "create_at": 1_700_000_000_500,
+    "message": "reply",
+    "root_id": ROOT["id"],
+    "edit_at": 1_700_000_009_000,
+}
+
+
+def bundle(tlp: TLP, attachments=None, posts=(ROOT, REPLY), users=None) -> dict:
+    text, count = build_bundle(
+        CONTEXT,
+        list(posts),
+        users if users is not None else {ALICE["id"]: ALICE},
+        attachments or {},
+        tlp,
+    )
+    parsed = json.loads(text)
+    assert len(parsed["objects"]) == count
+    return parsed
+
+
+@pytest.mark.parametrize("tlp", list(TLP))
+def test_bundles_are_valid_stix_and_fully_marked(tlp: TLP):
+    data = bundle(tlp)
+    assert_valid_stix([data])
+    markings = [o for o in data["objects"] if o["type"] == "marking-definition"]
+    assert [m["id"] for m in markings] == [marking_id(tlp)]
+    for obj in data["objects"]:
+        if obj["type"] != "marking-definition":
+            assert obj["object_marking_refs"] == [marking_id(tlp)]
+
+
+def test_opencti_specific_markings_carry_their_definition():
+    for tlp, name in ((TLP.CLEAR, "TLP:CLEAR"), (TLP.AMBER_STRICT, "TLP:AMBER+STRICT")):
+        marking = bundle(tlp)["objects"][0]
+        assert marking["x_opencti_definition"] == name
+        assert marking["x_opencti_definition_type"] == "TLP"
+    assert (
+        marking_id(TLP.AMBER_STRICT) == "marking-definition--826578e1-40ad-459f-bc73-ede076f81f37"
+    )
+
+
+def test_ids_and_content_are_deterministic():
+    first, second = bundle(TLP.AMBER), bundle(TLP.AMBER)
+    assert first["objects"] == second["objects"]
+    assert first["id"] != second["id"]  # only the bundle envelope is new
+
+
+def test_mapping_of_a_reply():
+    objects = {o["id"]: o for o in bundle(TLP.GREEN)["objects"]}
+    reply = objects[message_id(CONTEXT, REPLY["id"])]
+    assert reply["url"] == "https://chat.example.org/threat-intel/pl/" + REPLY["id"]
+    assert reply["content"] == "reply" and reply["media_category"] == "mattermost"
+    assert reply["publication_date"] == "2023-11-14T22:13:20.5Z"
+    identity = objects[reply["x_opencti_created_by_ref"]]
+    assert identity["name"] == "@alice" and identity["identity_class"] == "individual"
+    channel = next(o for o in objects.values() if o["type"] == "channel")
+    assert channel["name"] == "threat-intel/ioc-sharing" and channel["channel_types"] == [
+        "Mattermost"
+    ]
+    links = {
+        (o["source_ref"], o["target_ref"]) for o in objects.values() if o["type"] == "relationship"
+    }
+    assert (reply["id"], message_id(CONTEXT, ROOT["id"])) in links
+    assert (reply["id"], channel["id"]) in links
+    assert "edited" in reply["x_opencti_description"]
+    assert objects[message_id(CONTEXT, ROOT["id"])]["title"] == "root"
+
+
+def test_direct_messages_use_the_redirect_permalink():
+    direct = ChannelContext("d" * 26, "direct/@a,@b", None, None, "D", 0, "http://chat:8065")
+    assert direct.permalink("x" * 26) == "http://chat:8065/_redirect/pl/" + "x" * 26
+
+
+def test_attachments_become_files_and_failures_are_described(tmp_path: Path):
+    data = b"\x00\x01binary\xff" * 100
+    (tmp_path / "f1").write_bytes(data)
+    attachments = {
+        ROOT["id"]: [
+            Attachment(
+                "f" * 26, "iocs.bin", "application/octet-stream", len(data), tmp_path / "f1", "x"
+            ),
+            Attachment("g" * 26, "big.zip", "application/zip", 10**9, error="GET /files/g: 404"),
+        ]
+    }
+    objects = {o["id"]: o for o in bundle(TLP.RED, attachments)["objects"]}
+    root = objects[message_id(CONTEXT, ROOT["id"])]
+    (entry,) = root["x_opencti_files"]
+    assert base64.b64decode(entry["data"]) == data
+    assert entry["name"] == "iocs.bin" and entry["object_marking_refs"] == [marking_id(TLP.RED)]
+    assert "big.zip (1000000000 bytes, application/zip)" in root["x_opencti_description"]
+
+
+def test_unknown_author_still_gets_an_identity():
+    objects = bundle(TLP.AMBER, users={})["objects"]
+    (identity,) = [o for o in objects if o["type"] == "identity"]
+    assert identity["name"] == "@" + ALICE["id"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("../../etc/passwd", "passwd"),
+        ("a\x00b\nc.txt", "abc.txt"),
+        ("", "attachment-f1"),
+        ("x" * 300 + ".pdf", "x" * 196 + ".pdf"),
+    ],
+)
+def test_file_names_are_sanitised(raw: str, expected: str):
+    assert safe_file_name(raw, "f1") == expected
