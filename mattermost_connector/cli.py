@@ -97,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for name, value in _PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+    if not os.environ.get("PREFECT_API_URL"):
+        # The temporary server Prefect starts for this process logs tracebacks from its own
+        # services when it is stopped at exit; they say nothing about the sync.
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     try:
         if args.command == "sync":
             return _sync(args)

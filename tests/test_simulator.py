@@ -1,0 +1,95 @@
+"""The simulator must be no kinder than the real server (../shared/docs/mattermost-api.md)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.mattermost_sim import MattermostSimulator
+
+
+@pytest.fixture
+def world(sim: MattermostSimulator):
+    me = sim.add_user("me", token="tok")
+    channel = sim.add_channel(sim.add_team("t"), "c", members=[me])
+    posts = [sim.add_post(channel, me, f"m{i}", create_at=1000 + i // 2) for i in range(10)]
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{sim.port}/api/v4", headers={"Authorization": "Bearer tok"}
+    )
+    return sim, channel, posts, client
+
+
+def listing(client, channel, **params):
+    return client.get(f"/channels/{channel['id']}/posts", params=params)
+
+
+def test_after_and_before_are_strict_on_create_at(world):
+    sim, channel, posts, client = world
+    anchor = posts[4]  # create_at 1002, shared with posts[5]
+    after = listing(client, channel, after=anchor["id"]).json()
+    assert {sim.state.posts[i]["create_at"] for i in after["order"]} == {1003, 1004}
+    before = listing(client, channel, before=anchor["id"]).json()
+    assert {sim.state.posts[i]["create_at"] for i in before["order"]} == {1000, 1001}
+    assert posts[5]["id"] not in after["order"] + before["order"]  # the tie is skipped both ways
+
+
+def test_after_pages_ascending_but_answers_newest_first(world):
+    sim, channel, posts, client = world
+    page0 = listing(client, channel, after=posts[0]["id"], per_page=3, page=0).json()["order"]
+    stamps = [sim.state.posts[i]["create_at"] for i in page0]
+    assert stamps == sorted(stamps, reverse=True) and max(stamps) <= 1002
+
+
+def test_unknown_anchor_is_an_empty_list_and_bad_id_a_400(world):
+    _, channel, _, client = world
+    empty = listing(client, channel, after="z" * 26)
+    assert empty.status_code == 200 and empty.json()["order"] == []
+    bad = listing(client, channel, after="not-an-id")
+    assert bad.status_code == 400 and bad.json()["id"] == "api.context.invalid_url_param.app_error"
+    assert bad.json()["request_id"] == bad.headers["X-Request-ID"]
+
+
+def test_deleted_posts_only_in_since_and_include_deleted_needs_admin(world):
+    sim, channel, posts, client = world
+    sim.edit_post(posts[1]["id"], "edited")
+    sim.delete_post(posts[2]["id"])
+    live = listing(client, channel, per_page=200).json()["order"]
+    assert posts[2]["id"] not in live and len(live) == 9
+    since = listing(client, channel, since=1).json()
+    rows = [since["posts"][i] for i in since["order"]]
+    assert any(r["original_id"] == posts[1]["id"] for r in rows)  # edit-history row
+    deleted = next(r for r in rows if r["id"] == posts[2]["id"])
+    assert deleted["delete_at"] and deleted["message"] == "" and deleted["metadata"] == {}
+    assert listing(client, channel, include_deleted="true").status_code == 403
+
+
+def test_etag_and_default_page_size(world):
+    _, channel, _, client = world
+    first = listing(client, channel)
+    assert len(first.json()["order"]) == 10
+    again = client.get(
+        f"/channels/{channel['id']}/posts", headers={"If-None-Match": first.headers["ETag"]}
+    )
+    assert again.status_code == 304
+    assert "ETag" not in listing(client, channel, since=1).headers
+
+
+def test_token_in_query_string_is_refused(world):
+    _, channel, _, _ = world
+    response = httpx.get(
+        f"http://127.0.0.1:{world[0].port}/api/v4/channels/{channel['id']}",
+        params={"access_token": "tok"},
+    )
+    assert (
+        response.status_code == 401
+        and response.json()["id"] == "api.context.token_provided.app_error"
+    )
+
+
+def test_rate_limit_answers_plain_text_with_relative_reset(world):
+    sim, channel, _, client = world
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 1, 1
+    statuses = [listing(client, channel) for _ in range(4)]
+    limited = next(r for r in statuses if r.status_code == 429)
+    assert limited.text == "limit exceeded\n" and int(limited.headers["Retry-After"]) >= 1
+    assert int(limited.headers["X-RateLimit-Reset"]) < 1000  # relative seconds, not an epoch
