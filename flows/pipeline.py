@@ -1,6 +1,7 @@
 """One channel's pipeline: extract -> attachments -> transform -> load, batch after batch.
 
-Only orchestration lives here: every read, write and request happens inside a task.
+First the posts created since the cursor, then the edits and deletions of posts already
+delivered. Only orchestration lives here: every read, write and request happens in a task.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from dataclasses import replace
 
 from prefect.utilities.annotations import quote
 
-from mattermost_connector.channel_run import ChannelResult, ChannelRun
+from mattermost_connector.channel_run import Batch, ChannelResult, ChannelRun
 from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.mattermost.posts import Cursor
 from tasks.attachments import fetch_attachments
+from tasks.changes import commit_changes, reconcile_batch, scan_changes, sweep_batch
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.extract import extract_batch
-from tasks.load import load_bundle
+from tasks.load import advance_cursor, load_bundle
 from tasks.policy import describe
 from tasks.transform import transform_batch
 
@@ -26,25 +29,74 @@ def run_channel(channel_id: str, kind: str = "sync") -> ChannelResult:
     run: ChannelRun | None = None
     try:
         run = open_channel(channel_id, run_id, kind)
-        while True:
-            batch = extract_batch(run)
-            if batch.posts:
-                attachments = fetch_attachments(run, quote(batch.posts))
-                bundle = transform_batch(run, quote(batch), quote(attachments))
-                load_bundle(run, quote(bundle), batch.cursor, len(batch.posts))
-                run = replace(
-                    run,
-                    cursor=batch.cursor,
-                    posts=run.posts + len(batch.posts),
-                    files=run.files + bundle.files,
-                    objects=run.objects + bundle.objects,
-                    bundles=run.bundles + 1,
-                )
-            if batch.exhausted:
-                break
+        run = take_new_posts(run)
+        run = take_changes(run)
     except AuthenticationError as error:
         close_channel(channel_id, run_id, run, kind, describe(error))
         raise
     except Exception as error:
         return close_channel(channel_id, run_id, run, kind, describe(error))
     return close_channel(channel_id, run_id, run, kind, None)
+
+
+def deliver(run: ChannelRun, batch: Batch) -> ChannelRun:
+    attachments = fetch_attachments(run, quote(batch.posts))
+    bundle = transform_batch(run, quote(batch), quote(attachments))
+    load_bundle(run, quote(bundle), batch.cursor, quote(batch.posts))
+    return replace(
+        run,
+        cursor=batch.cursor or run.cursor,
+        files=run.files + bundle.files,
+        objects=run.objects + bundle.objects,
+        bundles=run.bundles + 1,
+    )
+
+
+def take_new_posts(run: ChannelRun) -> ChannelRun:
+    while True:
+        batch = extract_batch(run)
+        if batch.posts:
+            run = replace(deliver(run, batch), posts=run.posts + len(batch.posts))
+        elif batch.cursor != run.cursor:
+            advance_cursor(run, batch.cursor)
+            run = replace(run, cursor=batch.cursor)
+        run = replace(run, skipped=run.skipped + batch.skipped)
+        if batch.exhausted:
+            return run
+
+
+def take_changes(run: ChannelRun) -> ChannelRun:
+    """Re-deliver edited and deleted posts, then move the change watermark to this run."""
+    if run.cursor.get("changes_ms") is not None:
+        batch = scan_changes(run)
+        if batch is None:  # `since` was cut at 1000 rows: check every post instead
+            run = reconcile(run)
+        elif batch.posts:
+            run = deliver_changes(run, batch)
+    return replace(run, cursor=commit_changes(run))
+
+
+def reconcile(run: ChannelRun) -> ChannelRun:
+    position = Cursor(boundary_ms=run.start_ms).to_dict()
+    while True:
+        batch = reconcile_batch(run, position)
+        if batch.posts:
+            run = deliver_changes(run, batch)
+        position = batch.cursor
+        if batch.exhausted:
+            break
+    while True:
+        batch = sweep_batch(run)
+        if batch.posts:
+            run = deliver_changes(run, batch)
+        if batch.exhausted:
+            return run
+
+
+def deliver_changes(run: ChannelRun, batch: Batch) -> ChannelRun:
+    run = deliver(run, replace(batch, cursor=None))
+    return replace(
+        run,
+        updated=run.updated + batch.updated,
+        deleted=run.deleted + batch.deleted,
+    )

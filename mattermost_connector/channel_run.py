@@ -20,11 +20,15 @@ class ChannelRun:
     last_post_at: int
     work: Work
     spool: Path
+    start_ms: int = 0
+    server_start_ms: int = 0
     cursor_before: dict[str, Any] = field(default_factory=dict)
     posts: int = 0
     files: int = 0
     objects: int = 0
     skipped: int = 0
+    updated: int = 0
+    deleted: int = 0
     bundles: int = 0
 
 
@@ -34,9 +38,12 @@ class Batch:
 
     posts: list[dict[str, Any]]
     users: dict[str, dict[str, Any]]
-    cursor: dict[str, Any]
+    cursor: dict[str, Any] | None  # None: delivering this batch does not move the cursor
     exhausted: bool
     skipped: int = 0
+    updated: int = 0
+    deleted: int = 0
+    missing_roots: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,6 +64,8 @@ class ChannelResult:
     files: int = 0
     objects: int = 0
     skipped: int = 0
+    updated: int = 0
+    deleted: int = 0
     error: str | None = None
     cursor_before: dict[str, Any] | None = None
     cursor_after: dict[str, Any] | None = None

@@ -135,6 +135,8 @@ class MattermostSettings(_Group):
     keepalive: bool = False
     keepalive_delay: float = Field(5.0, ge=0)
     debug: bool = False
+    deleted_posts: Literal["label", "ignore"] = "label"
+    include_system_messages: bool = False
 
     @field_validator("domain")
     @classmethod
@@ -151,9 +153,9 @@ class MattermostSettings(_Group):
             raise ValueError("must not be empty: set a personal access token or bot token")
         return value
 
-    @field_validator("protocol", mode="before")
+    @field_validator("protocol", "deleted_posts", mode="before")
     @classmethod
-    def _protocol(cls, value: object) -> object:
+    def _lowercase(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("basepath")

@@ -6,8 +6,9 @@ written by an older release is migrated in place when a newer one opens it.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,12 +57,35 @@ runs = sa.Table(
 )
 
 
+# What was delivered of each post: lets a later run tell an edit or a deletion from a reaction,
+# and re-deliver a deleted post with the text it had (the server then answers "").
+delivered_posts = sa.Table(
+    "delivered_posts",
+    metadata,
+    sa.Column("post_id", sa.String(64), primary_key=True),
+    sa.Column("channel_id", sa.String(64), nullable=False, index=True),
+    sa.Column("root_id", sa.String(64)),
+    sa.Column("user_id", sa.String(64), nullable=False),
+    sa.Column("create_at", sa.BigInteger, nullable=False),
+    sa.Column("update_at", sa.BigInteger, nullable=False),
+    sa.Column("edit_at", sa.BigInteger, nullable=False, default=0),
+    sa.Column("delete_at", sa.BigInteger, nullable=False, default=0),
+    sa.Column("message_sha256", sa.String(64), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+    sa.Column("seen_run", sa.Integer),
+)
+
+
 def _create_v1(connection: Connection) -> None:
     metadata.create_all(connection, tables=[channel_cursors, runs])
 
 
+def _create_v2(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[delivered_posts])
+
+
 # version -> step that brings the schema from version-1 to it
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1, 2: _create_v2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -78,6 +102,27 @@ class RunRecord:
     files: int
     objects: int
     error: str | None
+
+
+def message_digest(message: str) -> str:
+    return hashlib.sha256(message.encode("utf-8")).hexdigest()
+
+
+def post_row(channel_id: str, post: dict[str, Any]) -> dict[str, Any]:
+    """The delivered_posts row of a post as it was delivered."""
+    message = post.get("message") or ""
+    return {
+        "post_id": post["id"],
+        "channel_id": channel_id,
+        "root_id": post.get("root_id") or None,
+        "user_id": post["user_id"],
+        "create_at": int(post["create_at"]),
+        "update_at": int(post.get("update_at") or post["create_at"]),
+        "edit_at": int(post.get("edit_at") or 0),
+        "delete_at": int(post.get("delete_at") or 0),
+        "message_sha256": message_digest(message),
+        "message": message,
+    }
 
 
 def _now() -> datetime:
@@ -146,11 +191,19 @@ class StateStore:
             ).scalar()
         return json.loads(raw) if raw else None
 
-    def save_cursor(self, channel_id: str, cursor: dict[str, Any], posts_delivered: int) -> None:
-        """Record that everything up to `cursor` is delivered (call only after delivery)."""
+    def save_cursor(
+        self,
+        channel_id: str,
+        cursor: dict[str, Any],
+        posts_delivered: int = 0,
+        delivered: Iterable[dict[str, Any]] = (),
+    ) -> None:
+        """Record, in one transaction, that everything up to `cursor` and the `delivered`
+        posts are delivered (call only after delivery)."""
         table = channel_cursors
         encoded = json.dumps(cursor, sort_keys=True)
         with self._engine.begin() as connection:
+            self._upsert_posts(connection, channel_id, delivered)
             updated = connection.execute(
                 table.update()
                 .where(table.c.channel_id == channel_id)
@@ -169,6 +222,77 @@ class StateStore:
                         updated_at=_now(),
                     )
                 )
+
+    def record_posts(self, channel_id: str, delivered: Iterable[dict[str, Any]]) -> None:
+        with self._engine.begin() as connection:
+            self._upsert_posts(connection, channel_id, delivered)
+
+    def _upsert_posts(
+        self, connection: Connection, channel_id: str, posts: Iterable[dict[str, Any]]
+    ) -> None:
+        rows = [post_row(channel_id, post) for post in posts]
+        if not rows:
+            return
+        dialect = connection.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:  # portable fallback: delete then insert
+            ids = [row["post_id"] for row in rows]
+            connection.execute(delivered_posts.delete().where(delivered_posts.c.post_id.in_(ids)))
+            connection.execute(delivered_posts.insert(), rows)
+            return
+        statement = insert(delivered_posts)
+        updates = {
+            name: statement.excluded[name]
+            for name in ("update_at", "edit_at", "delete_at", "message_sha256", "message")
+        }
+        connection.execute(
+            statement.on_conflict_do_update(index_elements=["post_id"], set_=updates), rows
+        )
+
+    def delivered(self, post_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """What was delivered of these posts, by id (absent: never delivered)."""
+        ids = list(set(post_ids))
+        found: dict[str, dict[str, Any]] = {}
+        with self._engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                query = sa.select(delivered_posts).where(
+                    delivered_posts.c.post_id.in_(ids[start : start + 500])
+                )
+                found.update(
+                    {row["post_id"]: dict(row) for row in connection.execute(query).mappings()}
+                )
+        return found
+
+    def mark_seen(self, channel_id: str, post_ids: Iterable[str], run_id: int) -> None:
+        ids = list(post_ids)
+        with self._engine.begin() as connection:
+            for start in range(0, len(ids), 500):
+                connection.execute(
+                    delivered_posts.update()
+                    .where(delivered_posts.c.channel_id == channel_id)
+                    .where(delivered_posts.c.post_id.in_(ids[start : start + 500]))
+                    .values(seen_run=run_id)
+                )
+
+    def unseen(
+        self, channel_id: str, run_id: int, created_from: int, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """Live-looking delivered posts that a complete listing did not return: gone."""
+        table = delivered_posts
+        query = (
+            sa.select(table)
+            .where(table.c.channel_id == channel_id)
+            .where(table.c.delete_at == 0)
+            .where(table.c.create_at >= created_from)
+            .where(sa.or_(table.c.seen_run.is_(None), table.c.seen_run != run_id))
+            .order_by(table.c.create_at, table.c.post_id)
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            return [dict(row) for row in connection.execute(query).mappings()]
 
     def cursors(self) -> list[dict[str, Any]]:
         with self._engine.connect() as connection:

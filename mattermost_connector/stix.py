@@ -30,6 +30,7 @@ from mattermost_connector.config import TLP
 
 Post = Mapping[str, Any]
 MEDIA_CATEGORY = "mattermost"
+DELETED_LABEL = "deleted"
 _STATEMENT_MARKINGS = {
     # OpenCTI-specific TLP markings: stix2 refuses them as TLP objects, so they are statements
     # carrying OpenCTI's own definition, as the platform exports them.
@@ -212,13 +213,22 @@ def message_objects(
     author: Mapping[str, Any],
     attachments: list[Attachment],
     tlp: TLP,
+    root_known: bool = True,
 ) -> list[Any]:
-    """The media-content of one post and its links to the channel and to its thread's root."""
+    """The media-content of one post and its links to the channel and to its thread's root
+    (left out when the root could not be delivered: no relationship may dangle)."""
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
     if post.get("root_id"):
         description.append(f"reply in thread {context.permalink(post['root_id'])}")
+        if not root_known:
+            description.append("thread root not available")
     if post.get("edit_at"):
         description.append(f"edited {_timestamp(post['edit_at']).isoformat()}")
+    if post.get("delete_at"):
+        description.append(
+            f"deleted in Mattermost {_timestamp(post['delete_at']).isoformat()}; "
+            "the text is the last one imported"
+        )
     missing = [a for a in attachments if a.path is None]
     if missing:
         description.append(
@@ -232,6 +242,8 @@ def message_objects(
     files = _file_entries(attachments, tlp)
     if files:
         custom["x_opencti_files"] = files
+    if post.get("delete_at"):
+        custom["x_opencti_labels"] = [DELETED_LABEL]
     message = CustomObservableMediaContent(
         url=context.permalink(post["id"]),
         title=_title(post.get("message") or ""),
@@ -246,7 +258,7 @@ def message_objects(
         message,
         _related(message.id, channel_id(context), post["create_at"], tlp),
     ]
-    if post.get("root_id"):
+    if post.get("root_id") and root_known:
         root = message_id(context, post["root_id"])
         objects.append(_related(message.id, root, post["create_at"], tlp))
     return objects
@@ -276,6 +288,7 @@ def build_bundle(
     users: Mapping[str, Mapping[str, Any]],
     attachments: Mapping[str, list[Attachment]],
     tlp: TLP,
+    missing_roots: Iterable[str] = (),
 ) -> tuple[str, int]:
     """One bundle for a batch of posts: marking, channel, authors, messages, relationships.
 
@@ -283,10 +296,13 @@ def build_bundle(
     """
     objects: list[Any] = [marking_object(tlp), channel_object(context, tlp)]
     authors: dict[str, Any] = {}
+    missing = set(missing_roots)
     for post in posts:
         author = users.get(post["user_id"]) or unknown_author(post["user_id"])
         if post["user_id"] not in authors:
             authors[post["user_id"]] = identity_object(author, tlp)
-        objects.extend(message_objects(post, context, author, attachments.get(post["id"], []), tlp))
+        files = attachments.get(post["id"], [])
+        known = post.get("root_id") not in missing
+        objects.extend(message_objects(post, context, author, files, tlp, root_known=known))
     objects[2:2] = list(authors.values())
     return bundle_json(objects), len(objects)

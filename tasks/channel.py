@@ -34,9 +34,9 @@ def start_run(channel_id: str, kind: str) -> int:
 def open_channel(channel_id: str, run_id: int, kind: str) -> ChannelRun:
     """Resolve the channel and where it stands; open one OpenCTI work for this run."""
     settings = resources.settings()
-    context, channel = channel_context(
-        resources.client(), channel_id, settings.mattermost.server_url
-    )
+    client = resources.client()
+    context, channel = channel_context(client, channel_id, settings.mattermost.server_url)
+    server_now = client.server_time_ms or int(datetime.now(tz=UTC).timestamp() * 1000)
     stored = resources.store().cursor(channel_id)
     cursor = stored or Cursor.start_at(settings.mattermost.start_timestamp).to_dict()
     since = datetime.fromtimestamp(cursor["boundary_ms"] / 1000, tz=UTC).isoformat()
@@ -54,6 +54,8 @@ def open_channel(channel_id: str, run_id: int, kind: str) -> ChannelRun:
         last_post_at=int(channel.get("last_post_at") or 0),
         work=work,
         spool=Path(tempfile.mkdtemp(prefix=f"mattermost-{channel_id}-")),
+        start_ms=settings.mattermost.start_timestamp * 1000,
+        server_start_ms=server_now,
     )
 
 
@@ -68,6 +70,11 @@ def close_channel(
         counts = {"posts": run.posts, "files": run.files, "objects": run.objects}
         message = (
             f"{run.posts} posts, {run.files} files, {run.objects} objects in {run.bundles} bundles"
+            + (
+                f"; {run.updated} updated, {run.deleted} deleted"
+                if run.updated or run.deleted
+                else ""
+            )
         )
         for destination in resources.outputs():
             destination.close_work(run.work, error or message, in_error=bool(error))
@@ -79,6 +86,8 @@ def close_channel(
         kind=kind,
         status=status,
         skipped=run.skipped if run else 0,
+        updated=run.updated if run else 0,
+        deleted=run.deleted if run else 0,
         error=error,
         cursor_before=run.cursor_before if run else None,
         cursor_after=run.cursor if run else None,

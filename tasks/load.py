@@ -1,4 +1,4 @@
-"""Load: deliver a bundle to every destination, then, and only then, advance the cursor."""
+"""Load: deliver a bundle to every destination, then, and only then, record it as delivered."""
 
 from __future__ import annotations
 
@@ -20,11 +20,29 @@ from tasks.policy import TASK_DEFAULTS, retryable
     retry_condition_fn=retryable,
     **TASK_DEFAULTS,
 )
-def load_bundle(run: ChannelRun, bundle: Bundle, cursor: dict[str, Any], posts: int) -> None:
+def load_bundle(
+    run: ChannelRun, bundle: Bundle, cursor: dict[str, Any] | None, posts: list[dict]
+) -> None:
+    """`cursor` None: the bundle re-delivers known posts (edits, deletions) and moves nothing."""
     for destination in resources.outputs():
         destination.send(run.work, bundle.json)
-    if run.kind == "sync":
-        resources.store().save_cursor(run.channel_id, cursor, posts)
-        state = {"cursor": cursor, "updated_at": datetime.now(tz=UTC).isoformat()}
-        for destination in resources.outputs():
-            destination.save_state(run.channel_id, state)
+    store = resources.store()
+    if cursor is None:
+        store.record_posts(run.channel_id, posts)
+        return
+    store.save_cursor(run.channel_id, cursor, len(posts), delivered=posts)
+    publish_state(run.channel_id, cursor)
+
+
+def publish_state(channel_id: str, cursor: dict[str, Any]) -> None:
+    """Mirror the cursor where operators look (the connector state in OpenCTI's UI)."""
+    state = {"cursor": cursor, "updated_at": datetime.now(tz=UTC).isoformat()}
+    for destination in resources.outputs():
+        destination.save_state(channel_id, state)
+
+
+@task(name="advance-cursor", task_run_name="advance-{run.channel_id}", **TASK_DEFAULTS)
+def advance_cursor(run: ChannelRun, cursor: dict[str, Any]) -> None:
+    """Move past posts that deliver nothing (system messages, when skipped)."""
+    resources.store().save_cursor(run.channel_id, cursor)
+    publish_state(run.channel_id, cursor)

@@ -17,7 +17,12 @@ def transform_batch(
     """Build the bundle, then drop the spooled files: the bundle now carries their bytes."""
     try:
         bundle, objects = build_bundle(
-            run.context, batch.posts, batch.users, attachments, resources.settings().mattermost.tlp
+            run.context,
+            batch.posts,
+            batch.users,
+            attachments,
+            resources.settings().mattermost.tlp,
+            missing_roots=batch.missing_roots,
         )
     finally:
         for files in attachments.values():

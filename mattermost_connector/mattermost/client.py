@@ -12,6 +12,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import IO, Any, TypeVar
 
 import httpx
@@ -63,6 +64,7 @@ class MattermostClient:
         self._retry = retry or RetryPolicy(base_delay=max(settings.keepalive_delay, 0.0) or 0.5)
         self._sleep = sleep
         self._not_before = 0.0  # monotonic time before which no request may leave (rate limit)
+        self.server_time_ms: int | None = None  # the server's clock, from its last Date header
         timeout = httpx.Timeout(settings.timeout, read=settings.request_timeout or settings.timeout)
         self._http = httpx.Client(
             base_url=settings.api_url,
@@ -190,6 +192,7 @@ class MattermostClient:
         request = response.request
         self._trace(request.method, request.url.path, response, params)
         self._note_rate_limit(response)
+        self._note_server_time(response)
         status = response.status_code
         if response.is_success:
             return
@@ -227,6 +230,14 @@ class MattermostClient:
                 self._not_before = max(self._not_before, time.monotonic() + float(reset))
         except ValueError:
             return
+
+    def _note_server_time(self, response: httpx.Response) -> None:
+        date = response.headers.get("Date")
+        if date:
+            try:
+                self.server_time_ms = int(parsedate_to_datetime(date).timestamp() * 1000)
+            except (TypeError, ValueError):
+                return
 
     def _trace(self, method: str, path: str, response: httpx.Response, params: Any = None) -> None:
         if self._debug:

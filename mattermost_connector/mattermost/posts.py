@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mattermost_connector.mattermost.client import PER_PAGE, MattermostClient
@@ -28,6 +28,8 @@ class Cursor:
     boundary_ms: int
     boundary_ids: tuple[str, ...] = ()
     anchor_id: str | None = None
+    # edits and deletions made after this time (server ms) are still to be looked for
+    changes_ms: int | None = None
 
     @classmethod
     def start_at(cls, epoch_seconds: int) -> Cursor:
@@ -44,9 +46,9 @@ class Cursor:
         created = post["create_at"]
         if created > self.boundary_ms:
             anchor = self.boundary_ids[0] if self.boundary_ids else self.anchor_id
-            return Cursor(boundary_ms=created, boundary_ids=(post["id"],), anchor_id=anchor)
+            return replace(self, boundary_ms=created, boundary_ids=(post["id"],), anchor_id=anchor)
         if created == self.boundary_ms and post["id"] not in self.boundary_ids:
-            return Cursor(self.boundary_ms, (*self.boundary_ids, post["id"]), self.anchor_id)
+            return replace(self, boundary_ids=(*self.boundary_ids, post["id"]))
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -54,6 +56,7 @@ class Cursor:
             "boundary_ms": self.boundary_ms,
             "boundary_ids": list(self.boundary_ids),
             "anchor_id": self.anchor_id,
+            "changes_ms": self.changes_ms,
         }
 
     @classmethod
@@ -62,6 +65,7 @@ class Cursor:
             boundary_ms=int(data["boundary_ms"]),
             boundary_ids=tuple(data.get("boundary_ids") or ()),
             anchor_id=data.get("anchor_id"),
+            changes_ms=data.get("changes_ms"),
         )
 
 
@@ -159,7 +163,7 @@ def _locate(
     found = page(high)
     if found:
         anchor = next(post for post in found if post["create_at"] < cursor.boundary_ms)
-        return Cursor(cursor.boundary_ms, cursor.boundary_ids, anchor["id"]), []
+        return replace(cursor, anchor_id=anchor["id"]), []
     if high == 0:
         return cursor, []  # an empty channel: nothing to anchor on yet
     # Start at the oldest millisecond; its posts may spill over several pages backwards.
@@ -171,4 +175,29 @@ def _locate(
         cluster.update({p["id"]: p for p in page(index) if p["create_at"] == oldest_ms})
     ordered = _ascending(list(cluster.values()))
     first = [post for post in ordered if cursor.wants(post)]
-    return Cursor(oldest_ms, tuple(p["id"] for p in ordered), ordered[0]["id"]), first
+    located = replace(
+        cursor,
+        boundary_ms=oldest_ms,
+        boundary_ids=tuple(p["id"] for p in ordered),
+        anchor_id=ordered[0]["id"],
+    )
+    return located, first
+
+
+def read_batch(
+    client: MattermostClient,
+    channel_id: str,
+    cursor: Cursor,
+    max_posts: int,
+    *,
+    last_post_at: int | None = None,
+) -> tuple[list[Post], Cursor, bool]:
+    """About `max_posts` posts after `cursor` (whole pages), the cursor after them, and
+    whether the channel's end was reached."""
+    posts: list[Post] = []
+    for page in walk_posts(client, channel_id, cursor, last_post_at=last_post_at):
+        posts.extend(page.posts)
+        cursor = page.cursor
+        if len(posts) >= max_posts:
+            return posts, cursor, False
+    return posts, cursor, True

@@ -1,0 +1,86 @@
+"""Edits and deletions of delivered posts: `since` when it can be trusted, else a full check."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+
+from mattermost_connector.changes import CHANGES_MARGIN_MS, deleted_version, scan_since, stale
+from mattermost_connector.channel_run import Batch, ChannelRun
+from mattermost_connector.mattermost.posts import Cursor, read_batch
+from tasks import resources
+from tasks.extract import BATCH_POSTS, completed
+from tasks.load import publish_state
+from tasks.policy import TASK_DEFAULTS, retryable
+
+RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": retryable}
+
+
+def _deliverable(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
+    """With MATTERMOST_DELETED_POSTS=ignore, deletions are remembered but not re-delivered."""
+    deleted = [post for post in posts if post.get("delete_at")]
+    if deleted and resources.settings().mattermost.deleted_posts == "ignore":
+        resources.store().record_posts(run.channel_id, deleted)
+        posts = [post for post in posts if not post.get("delete_at")]
+    batch = completed(run, posts, **kwargs)
+    batch.deleted = len(deleted)
+    batch.updated = sum(1 for post in posts if not post.get("delete_at"))
+    return batch
+
+
+@task(name="scan-changes", task_run_name="changes-{run.channel_id}", **RETRIES, **TASK_DEFAULTS)
+def scan_changes(run: ChannelRun) -> Batch | None:
+    """Posts edited or deleted since the watermark; None when `since` may have been cut."""
+    since = Cursor.from_dict(run.cursor).changes_ms
+    assert since is not None
+    rows = scan_since(resources.client(), run.channel_id, since)
+    if rows is None:
+        get_run_logger().warning(
+            "channel %s: 1000 or more changes since the last run; checking every post",
+            run.channel_id,
+        )
+        return None
+    return _deliverable(run, stale(rows, resources.store().delivered(row["id"] for row in rows)))
+
+
+@task(name="reconcile", task_run_name="reconcile-{run.channel_id}", **RETRIES, **TASK_DEFAULTS)
+def reconcile_batch(run: ChannelRun, position: dict) -> Batch:
+    """One stretch of the complete listing, compared with what was delivered.
+
+    Returns the stale posts, and in `cursor` where the listing stands: it stops at the
+    delivered cursor, since what is newer is the new-posts pass's.
+    """
+    walked, cursor, exhausted = read_batch(
+        resources.client(), run.channel_id, Cursor.from_dict(position), BATCH_POSTS
+    )
+    boundary = Cursor.from_dict(run.cursor).boundary_ms
+    listed = [post for post in walked if post["create_at"] <= boundary]
+    exhausted = exhausted or len(listed) < len(walked)
+    store = resources.store()
+    delivered = store.delivered(post["id"] for post in listed)
+    store.mark_seen(run.channel_id, delivered.keys(), run.run_id)
+    never = [post for post in listed if post["id"] not in delivered]  # e.g. before schema v2
+    changed = stale(listed, delivered) + never
+    return _deliverable(run, changed, cursor=cursor.to_dict(), exhausted=exhausted)
+
+
+@task(name="sweep", task_run_name="sweep-{run.channel_id}", **RETRIES, **TASK_DEFAULTS)
+def sweep_batch(run: ChannelRun) -> Batch:
+    """Delivered posts the complete listing no longer returned: deleted (or purged)."""
+    gone = resources.store().unseen(run.channel_id, run.run_id, created_from=run.start_ms)
+    posts = [deleted_version(row, run.server_start_ms) for row in gone]
+    return _deliverable(run, posts, exhausted=not posts)
+
+
+@task(name="commit-changes", task_run_name="commit-{run.channel_id}", **TASK_DEFAULTS)
+def commit_changes(run: ChannelRun) -> dict:
+    """Every change up to this run's start is delivered: move the watermark there."""
+    cursor = Cursor.from_dict(run.cursor)
+    cursor = Cursor(
+        cursor.boundary_ms,
+        cursor.boundary_ids,
+        cursor.anchor_id,
+        changes_ms=max(run.server_start_ms - CHANGES_MARGIN_MS, cursor.changes_ms or 0),
+    ).to_dict()
+    resources.store().save_cursor(run.channel_id, cursor)
+    publish_state(run.channel_id, cursor)
+    return cursor
