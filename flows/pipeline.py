@@ -69,10 +69,8 @@ def take_changes(run: ChannelRun) -> ChannelRun:
     """Re-deliver edited and deleted posts, then move the change watermark to this run."""
     if run.cursor.get("changes_ms") is not None:
         batch = scan_changes(run)
-        if batch is None:  # `since` was cut at 1000 rows: check every post instead
-            run = reconcile(run)
-        elif batch.posts:
-            run = deliver_changes(run, batch)
+        # None: `since` was cut at 1000 rows, so every post is checked instead
+        run = reconcile(run) if batch is None else deliver_changes(run, batch)
     return replace(run, cursor=commit_changes(run))
 
 
@@ -80,21 +78,21 @@ def reconcile(run: ChannelRun) -> ChannelRun:
     position = Cursor(boundary_ms=run.start_ms).to_dict()
     while True:
         batch = reconcile_batch(run, position)
-        if batch.posts:
-            run = deliver_changes(run, batch)
+        run = deliver_changes(run, batch)
         position = batch.cursor
         if batch.exhausted:
             break
     while True:
         batch = sweep_batch(run)
-        if batch.posts:
-            run = deliver_changes(run, batch)
+        run = deliver_changes(run, batch)
         if batch.exhausted:
             return run
 
 
 def deliver_changes(run: ChannelRun, batch: Batch) -> ChannelRun:
-    run = deliver(run, replace(batch, cursor=None))
+    """Deliver what is stale (if anything) and count what was noticed."""
+    if batch.posts:
+        run = deliver(run, replace(batch, cursor=None))
     return replace(
         run,
         updated=run.updated + batch.updated,

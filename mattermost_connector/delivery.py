@@ -10,9 +10,9 @@ import logging
 import os
 import sys
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -60,11 +60,14 @@ class DirectoryDestination:
             ) from None
 
     def open_work(self, work: Work) -> None:
-        work.ids[self.name] = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{work.channel_id}"
+        work.ids[self.name] = work.channel_id
 
     def send(self, work: Work, bundle: str) -> None:
+        """File names sort in delivery order: send time (µs), channel, sequence in the run."""
         work.sequence += 1
-        final = self.path / f"{work.ids[self.name]}-{work.sequence:06d}-{uuid.uuid4().hex[:8]}.json"
+        now = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{now}-{work.ids[self.name]}-{work.sequence:06d}-{uuid.uuid4().hex[:6]}.json"
+        final = self.path / name
         partial = final.with_suffix(".json.tmp")
         try:
             with open(partial, "w", encoding="utf-8") as handle:

@@ -42,6 +42,8 @@ class Faults:
 
     error_rate: float = 0.0
     drop_rate: float = 0.0
+    throttle_rate: float = 0.0  # 429s caused by other clients sharing the budget (same IP)
+    retry_after: int = 1
     latency: float = 0.0
     rate_limit_per_sec: float | None = None  # None: RateLimitSettings.Enable = false
     rate_limit_burst: int = 100
@@ -73,6 +75,8 @@ class State:
     tokens: dict[str, str] = field(default_factory=dict)  # token -> user id
     members: dict[str, set[str]] = field(default_factory=dict)  # channel id -> user ids
     tiebreak: dict[str, float] = field(default_factory=dict)  # stands for the DB's row order
+    by_channel: dict[str, dict[str, None]] = field(default_factory=dict)  # insertion-ordered
+    replies: dict[str, list[str]] = field(default_factory=dict)  # root id -> reply ids
 
 
 class MattermostSimulator:
@@ -247,9 +251,9 @@ class MattermostSimulator:
             }
             for info in files[:5]:
                 info.update(post_id=post["id"], channel_id=channel["id"])
-            self.state.posts[post["id"]] = post
-            self.state.tiebreak[post["id"]] = self._rng.random()
+            self._index(post)
             if root:
+                self.state.replies.setdefault(root["id"], []).append(post["id"])
                 stored_root = self.state.posts[root["id"]]
                 stored_root["update_at"] = max(stored_root["update_at"], at)
                 stored_root["reply_count"] += 1
@@ -265,11 +269,19 @@ class MattermostSimulator:
             at = self.now()
             history = json.loads(json.dumps(post))
             history.update(id=self.new_id(), original_id=post_id, delete_at=at, update_at=at)
-            self.state.posts[history["id"]] = history
-            self.state.tiebreak[history["id"]] = self._rng.random()
+            self._index(history)
             post.update(message=message, edit_at=at, update_at=at)
             self._bump_root(post, at)
             return post
+
+    def _index(self, post: dict[str, Any]) -> None:
+        self.state.posts[post["id"]] = post
+        self.state.tiebreak[post["id"]] = self._rng.random()
+        self.state.by_channel.setdefault(post["channel_id"], {})[post["id"]] = None
+
+    def channel_rows(self, channel_id: str) -> list[dict[str, Any]]:
+        posts = self.state.posts
+        return [posts[i] for i in self.state.by_channel.get(channel_id, {}) if i in posts]
 
     def react(self, post_id: str) -> None:
         with self._lock:
@@ -282,7 +294,11 @@ class MattermostSimulator:
             post = self.state.posts[post_id]
             targets = [post]
             if not post["root_id"]:
-                targets += [p for p in self.state.posts.values() if p["root_id"] == post_id]
+                targets += [
+                    self.state.posts[i]
+                    for i in self.state.replies.get(post_id, [])
+                    if i in self.state.posts
+                ]
             for target in targets:
                 if target["delete_at"]:
                     continue
@@ -293,7 +309,9 @@ class MattermostSimulator:
     def purge_post(self, post_id: str) -> None:
         """Hard delete (data retention): the row is gone, as if it never existed."""
         with self._lock:
-            self.state.posts.pop(post_id, None)
+            post = self.state.posts.pop(post_id, None)
+            if post:
+                self.state.by_channel[post["channel_id"]].pop(post_id, None)
 
     def _bump_root(self, post: dict[str, Any], at: int) -> None:
         if post["root_id"] and post["root_id"] in self.state.posts:
@@ -303,9 +321,7 @@ class MattermostSimulator:
     def live_posts(self, channel_id: str) -> list[dict[str, Any]]:
         """What a user sees: non-deleted, non-history posts of the channel."""
         return [
-            p
-            for p in self.state.posts.values()
-            if p["channel_id"] == channel_id and not p["delete_at"] and not p["original_id"]
+            p for p in self.channel_rows(channel_id) if not p["delete_at"] and not p["original_id"]
         ]
 
     # -- serving ---------------------------------------------------------------------------
@@ -364,6 +380,8 @@ class MattermostSimulator:
             return "drop"
         if roll < self.faults.drop_rate + self.faults.error_rate:
             return "error"
+        if roll < self.faults.drop_rate + self.faults.error_rate + self.faults.throttle_rate:
+            return "throttle"
         return None
 
     def caller(self, headers: Any, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -481,7 +499,7 @@ class MattermostSimulator:
             and "system_admin" not in me["roles"]
         ):
             raise AppError(403, "api.context.permissions.app_error")
-        rows = [p for p in self.state.posts.values() if p["channel_id"] == channel_id]
+        rows = self.channel_rows(channel_id)
         key = lambda p: (p["create_at"], self.state.tiebreak[p["id"]])  # noqa: E731
         if since > 0:
             changed = [p for p in rows if p["update_at"] > since]
@@ -523,9 +541,9 @@ class MattermostSimulator:
                 continue
             if root_id not in ids and root_id in self.state.posts:
                 extra[root_id] = self.state.posts[root_id]
-            for sibling in self.state.posts.values():
-                if sibling["root_id"] == root_id and sibling["id"] not in ids:
-                    extra.setdefault(sibling["id"], sibling)
+            for sibling_id in self.state.replies.get(root_id, []):
+                if sibling_id not in ids and sibling_id in self.state.posts:
+                    extra.setdefault(sibling_id, self.state.posts[sibling_id])
                     break
         return [p for p in extra.values() if not p["delete_at"]]
 
@@ -593,6 +611,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._log(method, split.path, query, 0)
             self.close_connection = True
             self.connection.shutdown(2)
+            return
+        if fault == "throttle":
+            self._log(method, split.path, query, 429)
+            headers = {**limit_headers, "Retry-After": str(sim.faults.retry_after)}
+            self._send(429, b"limit exceeded\n", "text/plain; charset=utf-8", headers)
             return
         if fault == "error":
             status = sim._fault_rng.choice([500, 502, 503])

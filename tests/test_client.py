@@ -130,3 +130,45 @@ def test_a_server_that_keeps_failing_gives_up_with_a_clear_error(demo: Demo):
     client = make_client(demo.sim, demo.token, attempts=3)
     with pytest.raises(MattermostError, match=r"gave up after 3 attempts \(status 5\d\d\)"):
         client.channel(demo.channels[0]["id"])
+
+
+def settings_for(sim: MattermostSimulator, token: str, **values) -> MattermostSettings:
+    base = {
+        "domain": "127.0.0.1",
+        "port": sim.port,
+        "protocol": "http",
+        "token": token,
+        "channel_ids": ["a" * 26],
+    }
+    return MattermostSettings(**{**base, **values})
+
+
+@pytest.mark.parametrize("values", [{"timeout": 0.3}, {"timeout": 30, "request_timeout": 0.3}])
+def test_timeouts_apply_to_every_request(demo: Demo, values: dict):
+    demo.sim.faults.latency = 1.0
+    client = MattermostClient(
+        settings_for(demo.sim, demo.token, **values), retry=RetryPolicy(attempts=2, base_delay=0.01)
+    )
+    started = time.monotonic()
+    with pytest.raises(MattermostError, match=r"gave up after 2 attempts \(ReadTimeout"):
+        client.channel(demo.channels[0]["id"])
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(MattermostError, match="ReadTimeout"):
+        client.download(next(iter(demo.sim.state.files)), io.BytesIO())
+
+
+def test_a_slow_server_within_the_request_timeout_is_fine(demo: Demo):
+    demo.sim.faults.latency = 0.4
+    client = MattermostClient(settings_for(demo.sim, demo.token, timeout=0.2, request_timeout=2))
+    assert client.channel(demo.channels[0]["id"])["name"] == "ioc-sharing"
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_certificate_verification_follows_the_setting(demo: Demo, verify: bool):
+    import ssl
+
+    settings = settings_for(demo.sim, demo.token, protocol="https", verify=verify)
+    client = MattermostClient(settings)
+    context = client._http._transport._pool._ssl_context
+    assert (context.verify_mode == ssl.CERT_REQUIRED) is verify
+    assert context.check_hostname is verify

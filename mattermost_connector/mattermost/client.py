@@ -179,7 +179,7 @@ class MattermostClient:
                 self._not_before = max(self._not_before, time.monotonic() + signal.delay)
             except (_Transient, httpx.TransportError) as error:
                 failures += 1
-                reason = str(error) or type(error).__name__
+                reason = str(error) if isinstance(error, _Transient) else _describe(error)
                 log.warning("%s %s failed (%s), attempt %d", method, path, reason, failures)
                 if failures >= self._retry.attempts:
                     raise MattermostError(
@@ -254,6 +254,11 @@ class _Throttled(Exception):
 
 class _Transient(Exception):
     """A 5xx answer: worth another attempt."""
+
+
+def _describe(error: Exception) -> str:
+    detail = str(error)
+    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
 
 def _retry_after(response: httpx.Response) -> float:

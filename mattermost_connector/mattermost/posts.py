@@ -191,13 +191,16 @@ def read_batch(
     max_posts: int,
     *,
     last_post_at: int | None = None,
+    per_page: int = PER_PAGE,
 ) -> tuple[list[Post], Cursor, bool]:
-    """About `max_posts` posts after `cursor` (whole pages), the cursor after them, and
-    whether the channel's end was reached."""
+    """Whole pages of posts after `cursor`, the cursor after them, and whether the channel's
+    end was reached. A batch stops once it holds half of `max_posts` and another page could
+    overflow it: pages are never split, and a short first page is topped up."""
     posts: list[Post] = []
-    for page in walk_posts(client, channel_id, cursor, last_post_at=last_post_at):
+    walk = walk_posts(client, channel_id, cursor, last_post_at=last_post_at, per_page=per_page)
+    for page in walk:
         posts.extend(page.posts)
         cursor = page.cursor
-        if len(posts) >= max_posts:
+        if len(posts) * 2 >= max_posts and len(posts) + per_page > max_posts:
             return posts, cursor, False
     return posts, cursor, True

@@ -1,0 +1,406 @@
+"""Incremental extraction across runs: nothing lost, nothing duplicated, edits and deletions
+followed, against everything the simulator (the real server's behaviour) does."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mattermost_connector.config import TLP, MattermostSettings
+from mattermost_connector.mattermost.channels import channel_context
+from mattermost_connector.mattermost.client import MattermostClient
+from mattermost_connector.state import StateStore
+from mattermost_connector.stix import marking_id, message_id
+from tests.checks import (
+    assert_channel_complete,
+    assert_valid_stix,
+    directory_bundles,
+    objects_by_id,
+)
+from tests.conftest import apply_env
+from tests.mattermost_sim import MattermostSimulator
+
+TOKEN = "incremental-reader-token"
+AMBER = marking_id(TLP.AMBER)
+
+
+class World:
+    """A simulated server with one team, a reader, authors, and the connector pointed at it."""
+
+    def __init__(self, sim: MattermostSimulator, workdir: Path, monkeypatch: pytest.MonkeyPatch):
+        self.sim, self.workdir, self.monkeypatch = sim, workdir, monkeypatch
+        self.reader = sim.add_user("reader", token=TOKEN)
+        self.authors = [sim.add_user(name) for name in ("alice", "bob", "carol")]
+        self.team = sim.add_team("cti")
+        self.rng = random.Random(3)
+        self.clock = 1_700_000_000_000
+
+    def channel(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        return self.sim.add_channel(self.team, name, members=[self.reader, *self.authors], **kwargs)
+
+    def populate(
+        self, channel: dict[str, Any], count: int, files_every: int = 10**9
+    ) -> list[dict[str, Any]]:
+        """Posts with threads, and runs of posts sharing one millisecond."""
+        created, roots = [], []
+        for index in range(count):
+            self.clock += 0 if index % 6 == 5 else self.rng.randint(1, 50)
+            author = self.authors[index % 3]
+            root = self.rng.choice(roots[-30:]) if roots and index % 4 == 3 else None
+            files = []
+            if index % files_every == files_every - 1:
+                data = self.rng.randbytes(self.rng.randint(1, 4096))
+                files = [
+                    self.sim.add_file(author, f"f{index}.bin", data, "application/octet-stream")
+                ]
+            post = self.sim.add_post(
+                channel,
+                author,
+                f"{channel['name']} #{index}",
+                root=root,
+                create_at=self.clock,
+                files=files,
+            )
+            created.append(post)
+            if not root:
+                roots.append(post)
+        return created
+
+    def configure(self, channels: list[dict[str, Any]], **extra: str) -> None:
+        apply_env(
+            self.monkeypatch,
+            {
+                "MATTERMOST_DOMAIN": "127.0.0.1",
+                "MATTERMOST_PORT": str(self.sim.port),
+                "MATTERMOST_PROTOCOL": "http",
+                "MATTERMOST_TOKEN": TOKEN,
+                "MATTERMOST_CHANNEL_IDS": ",".join(c["id"] for c in channels),
+                "MATTERMOST_KEEPALIVE_DELAY": "0.01",
+                "CONNECTOR_SEND_TO_QUEUE": "false",
+                "CONNECTOR_SEND_TO_DIRECTORY": "true",
+                "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(self.workdir / "bundles"),
+                "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{self.workdir / 'state.db'}",
+                **extra,
+            },
+        )
+
+    def sync(self) -> list[dict[str, Any]]:
+        from flows.sync import mattermost_sync
+
+        self.before = set((self.workdir / "bundles").glob("*.json"))
+        state = mattermost_sync(return_state=True)
+        report = state.result(raise_on_failure=False)
+        assert state.is_completed(), (state.message, report)
+        return report
+
+    def bundles(self, latest_run_only: bool = False) -> list[dict[str, Any]]:
+        bundles = directory_bundles(self.workdir / "bundles")
+        if latest_run_only:
+            names = sorted(set((self.workdir / "bundles").glob("*.json")) - self.before)
+            import json
+
+            return [json.loads(p.read_text()) for p in names]
+        return bundles
+
+    def context(self, channel: dict[str, Any]):
+        settings = MattermostSettings(
+            domain="127.0.0.1",
+            port=self.sim.port,
+            protocol="http",
+            token=TOKEN,
+            channel_ids=[channel["id"]],
+        )
+        with MattermostClient(settings) as client:
+            return channel_context(client, channel["id"], settings.server_url)[0]
+
+    def assert_complete(self, channel: dict[str, Any]) -> int:
+        bundles = self.bundles()
+        return assert_channel_complete(
+            self.sim, self.context(channel), objects_by_id(bundles), AMBER
+        )
+
+    def deliveries(self, channel: dict[str, Any], bundles: list[dict[str, Any]]) -> Counter:
+        """How many times each post of the channel was delivered in these bundles."""
+        context = self.context(channel)
+        by_id = {
+            message_id(context, p["id"]): p["id"] for p in self.sim.channel_rows(channel["id"])
+        }
+        return Counter(by_id[o["id"]] for b in bundles for o in b["objects"] if o["id"] in by_id)
+
+
+@pytest.fixture
+def world(prefect_api: str, sim: MattermostSimulator, workdir: Path, monkeypatch) -> World:
+    return World(sim, workdir, monkeypatch)
+
+
+def test_5000_first_run_then_10000_new_posts_exactly_once(world: World):
+    channel = world.channel("big")
+    world.populate(channel, 5000)
+    world.configure([channel])
+    (report,) = world.sync()
+    assert report["posts"] == 5000
+    first = world.deliveries(channel, world.bundles())
+    assert len(first) == 5000 and set(first.values()) == {1}
+    world.populate(channel, 10_000)
+    (report,) = world.sync()
+    assert report["posts"] == 10_000
+    counts = world.deliveries(channel, world.bundles())
+    assert len(counts) == 15_000 and set(counts.values()) == {1}
+    assert world.assert_complete(channel) == 15_000
+    assert not any("since" in r.query and r.query["since"] != ["0"] for r in world.sim.requests[:5])
+
+
+def test_posts_created_during_a_run_are_taken_by_it_or_the_next(world: World):
+    channel = world.channel("busy")
+    world.populate(channel, 1200)
+    world.configure([channel])
+    added: list[str] = []
+
+    def write_while_reading(path: str, query: dict) -> None:
+        if path.endswith("/posts") and "after" in query and len(added) < 40:
+            now = world.sim.now()
+            for _ in range(3):  # sharing one millisecond
+                added.append(
+                    world.sim.add_post(
+                        channel, world.authors[0], f"live {len(added)}", create_at=now
+                    )["id"]
+                )
+
+    world.sim.on_request = write_while_reading
+    world.sync()
+    world.sim.on_request = None
+    world.sync()
+    counts = world.deliveries(channel, world.bundles())
+    assert set(added) <= set(counts)
+    assert len(counts) == 1200 + len(added) and set(counts.values()) == {1}
+
+
+def test_edits_deletions_and_reactions(world: World):
+    channel = world.channel("edits")
+    posts = world.populate(channel, 300)
+    world.configure([channel])
+    world.sync()
+    sim = world.sim
+    roots = [p for p in posts if not p["root_id"] and sim.state.replies.get(p["id"])]
+    edited = [p for p in posts if p["root_id"] == ""][:5]
+    for post in edited:
+        sim.edit_post(post["id"], post["message"] + " (edited: actually benign)")
+    doomed_root = next(r for r in roots if r not in edited)
+    doomed_replies = [sim.state.posts[i] for i in sim.state.replies[doomed_root["id"]]]
+    kept_text = {p["id"]: p["message"] for p in [doomed_root, *doomed_replies]}
+    sim.delete_post(doomed_root["id"])
+    for post in posts[100:110]:
+        sim.react(post["id"])  # bumps update_at, changes nothing delivered
+    (report,) = world.sync()
+    assert (report["posts"], report["updated"], report["deleted"]) == (
+        0,
+        len(edited),
+        1 + len(doomed_replies),
+    )
+    latest = world.bundles(latest_run_only=True)
+    redelivered = world.deliveries(channel, latest)
+    assert set(redelivered) == {p["id"] for p in edited} | set(kept_text)
+    objects = objects_by_id(world.bundles())
+    context = world.context(channel)
+    for post in edited:
+        assert objects[message_id(context, post["id"])]["content"].endswith(
+            "(edited: actually benign)"
+        )
+    for post_id, text in kept_text.items():
+        obj = objects[message_id(context, post_id)]
+        assert obj["x_opencti_labels"] == ["deleted"] and obj["content"] == text
+    history = [p for p in sim.state.posts.values() if p["original_id"]]
+    assert history and not any(message_id(context, h["id"]) in objects for h in history)
+    assert_valid_stix(latest)
+    (report,) = world.sync()  # nothing changed since: nothing re-sent
+    assert (report["posts"], report["updated"], report["deleted"]) == (0, 0, 0)
+    assert world.deliveries(channel, world.bundles(latest_run_only=True)) == Counter()
+
+
+def test_since_cap_falls_back_to_a_complete_check(world: World):
+    channel = world.channel("storm")
+    posts = world.populate(channel, 1500)
+    world.configure([channel])
+    world.sync()
+    sim = world.sim
+    for post in posts[:1100]:  # more changes than `since` returns
+        sim.edit_post(post["id"], "rewritten " + post["id"])
+    gone = [p for p in posts[1200:1300] if p["root_id"]][:3]
+    for post in gone:
+        sim.delete_post(post["id"])
+    purged = next(p for p in posts[1300:1400] if p["root_id"])
+    purged_text = purged["message"]
+    sim.purge_post(purged["id"])
+    (report,) = world.sync()
+    assert report["updated"] == 1100 and report["deleted"] == len(gone) + 1
+    objects = objects_by_id(world.bundles())
+    context = world.context(channel)
+    assert all(
+        objects[message_id(context, p["id"])]["content"] == "rewritten " + p["id"]
+        for p in posts[:1100]
+    )
+    purged_obj = objects[message_id(context, purged["id"])]
+    assert purged_obj["x_opencti_labels"] == ["deleted"] and purged_obj["content"] == purged_text
+    assert world.assert_complete(channel) == 1500 - len(gone) - 1
+
+
+def test_deleted_posts_can_be_ignored(world: World):
+    channel = world.channel("quiet")
+    posts = world.populate(channel, 50)
+    world.configure([channel], MATTERMOST_DELETED_POSTS="ignore")
+    world.sync()
+    leaf = next(p for p in posts if p["root_id"])
+    world.sim.delete_post(leaf["id"])
+    (report,) = world.sync()
+    assert report["deleted"] == 1 and report["updated"] == 0
+    assert world.deliveries(channel, world.bundles(latest_run_only=True)) == Counter()
+    store = StateStore(f"sqlite:///{world.workdir / 'state.db'}")
+    assert store.delivered([leaf["id"]])[leaf["id"]]["delete_at"] > 0
+
+
+def test_reply_to_a_root_before_the_start_brings_the_root_once(world: World):
+    channel = world.channel("threads")
+    old_root = world.sim.add_post(
+        channel, world.authors[0], "old root", create_at=1_600_000_000_000
+    )
+    world.sim.add_post(
+        channel, world.authors[1], "old reply", root=old_root, create_at=1_600_000_000_500
+    )
+    reply = world.sim.add_post(
+        channel, world.authors[1], "new reply", root=old_root, create_at=1_700_000_000_000
+    )
+    world.configure([channel], MATTERMOST_START_TIMESTAMP="1650000000")
+    (report,) = world.sync()
+    assert report["posts"] == 2  # the reply and its root, fetched for it
+    context = world.context(channel)
+    objects = objects_by_id(world.bundles())
+    links = {
+        (o["source_ref"], o["target_ref"]) for o in objects.values() if o["type"] == "relationship"
+    }
+    assert (message_id(context, reply["id"]), message_id(context, old_root["id"])) in links
+    assert objects[message_id(context, old_root["id"])]["content"] == "old root"
+    assert [r.path for r in world.sim.requests].count(f"/api/v4/posts/{old_root['id']}") == 1
+    world.sim.add_post(
+        channel, world.authors[2], "later reply", root=old_root, create_at=1_700_000_100_000
+    )
+    (report,) = world.sync()
+    assert report["posts"] == 1
+    assert [r.path for r in world.sim.requests].count(f"/api/v4/posts/{old_root['id']}") == 1
+
+
+def test_unfetchable_root_leaves_no_dangling_relationship(world: World):
+    channel = world.channel("orphans")
+    root = world.sim.add_post(channel, world.authors[0], "root", create_at=1_600_000_000_000)
+    reply = world.sim.add_post(
+        channel, world.authors[1], "reply", root=root, create_at=1_700_000_000_000
+    )
+    world.sim.delete_post(root["id"])  # deletes the reply too: re-create a live reply
+    world.sim.state.posts[reply["id"]].update(delete_at=0)
+    world.configure([channel], MATTERMOST_START_TIMESTAMP="1650000000")
+    world.sync()
+    (bundle,) = world.bundles()
+    assert_valid_stix([bundle])
+    refs = {o["id"] for o in bundle["objects"]}
+    for rel in (o for o in bundle["objects"] if o["type"] == "relationship"):
+        assert rel["target_ref"] in refs
+
+
+def test_system_messages_are_skipped_unless_asked(world: World):
+    channel = world.channel("system")
+    world.sim.add_post(
+        channel,
+        world.authors[0],
+        "alice joined",
+        type="system_join_channel",
+        create_at=1_700_000_000_000,
+    )
+    for index in range(3):
+        world.sim.add_post(
+            channel, world.authors[1], f"msg {index}", create_at=1_700_000_001_000 + index
+        )
+    world.configure([channel])
+    (report,) = world.sync()
+    assert (report["posts"], report["skipped"]) == (3, 1)
+    only_system = world.channel("only-system")
+    for index in range(3):
+        world.sim.add_post(
+            only_system,
+            world.authors[0],
+            "joined",
+            type="system_join_channel",
+            create_at=1_700_000_000_000 + index,
+        )
+    world.configure([only_system])
+    (report,) = world.sync()
+    assert (report["posts"], report["skipped"]) == (0, 3)
+    (report,) = world.sync()  # the cursor moved past them
+    assert report["skipped"] == 0
+    world.configure([channel], MATTERMOST_INCLUDE_SYSTEM_MESSAGES="true")
+    world.sim.add_post(channel, world.authors[0], "bob left", type="system_leave_channel")
+    (report,) = world.sync()
+    assert (report["posts"], report["skipped"]) == (1, 0)
+
+
+def test_a_channel_added_later_starts_from_the_start_timestamp(world: World):
+    first, second = world.channel("first"), world.channel("second")
+    world.populate(first, 30)
+    world.populate(second, 30)
+    world.configure([first])
+    world.sync()
+    world.populate(first, 5)
+    world.configure([first, second])
+    reports = world.sync()
+    assert [r["posts"] for r in reports] == [5, 30]
+    assert world.assert_complete(second) == 30
+
+
+def test_direct_and_group_conversations_and_authors(world: World, sim: MattermostSimulator):
+    alice, bob, carol = world.authors
+    sim.show_email = False
+    direct = sim.add_direct_channel(world.reader, alice)
+    group = sim.add_channel(
+        None,
+        "g" * 40,
+        type="G",
+        members=[world.reader, alice, bob],
+        display_name="reader, bob, alice",
+    )
+    bot = sim.add_user("alertbot", is_bot=True)
+    sim.state.members[group["id"]].add(bot["id"])
+    sim.deactivate_user(carol["id"])
+    sim.state.members[group["id"]].add(carol["id"])
+    sim.add_post(direct, alice, "psst")
+    for user in (bot, carol, bob):
+        sim.add_post(group, user, f"hello from {user['username']}")
+    world.configure([direct, group])
+    world.sync()
+    objects = objects_by_id(world.bundles())
+    names = {o["name"] for o in objects.values() if o["type"] == "channel"}
+    assert names == {"direct/@alice,@reader", "group/@alice,@bob,@reader"}
+    urls = [o["url"] for o in objects.values() if o["type"] == "media-content"]
+    assert urls and all("/_redirect/pl/" in url for url in urls)
+    identities = {o["name"]: o for o in objects.values() if o["type"] == "identity"}
+    assert "bot account" in identities["@alertbot"]["description"]
+    assert "deactivated" in identities["@carol"]["description"]
+    assert "email" not in identities["@bob"]["description"]  # hidden by the server: not needed
+
+
+def test_a_faulty_rate_limited_server_loses_nothing(world: World):
+    channel = world.channel("flaky")
+    world.populate(channel, 2000, files_every=20)
+    world.configure([channel])
+    faults = world.sim.faults
+    faults.error_rate, faults.drop_rate, faults.throttle_rate = 0.10, 0.05, 0.10
+    (report,) = world.sync()
+    assert report["posts"] == 2000
+    assert world.assert_complete(channel) == 2000
+    requests = world.sim.requests
+    statuses = Counter(r.status for r in requests)
+    assert statuses[429] and statuses[0] and (statuses[500] + statuses[502] + statuses[503])
+    for index, request in enumerate(requests[:-1]):
+        if request.status == 429:  # Retry-After here is 1 s: nothing sooner
+            assert requests[index + 1].at - request.at >= 0.95
