@@ -70,3 +70,46 @@ def test_an_older_schema_is_migrated_in_place(tmp_path: Path):
     assert store.version() == SCHEMA_VERSION
     assert store.migrate() == SCHEMA_VERSION  # idempotent
     store.save_cursor("c", {"boundary_ms": 1}, 1)
+
+
+def test_a_v1_file_with_cursors_migrates_to_v2_keeping_them(tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'v1.db'}"
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:  # the schema and data the first release wrote
+        connection.execute(sa.text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
+        connection.execute(sa.text("INSERT INTO schema_version VALUES (1)"))
+        connection.execute(
+            sa.text(
+                "CREATE TABLE channel_cursors (channel_id VARCHAR(64) PRIMARY KEY, cursor TEXT NOT NULL,"
+                " posts_delivered BIGINT NOT NULL, updated_at DATETIME NOT NULL)"
+            )
+        )
+        connection.execute(
+            sa.text(
+                'INSERT INTO channel_cursors VALUES (\'c1\', \'{"boundary_ms": 7, "boundary_ids": [], "anchor_id": "a"}\', 3, \'2026-01-01\')'
+            )
+        )
+    engine.dispose()
+    store = StateStore(url)
+    assert store.version() == SCHEMA_VERSION == 2
+    assert store.cursor("c1")["anchor_id"] == "a"
+    store.record_posts("c1", [{"id": "p1", "user_id": "u", "create_at": 8, "message": "hi"}])
+    assert store.delivered(["p1"])["p1"]["message"] == "hi"
+
+
+def test_delivered_posts_upsert_and_sweep(store_url: str):
+    store = StateStore(store_url)
+    post = {"id": "p1", "user_id": "u", "create_at": 10, "update_at": 10, "message": "first"}
+    store.save_cursor(
+        "c1", {"boundary_ms": 10}, 1, delivered=[post, {**post, "id": "p2", "create_at": 11}]
+    )
+    store.record_posts("c1", [{**post, "message": "edited", "edit_at": 12, "update_at": 12}])
+    row = store.delivered(["p1", "p2", "nope"])
+    assert (
+        set(row) == {"p1", "p2"} and row["p1"]["message"] == "edited" and row["p1"]["edit_at"] == 12
+    )
+    store.mark_seen("c1", ["p1"], run_id=5)
+    assert [r["post_id"] for r in store.unseen("c1", run_id=5, created_from=0)] == ["p2"]
+    assert store.unseen("c1", run_id=5, created_from=11.5) == []
+    store.record_posts("c1", [{**post, "id": "p2", "create_at": 11, "delete_at": 20}])
+    assert store.unseen("c1", run_id=5, created_from=0) == []
