@@ -13,11 +13,11 @@ from prefect.utilities.annotations import quote
 from mattermost_connector.channel_run import Batch, ChannelResult, ChannelRun
 from mattermost_connector.errors import AuthenticationError
 from mattermost_connector.mattermost.posts import Cursor
-from tasks.attachments import fetch_attachments
+from tasks.attachments import fetch_attachments, posts_missing_files
 from tasks.changes import commit_changes, reconcile_batch, scan_changes, sweep_batch
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.extract import extract_batch
-from tasks.load import advance_cursor, load_bundle
+from tasks.load import advance_cursor, configured_load
 from tasks.policy import describe
 from tasks.transform import transform_batch
 
@@ -30,6 +30,7 @@ def run_channel(channel_id: str, kind: str = "sync") -> ChannelResult:
     try:
         run = open_channel(channel_id, run_id, kind)
         run = take_new_posts(run)
+        run = take_missing_files(run)
         run = take_changes(run)
     except AuthenticationError as error:
         close_channel(channel_id, run_id, run, kind, describe(error))
@@ -40,16 +41,19 @@ def run_channel(channel_id: str, kind: str = "sync") -> ChannelResult:
 
 
 def deliver(run: ChannelRun, batch: Batch) -> ChannelRun:
+    """Attachments, bundles, then each bundle delivered in order, the cursor following."""
     attachments = fetch_attachments(run, quote(batch.posts))
-    bundle = transform_batch(run, quote(batch), quote(attachments))
-    load_bundle(run, quote(bundle), batch.cursor, quote(batch.posts))
-    return replace(
-        run,
-        cursor=batch.cursor or run.cursor,
-        files=run.files + bundle.files,
-        objects=run.objects + bundle.objects,
-        bundles=run.bundles + 1,
-    )
+    load = configured_load()
+    for bundle in transform_batch(run, quote(batch), quote(attachments)):
+        load(run, quote(bundle))
+        run = replace(
+            run,
+            cursor=bundle.cursor or run.cursor,
+            files=run.files + bundle.files,
+            objects=run.objects + bundle.objects,
+            bundles=run.bundles + 1,
+        )
+    return run
 
 
 def take_new_posts(run: ChannelRun) -> ChannelRun:
@@ -63,6 +67,11 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
         run = replace(run, skipped=run.skipped + batch.skipped)
         if batch.exhausted:
             return run
+
+
+def take_missing_files(run: ChannelRun) -> ChannelRun:
+    """One pass over posts delivered without some file: a failed download is tried again."""
+    return deliver_changes(run, posts_missing_files(run))
 
 
 def take_changes(run: ChannelRun) -> ChannelRun:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mattermost_connector.delivery import Work
-from mattermost_connector.stix import Attachment, ChannelContext
+from mattermost_connector.stix import ChannelContext
 
 
 @dataclass
@@ -47,11 +47,15 @@ class Batch:
 
 
 @dataclass
-class Bundle:
-    json: str
+class BundleFile:
+    """A bundle written to the run's spool, and what delivering it settles."""
+
+    path: Path
     objects: int
-    files: int
-    attachments: dict[str, list[Attachment]] = field(default_factory=dict)
+    files: int  # attachments embedded
+    posts: list[dict[str, Any]]  # as delivered, for the delivered_posts table
+    attachments: list[dict[str, Any]]  # attachments rows (embedded, too large, failed)
+    cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,15 @@ from mattermost_connector.errors import ConfigError
 MATTERMOST_ID = re.compile(r"^[a-z0-9]{26}$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^(\d+)\s*(b|k|kb|kib|m|mb|mib|g|gb|gib)?$")
+_UNIT_BYTES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+MIB = 1 << 20
+RABBITMQ_MAX_MESSAGE = 16 * MIB  # RabbitMQ 4.x default max_message_size
+FILES_PER_POST = 5  # Mattermost's limit
+# pycti publishes one object per AMQP message, base64 of its JSON whose files are base64
+# too: a post's files grow 16/9 on the wire. 1 MiB is left for its text and the envelope.
+DEFAULT_MAX_ATTACHMENT = (RABBITMQ_MAX_MESSAGE - MIB) * 9 // 16 // FILES_PER_POST
 
 
 class TLP(StrEnum):
@@ -44,6 +53,17 @@ def parse_duration(value: str) -> timedelta:
     if seconds <= 0:
         raise ValueError("must be greater than zero, like 30s or 1h")
     return timedelta(seconds=seconds)
+
+
+def parse_size(value: object) -> object:
+    """Bytes, or with a unit: 512k, 10MiB, 1g (binary units)."""
+    if not isinstance(value, str):
+        return value
+    match = _SIZE.match(value.strip().lower())
+    if not match:
+        raise ValueError("must be a size in bytes, optionally with k, m or g (binary), like 10MiB")
+    unit = (match.group(2) or "b")[0]
+    return int(match.group(1)) * _UNIT_BYTES.get(unit, 1)
 
 
 def parse_channel_ids(value: object) -> list[str]:
@@ -99,6 +119,16 @@ class ConnectorSettings(_Group):
     send_to_directory: bool = False
     send_to_directory_path: Path = Path("data/bundles")
     queue_protocol: Literal["amqp", "api"] = "amqp"
+    bundle_max_objects: int = Field(1000, ge=10)
+    bundle_max_bytes: Annotated[int, NoDecode] = Field(16 * MIB, ge=MIB)
+    delivery_retries: int = Field(3, ge=0, le=20)
+    delivery_retry_delay: float = Field(10.0, ge=0)
+    no_trigger_import: bool = True
+
+    @field_validator("bundle_max_bytes", mode="before")
+    @classmethod
+    def _bundle_bytes(cls, value: object) -> object:
+        return parse_size(value)
 
     @field_validator("log_level", "queue_protocol", mode="before")
     @classmethod
@@ -137,6 +167,12 @@ class MattermostSettings(_Group):
     debug: bool = False
     deleted_posts: Literal["label", "ignore"] = "label"
     include_system_messages: bool = False
+    max_attachment_size: Annotated[int, NoDecode] = Field(DEFAULT_MAX_ATTACHMENT, ge=0)
+
+    @field_validator("max_attachment_size", mode="before")
+    @classmethod
+    def _attachment_size(cls, value: object) -> object:
+        return parse_size(value)
 
     @field_validator("domain")
     @classmethod
@@ -277,6 +313,13 @@ def _cross_check(settings: Settings) -> None:
         raise ConfigError(
             "CONNECTOR_SEND_TO_QUEUE and CONNECTOR_SEND_TO_DIRECTORY are both false: "
             "set one to true so the bundles go somewhere"
+        )
+    largest_post = settings.mattermost.max_attachment_size * FILES_PER_POST * 4 // 3
+    if largest_post + MIB > connector.bundle_max_bytes:
+        raise ConfigError(
+            f"CONNECTOR_BUNDLE_MAX_BYTES ({connector.bundle_max_bytes}) must hold a post with "
+            f"{FILES_PER_POST} files of MATTERMOST_MAX_ATTACHMENT_SIZE: at least "
+            f"{largest_post + MIB} bytes"
         )
     if not connector.send_to_queue:
         return

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -110,16 +111,57 @@ def _helper_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+class RefusalLimit:
+    """Wraps the pika channel pycti publishes on: a refused publish (nack, unroutable) is
+    retried here a bounded number of times, then fails the delivery. pycti's own loop would
+    retry every 10 s forever and hang the run."""
+
+    def __init__(self, channel: Any, attempts: int, delay: float) -> None:
+        self._channel, self._attempts, self._delay = channel, attempts, delay
+
+    def basic_publish(self, **kwargs: Any) -> Any:
+        from pika.exceptions import NackError, UnroutableError
+
+        for attempt in range(self._attempts):
+            try:
+                return self._channel.basic_publish(**kwargs)
+            except (NackError, UnroutableError) as error:
+                log.warning(
+                    "RabbitMQ refused a bundle (%s), attempt %d", type(error).__name__, attempt + 1
+                )
+                if attempt + 1 < self._attempts:
+                    time.sleep(self._delay * 2**attempt)
+        raise DeliveryError(f"RabbitMQ refused the bundle {self._attempts} times (nack)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+def _helper_class() -> type:
+    from pycti import OpenCTIConnectorHelper  # heavy import, only when delivering
+
+    class BoundedPublishHelper(OpenCTIConnectorHelper):
+        publish_attempts = 3
+        publish_delay = 1.0
+
+        def _send_bundle(self, channel: Any, bundle: str, **kwargs: Any) -> None:
+            limited = RefusalLimit(channel, self.publish_attempts, self.publish_delay)
+            return super()._send_bundle(limited, bundle, **kwargs)
+
+    return BoundedPublishHelper
+
+
 def opencti_helper(settings: Settings) -> Any:
     """Register the connector once per process and keep the helper for every later run."""
     key = (settings.opencti.url or "", str(settings.connector.id))
     with _helpers_lock:
         if key not in _helpers:
-            from pycti import OpenCTIConnectorHelper  # heavy import, only when delivering
-
             hook = sys.excepthook
             try:
-                _helpers[key] = OpenCTIConnectorHelper(_helper_config(settings))
+                helper = _helper_class()(_helper_config(settings))
+                helper.publish_attempts = settings.connector.delivery_retries + 1
+                helper.publish_delay = settings.connector.delivery_retry_delay
+                _helpers[key] = helper
             except Exception as error:  # pycti raises bare ValueErrors and requests errors
                 raise DeliveryError(
                     f"cannot register with OpenCTI at {settings.opencti.url}: "

@@ -76,6 +76,24 @@ delivered_posts = sa.Table(
 )
 
 
+# Every attachment seen, embedded or not: its digest, and why it was left out if it was.
+attachments = sa.Table(
+    "attachments",
+    metadata,
+    sa.Column("file_id", sa.String(64), primary_key=True),
+    sa.Column("post_id", sa.String(64), nullable=False),
+    sa.Column("channel_id", sa.String(64), nullable=False, index=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("mime_type", sa.String(255), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("status", sa.String(16), nullable=False),  # embedded | too_large | failed
+    sa.Column("error", sa.Text),
+    sa.Column("run_id", sa.Integer),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def _create_v1(connection: Connection) -> None:
     metadata.create_all(connection, tables=[channel_cursors, runs])
 
@@ -84,8 +102,12 @@ def _create_v2(connection: Connection) -> None:
     metadata.create_all(connection, tables=[delivered_posts])
 
 
+def _create_v3(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[attachments])
+
+
 # version -> step that brings the schema from version-1 to it
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1, 2: _create_v2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1, 2: _create_v2, 3: _create_v3}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -102,6 +124,31 @@ class RunRecord:
     files: int
     objects: int
     error: str | None
+
+
+def _upsert(
+    connection: Connection,
+    table: sa.Table,
+    key: str,
+    rows: list[dict[str, Any]],
+    updated: Iterable[str],
+) -> None:
+    """Insert or update rows by primary key, on SQLite and PostgreSQL alike."""
+    if not rows:
+        return
+    dialect = connection.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # portable fallback: delete then insert
+        column = table.c[key]
+        connection.execute(table.delete().where(column.in_([row[key] for row in rows])))
+        connection.execute(table.insert(), rows)
+        return
+    statement = insert(table)
+    changes = {name: statement.excluded[name] for name in updated}
+    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changes), rows)
 
 
 def message_digest(message: str) -> str:
@@ -231,26 +278,50 @@ class StateStore:
         self, connection: Connection, channel_id: str, posts: Iterable[dict[str, Any]]
     ) -> None:
         rows = [post_row(channel_id, post) for post in posts]
-        if not rows:
-            return
-        dialect = connection.dialect.name
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:  # portable fallback: delete then insert
-            ids = [row["post_id"] for row in rows]
-            connection.execute(delivered_posts.delete().where(delivered_posts.c.post_id.in_(ids)))
-            connection.execute(delivered_posts.insert(), rows)
-            return
-        statement = insert(delivered_posts)
-        updates = {
-            name: statement.excluded[name]
-            for name in ("update_at", "edit_at", "delete_at", "message_sha256", "message")
-        }
-        connection.execute(
-            statement.on_conflict_do_update(index_elements=["post_id"], set_=updates), rows
+        updated = ("update_at", "edit_at", "delete_at", "message_sha256", "message")
+        _upsert(connection, delivered_posts, "post_id", rows, updated)
+
+    def record_attachments(
+        self, channel_id: str, rows: Iterable[dict[str, Any]], run_id: int | None = None
+    ) -> None:
+        """Record what became of each file: embedded (with its sha256), too large, failed."""
+        now = _now()
+        full = [
+            {**row, "channel_id": channel_id, "run_id": run_id, "updated_at": now} for row in rows
+        ]
+        columns = ("name", "mime_type", "size", "sha256", "status", "error", "run_id", "updated_at")
+        with self._engine.begin() as connection:
+            _upsert(connection, attachments, "file_id", full, columns)
+
+    def attachments(self, channel_id: str) -> list[dict[str, Any]]:
+        query = sa.select(attachments).where(attachments.c.channel_id == channel_id)
+        with self._engine.connect() as connection:
+            return [
+                dict(row)
+                for row in connection.execute(query.order_by(attachments.c.file_id)).mappings()
+            ]
+
+    def posts_with_missing_files(
+        self, channel_id: str, max_size: int, limit: int = 200
+    ) -> list[str]:
+        """Posts delivered without a file that may be fetched now: it failed, or was over a
+        size cap that has since been raised."""
+        table = attachments
+        query = (
+            sa.select(table.c.post_id)
+            .where(table.c.channel_id == channel_id)
+            .where(
+                sa.or_(
+                    table.c.status == "failed",
+                    sa.and_(table.c.status == "too_large", table.c.size <= max_size),
+                )
+            )
+            .distinct()
+            .order_by(table.c.post_id)
+            .limit(limit)
         )
+        with self._engine.connect() as connection:
+            return list(connection.execute(query).scalars())
 
     def delivered(self, post_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """What was delivered of these posts, by id (absent: never delivered)."""

@@ -11,7 +11,7 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -77,6 +77,20 @@ class Attachment:
     path: Path | None = None
     sha256: str | None = None
     error: str | None = None
+    status: str = "embedded"
+
+    def record(self, post_id: str) -> dict[str, Any]:
+        """The attachments row for the state store (no path: the spool file is temporary)."""
+        return {
+            "file_id": self.file_id,
+            "post_id": post_id,
+            "name": self.name,
+            "mime_type": self.mime_type,
+            "size": self.size,
+            "sha256": self.sha256,
+            "status": self.status,
+            "error": self.error,
+        }
 
 
 def marking_object(tlp: TLP) -> dict[str, Any]:
@@ -185,7 +199,9 @@ def safe_file_name(name: str, file_id: str) -> str:
     return name or f"attachment-{file_id}"
 
 
-def _file_entries(attachments: Iterable[Attachment], tlp: TLP) -> list[dict[str, Any]]:
+def _file_entries(
+    attachments: Iterable[Attachment], tlp: TLP, no_trigger_import: bool
+) -> list[dict[str, Any]]:
     entries = []
     for attachment in attachments:
         if attachment.path is None:
@@ -196,7 +212,7 @@ def _file_entries(attachments: Iterable[Attachment], tlp: TLP) -> list[dict[str,
                 "data": base64.b64encode(attachment.path.read_bytes()).decode("ascii"),
                 "mime_type": attachment.mime_type,
                 "object_marking_refs": [marking_id(tlp)],
-                "no_trigger_import": True,
+                "no_trigger_import": no_trigger_import,
             }
         )
     return entries
@@ -214,6 +230,7 @@ def message_objects(
     attachments: list[Attachment],
     tlp: TLP,
     root_known: bool = True,
+    no_trigger_import: bool = True,
 ) -> list[Any]:
     """The media-content of one post and its links to the channel and to its thread's root
     (left out when the root could not be delivered: no relationship may dangle)."""
@@ -235,11 +252,16 @@ def message_objects(
             "attachments not embedded: "
             + ", ".join(f"{a.name} ({a.size} bytes, {a.mime_type}): {a.error}" for a in missing)
         )
+    embedded = [a for a in attachments if a.path is not None]
+    if embedded:
+        description.append(
+            "attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded)
+        )
     custom: dict[str, Any] = {
         "x_opencti_description": "; ".join(description),
         "x_opencti_created_by_ref": identity_id(author),
     }
-    files = _file_entries(attachments, tlp)
+    files = _file_entries(attachments, tlp, no_trigger_import)
     if files:
         custom["x_opencti_files"] = files
     if post.get("delete_at"):
@@ -269,17 +291,92 @@ def unknown_author(user_id: str) -> dict[str, Any]:
     return {"id": user_id}
 
 
-def bundle_json(objects: Iterable[Any]) -> str:
-    """Serialise objects into one bundle without re-parsing them (stix2 would refuse CLEAR)."""
-    parts = [
-        json.dumps(obj, ensure_ascii=False) if isinstance(obj, dict) else obj.serialize()
-        for obj in objects
-    ]
+def serialize(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False) if isinstance(obj, dict) else obj.serialize()
+
+
+def bundle_json(parts: Iterable[str]) -> str:
+    """Join serialised objects into one bundle without re-parsing them (stix2 would refuse
+    OpenCTI's CLEAR marking)."""
     return (
         f'{{"type": "bundle", "id": "bundle--{uuid.uuid4()}", "objects": ['
         + ", ".join(parts)
         + "]}"
     )
+
+
+@dataclass
+class BundlePart:
+    """One bundle and the posts it carries (oldest first) with their attachments."""
+
+    json: str
+    objects: int
+    posts: list[Post]
+    attachments: list[tuple[str, Attachment]]
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def iter_bundles(
+    context: ChannelContext,
+    posts: list[Post],
+    users: Mapping[str, Mapping[str, Any]],
+    attachments: Mapping[str, list[Attachment]],
+    tlp: TLP,
+    *,
+    missing_roots: Iterable[str] = (),
+    max_objects: int = 10**9,
+    max_bytes: int = 10**15,
+    no_trigger_import: bool = True,
+) -> Iterator[BundlePart]:
+    """Bundles of whole posts, each under `max_objects` and `max_bytes` (a single post larger
+    than that still goes alone), each self-contained: marking, channel, and its authors.
+
+    Built one at a time, so only one bundle's files are in memory.
+    """
+    header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
+    missing = set(missing_roots)
+    identities: dict[str, str] = {}
+    parts, size, carried, authors = list(header), 0, [], set()
+
+    def flush() -> BundlePart:
+        files = [(post["id"], a) for post in carried for a in attachments.get(post["id"], [])]
+        return BundlePart(bundle_json(parts), len(parts), list(carried), files)
+
+    for post in posts:
+        author = users.get(post["user_id"]) or unknown_author(post["user_id"])
+        if post["user_id"] not in identities:
+            identities[post["user_id"]] = serialize(identity_object(author, tlp))
+        message = [
+            serialize(obj)
+            for obj in message_objects(
+                post,
+                context,
+                author,
+                attachments.get(post["id"], []),
+                tlp,
+                root_known=post.get("root_id") not in missing,
+                no_trigger_import=no_trigger_import,
+            )
+        ]
+        needs_author = post["user_id"] not in authors
+        added = message + ([identities[post["user_id"]]] if needs_author else [])
+        added_size = sum(_size(part) for part in added)
+        if carried and (size + added_size > max_bytes or len(parts) + len(added) > max_objects):
+            yield flush()
+            parts, size, carried, authors = list(header), 0, [], set()
+            added = [identities[post["user_id"]], *message]
+            added_size = sum(_size(part) for part in added)
+        if post["user_id"] not in authors:
+            parts.append(identities[post["user_id"]])
+            authors.add(post["user_id"])
+        parts.extend(message)
+        size += added_size
+        carried.append(post)
+    if carried:
+        yield flush()
 
 
 def build_bundle(
@@ -290,19 +387,6 @@ def build_bundle(
     tlp: TLP,
     missing_roots: Iterable[str] = (),
 ) -> tuple[str, int]:
-    """One bundle for a batch of posts: marking, channel, authors, messages, relationships.
-
-    Returns the JSON and the number of objects in it.
-    """
-    objects: list[Any] = [marking_object(tlp), channel_object(context, tlp)]
-    authors: dict[str, Any] = {}
-    missing = set(missing_roots)
-    for post in posts:
-        author = users.get(post["user_id"]) or unknown_author(post["user_id"])
-        if post["user_id"] not in authors:
-            authors[post["user_id"]] = identity_object(author, tlp)
-        files = attachments.get(post["id"], [])
-        known = post.get("root_id") not in missing
-        objects.extend(message_objects(post, context, author, files, tlp, root_known=known))
-    objects[2:2] = list(authors.values())
-    return bundle_json(objects), len(objects)
+    """All the posts in one bundle (no size bounds): its JSON and its number of objects."""
+    (part,) = iter_bundles(context, posts, users, attachments, tlp, missing_roots=missing_roots)
+    return part.json, part.objects

@@ -1,13 +1,15 @@
-"""Attachments: stream a batch's files to the run's spool directory."""
+"""Attachments: stream a batch's files to the run's spool; fetch again what failed before."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from mattermost_connector.attachments import download_attachments
-from mattermost_connector.channel_run import ChannelRun
+from mattermost_connector.attachments import GONE, download_attachments
+from mattermost_connector.channel_run import Batch, ChannelRun
+from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.stix import Attachment
 from tasks import resources
+from tasks.extract import completed
 from tasks.policy import TASK_DEFAULTS, retryable
 
 
@@ -20,4 +22,37 @@ from tasks.policy import TASK_DEFAULTS, retryable
     **TASK_DEFAULTS,
 )
 def fetch_attachments(run: ChannelRun, posts: list[dict]) -> dict[str, list[Attachment]]:
-    return download_attachments(resources.client(), posts, run.spool)
+    cap = resources.settings().mattermost.max_attachment_size
+    return download_attachments(resources.client(), posts, run.spool, cap)
+
+
+@task(
+    name="missing-attachments",
+    task_run_name="missing-attachments-{run.channel_id}",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retryable,
+    **TASK_DEFAULTS,
+)
+def posts_missing_files(run: ChannelRun) -> Batch:
+    """Delivered posts whose files failed (or exceeded a cap since raised), fetched afresh so
+    that delivering them again embeds the files."""
+    store = resources.store()
+    cap = resources.settings().mattermost.max_attachment_size
+    client = resources.client()
+    posts = []
+    for post_id in store.posts_with_missing_files(run.channel_id, cap):
+        try:
+            posts.append(client.post(post_id))
+        except AuthenticationError:
+            raise
+        except MattermostError as error:
+            if error.status not in (403, 404):
+                raise
+            gone = [a for a in store.attachments(run.channel_id) if a["post_id"] == post_id]
+            store.record_attachments(
+                run.channel_id, [{**a, "status": GONE, "error": str(error)} for a in gone]
+            )
+    batch = completed(run, posts)
+    batch.updated = len(posts)
+    return batch

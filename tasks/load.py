@@ -7,7 +7,7 @@ from typing import Any
 
 from prefect import task
 
-from mattermost_connector.channel_run import Bundle, ChannelRun
+from mattermost_connector.channel_run import BundleFile, ChannelRun
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS, retryable
 
@@ -16,22 +16,31 @@ from tasks.policy import TASK_DEFAULTS, retryable
     name="load",
     task_run_name="load-{run.channel_id}",
     retries=3,
-    retry_delay_seconds=[5, 15, 30],
+    retry_delay_seconds=10,
     retry_condition_fn=retryable,
     **TASK_DEFAULTS,
 )
-def load_bundle(
-    run: ChannelRun, bundle: Bundle, cursor: dict[str, Any] | None, posts: list[dict]
-) -> None:
-    """`cursor` None: the bundle re-delivers known posts (edits, deletions) and moves nothing."""
+def load_bundle(run: ChannelRun, bundle: BundleFile) -> None:
+    """Deliver, then record posts, attachments and (if the bundle moves it) the cursor."""
+    text = bundle.path.read_text(encoding="utf-8")
     for destination in resources.outputs():
-        destination.send(run.work, bundle.json)
+        destination.send(run.work, text)
+    del text
     store = resources.store()
-    if cursor is None:
-        store.record_posts(run.channel_id, posts)
-        return
-    store.save_cursor(run.channel_id, cursor, len(posts), delivered=posts)
-    publish_state(run.channel_id, cursor)
+    store.record_attachments(run.channel_id, bundle.attachments, run.run_id)
+    if bundle.cursor is None:
+        store.record_posts(run.channel_id, bundle.posts)
+    else:
+        store.save_cursor(run.channel_id, bundle.cursor, len(bundle.posts), delivered=bundle.posts)
+        publish_state(run.channel_id, bundle.cursor)
+    bundle.path.unlink(missing_ok=True)
+
+
+def configured_load() -> Any:
+    """The load task with CONNECTOR_DELIVERY_RETRIES and CONNECTOR_DELIVERY_RETRY_DELAY."""
+    connector = resources.settings().connector
+    delays = [connector.delivery_retry_delay * 2**n for n in range(connector.delivery_retries)]
+    return load_bundle.with_options(retries=connector.delivery_retries, retry_delay_seconds=delays)
 
 
 def publish_state(channel_id: str, cursor: dict[str, Any]) -> None:

@@ -1,11 +1,12 @@
-"""Transform: a batch of posts into one STIX 2.1 bundle."""
+"""Transform: a batch of posts into bounded STIX 2.1 bundles, written to the run's spool."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from mattermost_connector.channel_run import Batch, Bundle, ChannelRun
-from mattermost_connector.stix import Attachment, build_bundle
+from mattermost_connector.channel_run import Batch, BundleFile, ChannelRun
+from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.stix import Attachment, iter_bundles
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS
 
@@ -13,21 +14,45 @@ from tasks.policy import TASK_DEFAULTS
 @task(name="transform", task_run_name="transform-{run.channel_id}", **TASK_DEFAULTS)
 def transform_batch(
     run: ChannelRun, batch: Batch, attachments: dict[str, list[Attachment]]
-) -> Bundle:
-    """Build the bundle, then drop the spooled files: the bundle now carries their bytes."""
+) -> list[BundleFile]:
+    """Bundles bounded in objects and bytes, each with the cursor that holds once it and
+    those before it are delivered; the spooled files are dropped once embedded."""
+    settings = resources.settings()
+    connector = settings.connector
+    cursor = Cursor.from_dict(run.cursor)
+    written: list[BundleFile] = []
     try:
-        bundle, objects = build_bundle(
+        parts = iter_bundles(
             run.context,
             batch.posts,
             batch.users,
             attachments,
-            resources.settings().mattermost.tlp,
+            settings.mattermost.tlp,
             missing_roots=batch.missing_roots,
+            max_objects=connector.bundle_max_objects,
+            max_bytes=connector.bundle_max_bytes,
+            no_trigger_import=connector.no_trigger_import,
         )
+        for part in parts:
+            for post in part.posts:
+                cursor = cursor.advance(post)
+            path = run.spool / f"bundle-{run.bundles + len(written) + 1:06d}.json"
+            path.write_text(part.json, encoding="utf-8")
+            written.append(
+                BundleFile(
+                    path=path,
+                    objects=part.objects,
+                    files=sum(1 for _, a in part.attachments if a.path is not None),
+                    posts=part.posts,
+                    attachments=[a.record(post_id) for post_id, a in part.attachments],
+                    cursor=cursor.to_dict() if batch.cursor is not None else None,
+                )
+            )
     finally:
         for files in attachments.values():
             for attachment in files:
                 if attachment.path is not None:
                     attachment.path.unlink(missing_ok=True)
-    embedded = sum(1 for files in attachments.values() for a in files if a.path is not None)
-    return Bundle(json=bundle, objects=objects, files=embedded)
+    if written and batch.cursor is not None:
+        written[-1].cursor = batch.cursor  # also past what was read but not delivered (skipped)
+    return written

@@ -72,7 +72,7 @@ def test_an_older_schema_is_migrated_in_place(tmp_path: Path):
     store.save_cursor("c", {"boundary_ms": 1}, 1)
 
 
-def test_a_v1_file_with_cursors_migrates_to_v2_keeping_them(tmp_path: Path):
+def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'v1.db'}"
     engine = sa.create_engine(url)
     with engine.begin() as connection:  # the schema and data the first release wrote
@@ -91,8 +91,10 @@ def test_a_v1_file_with_cursors_migrates_to_v2_keeping_them(tmp_path: Path):
         )
     engine.dispose()
     store = StateStore(url)
-    assert store.version() == SCHEMA_VERSION == 2
+    assert store.version() == SCHEMA_VERSION == 3
     assert store.cursor("c1")["anchor_id"] == "a"
+    store.record_attachments("c1", [{"file_id": "f", "post_id": "p1", "name": "a", "mime_type": "x/y", "size": 1, "sha256": "0" * 64, "status": "embedded", "error": None}])
+    assert store.attachments("c1")[0]["sha256"] == "0" * 64
     store.record_posts("c1", [{"id": "p1", "user_id": "u", "create_at": 8, "message": "hi"}])
     assert store.delivered(["p1"])["p1"]["message"] == "hi"
 

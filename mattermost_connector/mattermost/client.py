@@ -120,8 +120,11 @@ class MattermostClient:
             found.extend(self._json("POST", "/users/ids", json=ids[start : start + USERS_BATCH]))
         return found
 
-    def download(self, file_id: str, sink: IO[bytes]) -> FileDownload:
-        """Stream a file's bytes into `sink`; a retried attempt rewinds and starts over."""
+    def download(self, file_id: str, sink: IO[bytes], max_bytes: int | None = None) -> FileDownload:
+        """Stream a file's bytes into `sink`; a retried attempt rewinds and starts over.
+
+        Raises FileTooLarge as soon as the file proves larger than `max_bytes`.
+        """
         start = sink.tell()
         path = f"/files/{file_id}"
 
@@ -134,7 +137,12 @@ class MattermostClient:
                 if not response.is_success:
                     response.read()
                 self._check(response)
+                announced = response.headers.get("Content-Length")
+                if max_bytes is not None and announced and int(announced) > max_bytes:
+                    raise FileTooLarge(int(announced))
                 for chunk in response.iter_bytes(1 << 16):
+                    if max_bytes is not None and size + len(chunk) > max_bytes:
+                        raise FileTooLarge(size + len(chunk))
                     digest.update(chunk)
                     sink.write(chunk)
                     size += len(chunk)
@@ -244,6 +252,12 @@ class MattermostClient:
             query = f"?{httpx.QueryParams(params)}" if params else ""
             elapsed = response.elapsed.total_seconds() * 1000 if response.is_closed else 0.0
             log.info("%s %s%s -> %d (%.0f ms)", method, path, query, response.status_code, elapsed)
+
+
+class FileTooLarge(MattermostError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"larger than the size cap ({size} bytes or more)")
+        self.size = size
 
 
 class _Throttled(Exception):
