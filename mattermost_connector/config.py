@@ -314,12 +314,13 @@ def _cross_check(settings: Settings) -> None:
             "CONNECTOR_SEND_TO_QUEUE and CONNECTOR_SEND_TO_DIRECTORY are both false: "
             "set one to true so the bundles go somewhere"
         )
-    largest_post = settings.mattermost.max_attachment_size * FILES_PER_POST * 4 // 3
-    if largest_post + MIB > connector.bundle_max_bytes:
+    # a post's files in base64, plus room for its text (16,383 characters, escaped) and objects
+    largest_post = settings.mattermost.max_attachment_size * FILES_PER_POST * 4 // 3 + 256 * 1024
+    if largest_post > connector.bundle_max_bytes:
         raise ConfigError(
             f"CONNECTOR_BUNDLE_MAX_BYTES ({connector.bundle_max_bytes}) must hold a post with "
             f"{FILES_PER_POST} files of MATTERMOST_MAX_ATTACHMENT_SIZE: at least "
-            f"{largest_post + MIB} bytes"
+            f"{largest_post} bytes"
         )
     if not connector.send_to_queue:
         return

@@ -172,6 +172,13 @@ def opencti_helper(settings: Settings) -> Any:
         return _helpers[key]
 
 
+def forget_helpers() -> None:
+    """Drop registered helpers (a configuration change; tests). The platform keeps the
+    registration: a new helper registers the same connector id again."""
+    with _helpers_lock:
+        _helpers.clear()
+
+
 class OpenCTIDestination:
     """Drives pycti's helper ourselves: works, bundles and state, never its scheduler."""
 
@@ -194,6 +201,8 @@ class OpenCTIDestination:
             raise self._fail("workAdd", error) from None
 
     def send(self, work: Work, bundle: str) -> None:
+        from pika.exceptions import AMQPConnectionError
+
         try:
             self._helper.send_stix2_bundle(
                 bundle,
@@ -202,6 +211,13 @@ class OpenCTIDestination:
                 send_to_s3=False,
                 cleanup_inconsistent_bundle=False,
             )
+        except DeliveryError:
+            raise
+        except AMQPConnectionError:
+            connection = self._helper.connector_config["connection"]
+            raise DeliveryError(
+                f"RabbitMQ at {connection['host']}:{connection['port']} is unreachable"
+            ) from None
         except Exception as error:
             raise self._fail("bundle delivery", error) from None
         work.sequence += 1

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from mattermost_connector.config import Settings, load_settings
-from mattermost_connector.delivery import Destination, destinations
+from mattermost_connector.delivery import Destination, destinations, forget_helpers
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.redact import mask_secrets_in_logs
@@ -72,3 +72,4 @@ def reset() -> None:
         if "store" in _cache:
             _cache["store"].close()
         _cache.clear()
+        forget_helpers()

@@ -44,6 +44,7 @@ class Faults:
     drop_rate: float = 0.0
     throttle_rate: float = 0.0  # 429s caused by other clients sharing the budget (same IP)
     retry_after: int = 1
+    failing_paths: dict[str, int] = field(default_factory=dict)  # path -> status, every time
     latency: float = 0.0
     rate_limit_per_sec: float | None = None  # None: RateLimitSettings.Enable = false
     rate_limit_burst: int = 100
@@ -605,6 +606,13 @@ class _Handler(BaseHTTPRequestHandler):
         if not allowed:
             self._log(method, split.path, query, 429)
             self._send(429, b"limit exceeded\n", "text/plain; charset=utf-8", limit_headers)
+            return
+        if split.path in sim.faults.failing_paths:
+            status = sim.faults.failing_paths[split.path]
+            self._log(method, split.path, query, status)
+            self._app_error(
+                AppError(status, "app.fault.injected", "Injected fault"), request_id, limit_headers
+            )
             return
         fault = sim.fault() if split.path.startswith(API) else None
         if fault == "drop":

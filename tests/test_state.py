@@ -93,7 +93,21 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
     store = StateStore(url)
     assert store.version() == SCHEMA_VERSION == 3
     assert store.cursor("c1")["anchor_id"] == "a"
-    store.record_attachments("c1", [{"file_id": "f", "post_id": "p1", "name": "a", "mime_type": "x/y", "size": 1, "sha256": "0" * 64, "status": "embedded", "error": None}])
+    store.record_attachments(
+        "c1",
+        [
+            {
+                "file_id": "f",
+                "post_id": "p1",
+                "name": "a",
+                "mime_type": "x/y",
+                "size": 1,
+                "sha256": "0" * 64,
+                "status": "embedded",
+                "error": None,
+            }
+        ],
+    )
     assert store.attachments("c1")[0]["sha256"] == "0" * 64
     store.record_posts("c1", [{"id": "p1", "user_id": "u", "create_at": 8, "message": "hi"}])
     assert store.delivered(["p1"])["p1"]["message"] == "hi"
