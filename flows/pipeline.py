@@ -43,17 +43,15 @@ def run_channel(channel_id: str, kind: str = "sync") -> ChannelResult:
 def deliver(run: ChannelRun, batch: Batch) -> ChannelRun:
     """Attachments, bundles, then each bundle delivered in order, the cursor following."""
     attachments = fetch_attachments(run, quote(batch.posts))
-    load = configured_load()
-    for bundle in transform_batch(run, quote(batch), quote(attachments)):
-        load(run, quote(bundle))
-        run = replace(
-            run,
-            cursor=bundle.cursor or run.cursor,
-            files=run.files + bundle.files,
-            objects=run.objects + bundle.objects,
-            bundles=run.bundles + 1,
-        )
-    return run
+    bundles = transform_batch(run, quote(batch), quote(attachments))
+    configured_load()(run, quote(bundles))
+    return replace(
+        run,
+        cursor=next((b.cursor for b in reversed(bundles) if b.cursor), run.cursor),
+        files=run.files + sum(b.files for b in bundles),
+        objects=run.objects + sum(b.objects for b in bundles),
+        bundles=run.bundles + len(bundles),
+    )
 
 
 def take_new_posts(run: ChannelRun) -> ChannelRun:

@@ -123,6 +123,7 @@ class ConnectorSettings(_Group):
     bundle_max_bytes: Annotated[int, NoDecode] = Field(16 * MIB, ge=MIB)
     delivery_retries: int = Field(3, ge=0, le=20)
     delivery_retry_delay: float = Field(10.0, ge=0)
+    delivery_concurrency: int = Field(4, ge=1, le=32)
     no_trigger_import: bool = True
 
     @field_validator("bundle_max_bytes", mode="before")

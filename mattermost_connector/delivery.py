@@ -6,12 +6,14 @@ channel's cursor only after every destination has what precedes it.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +33,7 @@ class Work:
     channel_id: str
     friendly_name: str
     ids: dict[str, str | None] = field(default_factory=dict)
-    sequence: int = 0
+    sequence: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
 
 class Destination(Protocol):
@@ -65,9 +67,8 @@ class DirectoryDestination:
 
     def send(self, work: Work, bundle: str) -> None:
         """File names sort in delivery order: send time (µs), channel, sequence in the run."""
-        work.sequence += 1
         now = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        name = f"{now}-{work.ids[self.name]}-{work.sequence:06d}-{uuid.uuid4().hex[:6]}.json"
+        name = f"{now}-{work.ids[self.name]}-{next(work.sequence):06d}-{uuid.uuid4().hex[:6]}.json"
         final = self.path / name
         partial = final.with_suffix(".json.tmp")
         try:
@@ -220,7 +221,6 @@ class OpenCTIDestination:
             ) from None
         except Exception as error:
             raise self._fail("bundle delivery", error) from None
-        work.sequence += 1
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None:
         work_id = work.ids.get(self.name)

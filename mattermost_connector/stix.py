@@ -1,7 +1,10 @@
 """Mattermost posts, channels and users as STIX 2.1 objects, with ids that never change.
 
 Every id is derived from Mattermost data alone (pycti's uuid5 generators), and timestamps come
-from the posts themselves, so importing the same post twice yields the same object.
+from the posts themselves, so importing the same post twice yields the same object. Objects
+are built as plain dicts: stix2's validating classes made them most of a sync's time.
+tests/test_stix.py parses each kind back through stix2 and checks every id against pycti's
+and stix2's own generators.
 """
 
 from __future__ import annotations
@@ -14,22 +17,19 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import stix2
-from pycti import (
-    Channel,
-    CustomObjectChannel,
-    CustomObservableMediaContent,
-    Identity,
-    StixCoreRelationship,
-)
+from pycti import Channel, Identity
 
 from mattermost_connector.config import TLP
 
 Post = Mapping[str, Any]
 MEDIA_CATEGORY = "mattermost"
+# stix2's namespace for deterministic observable ids (pycti's generators use it too)
+OBSERVABLE_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
 DELETED_LABEL = "deleted"
 _STATEMENT_MARKINGS = {
     # OpenCTI-specific TLP markings: stix2 refuses them as TLP objects, so they are statements
@@ -93,7 +93,21 @@ class Attachment:
         }
 
 
+@cache
+def _marking_json(tlp: TLP) -> str:
+    return json.dumps(_build_marking(tlp))
+
+
 def marking_object(tlp: TLP) -> dict[str, Any]:
+    return json.loads(_marking_json(tlp))
+
+
+@cache
+def marking_id(tlp: TLP) -> str:
+    return _build_marking(tlp)["id"]
+
+
+def _build_marking(tlp: TLP) -> dict[str, Any]:
     if tlp in _STATEMENT_MARKINGS:
         marking_id, definition = _STATEMENT_MARKINGS[tlp]
         return {
@@ -110,46 +124,92 @@ def marking_object(tlp: TLP) -> dict[str, Any]:
     return json.loads(_STANDARD_MARKINGS[tlp].serialize())
 
 
-def marking_id(tlp: TLP) -> str:
-    return marking_object(tlp)["id"]
-
-
 def _timestamp(epoch_ms: int) -> datetime:
     return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+def _stamp(epoch_ms: int) -> str:
+    """created/modified: always milliseconds, as stix2 writes them."""
+    seconds, millis = divmod(int(epoch_ms), 1000)
+    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%S}.{millis:03d}Z"
+
+
+def _instant(epoch_ms: int) -> str:
+    """Other timestamps: fraction only when there is one, trailing zeros dropped."""
+    seconds, millis = divmod(int(epoch_ms), 1000)
+    fraction = f".{millis:03d}".rstrip("0") if millis else ""
+    return f"{datetime.fromtimestamp(seconds, tz=UTC):%Y-%m-%dT%H:%M:%S}{fraction}Z"
+
+
+def _compact(obj: dict[str, Any]) -> dict[str, Any]:
+    """Leave out unset properties, as stix2 does."""
+    return {key: value for key, value in obj.items() if value is not None}
 
 
 def identity_name(user: Mapping[str, Any]) -> str:
     return f"@{user.get('username') or user['id']}"
 
 
+def _canonical(data: Mapping[str, str]) -> str:
+    """RFC 8785 canonical JSON, for a flat mapping of ASCII keys to strings: then it is exactly
+    json.dumps with sorted keys, no spaces and raw non-ASCII (stix2's pure-Python
+    canonicalizer gives the same text, many times slower)."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _deterministic_id(kind: str, data: Mapping[str, str]) -> str:
+    """The uuid5 over canonical JSON that stix2 and pycti use for deterministic ids."""
+    return f"{kind}--{uuid.uuid5(OBSERVABLE_NAMESPACE, _canonical(data))}"
+
+
+@cache
+def _identity_id(name: str) -> str:
+    return Identity.generate_id(name, "individual")
+
+
 def identity_id(user: Mapping[str, Any]) -> str:
-    return Identity.generate_id(identity_name(user), "individual")
+    return _identity_id(identity_name(user))
+
+
+@cache
+def _channel_id(name: str) -> str:
+    return Channel.generate_id(name)
 
 
 def channel_id(context: ChannelContext) -> str:
-    return Channel.generate_id(context.name)
+    return _channel_id(context.name)
 
 
 def message_id(context: ChannelContext, post_id: str) -> str:
-    """The media-content id of a post, computable without the post (for reply links)."""
-    return str(CustomObservableMediaContent(url=context.permalink(post_id)).id)
+    """The media-content id of a post, computable without the post (for reply links): stix2's
+    deterministic observable id over its only id-contributing property, the URL."""
+    return _deterministic_id("media-content", {"url": context.permalink(post_id)})
 
 
-def channel_object(context: ChannelContext, tlp: TLP) -> CustomObjectChannel:
-    when = _timestamp(context.created_ms)
-    return CustomObjectChannel(
-        id=channel_id(context),
-        name=context.name,
-        description=context.description or None,
-        channel_types=["Mattermost"],
-        created=when,
-        modified=when,
-        object_marking_refs=[marking_id(tlp)],
-        allow_custom=True,
+def relationship_id(source: str, target: str) -> str:
+    """pycti's StixCoreRelationship.generate_id for a related-to without start or stop."""
+    data = {"relationship_type": "related-to", "source_ref": source, "target_ref": target}
+    return _deterministic_id("relationship", data)
+
+
+def channel_object(context: ChannelContext, tlp: TLP) -> dict[str, Any]:
+    when = _stamp(context.created_ms)
+    return _compact(
+        {
+            "type": "channel",
+            "spec_version": "2.1",
+            "id": channel_id(context),
+            "created": when,
+            "modified": when,
+            "name": context.name,
+            "description": context.description or None,
+            "channel_types": ["Mattermost"],
+            "object_marking_refs": [marking_id(tlp)],
+        }
     )
 
 
-def identity_object(user: Mapping[str, Any], tlp: TLP) -> stix2.Identity:
+def identity_object(user: Mapping[str, Any], tlp: TLP) -> dict[str, Any]:
     """An author as an individual named `@username`: emails may be hidden, usernames never."""
     full_name = " ".join(filter(None, (user.get("first_name"), user.get("last_name"))))
     details = [
@@ -161,31 +221,36 @@ def identity_object(user: Mapping[str, Any], tlp: TLP) -> stix2.Identity:
         "deactivated" if user.get("delete_at") else None,
         None if "username" in user else "not visible to the connector's account",
     ]
-    when = _timestamp(user.get("create_at") or 0)
-    return stix2.Identity(
-        id=identity_id(user),
-        name=identity_name(user),
-        identity_class="individual",
-        description="; ".join(filter(None, details)),
-        contact_information=user.get("email") or None,
-        created=when,
-        modified=when,
-        object_marking_refs=[marking_id(tlp)],
-        allow_custom=True,
+    when = _stamp(user.get("create_at") or 0)
+    return _compact(
+        {
+            "type": "identity",
+            "spec_version": "2.1",
+            "id": identity_id(user),
+            "created": when,
+            "modified": when,
+            "name": identity_name(user),
+            "description": "; ".join(filter(None, details)),
+            "identity_class": "individual",
+            "contact_information": user.get("email") or None,
+            "object_marking_refs": [marking_id(tlp)],
+        }
     )
 
 
-def _related(source: str, target: str, created_ms: int, tlp: TLP) -> stix2.Relationship:
-    when = _timestamp(created_ms)
-    return stix2.Relationship(
-        id=StixCoreRelationship.generate_id("related-to", source, target),
-        relationship_type="related-to",
-        source_ref=source,
-        target_ref=target,
-        created=when,
-        modified=when,
-        object_marking_refs=[marking_id(tlp)],
-    )
+def _related(source: str, target: str, created_ms: int, tlp: TLP) -> dict[str, Any]:
+    when = _stamp(created_ms)
+    return {
+        "type": "relationship",
+        "spec_version": "2.1",
+        "id": relationship_id(source, target),
+        "created": when,
+        "modified": when,
+        "relationship_type": "related-to",
+        "source_ref": source,
+        "target_ref": target,
+        "object_marking_refs": [marking_id(tlp)],
+    }
 
 
 def safe_file_name(name: str, file_id: str) -> str:
@@ -231,7 +296,7 @@ def message_objects(
     tlp: TLP,
     root_known: bool = True,
     no_trigger_import: bool = True,
-) -> list[Any]:
+) -> list[dict[str, Any]]:
     """The media-content of one post and its links to the channel and to its thread's root
     (left out when the root could not be delivered: no relationship may dangle)."""
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
@@ -257,32 +322,30 @@ def message_objects(
         description.append(
             "attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded)
         )
-    custom: dict[str, Any] = {
-        "x_opencti_description": "; ".join(description),
-        "x_opencti_created_by_ref": identity_id(author),
-    }
+    message: dict[str, Any] = _compact(
+        {
+            "type": "media-content",
+            "spec_version": "2.1",
+            "id": message_id(context, post["id"]),
+            "title": _title(post.get("message") or ""),
+            "content": post.get("message") or "",
+            "media_category": MEDIA_CATEGORY,
+            "url": context.permalink(post["id"]),
+            "publication_date": _instant(post["create_at"]),
+            "object_marking_refs": [marking_id(tlp)],
+            "x_opencti_description": "; ".join(description),
+            "x_opencti_created_by_ref": identity_id(author),
+        }
+    )
     files = _file_entries(attachments, tlp, no_trigger_import)
     if files:
-        custom["x_opencti_files"] = files
+        message["x_opencti_files"] = files
     if post.get("delete_at"):
-        custom["x_opencti_labels"] = [DELETED_LABEL]
-    message = CustomObservableMediaContent(
-        url=context.permalink(post["id"]),
-        title=_title(post.get("message") or ""),
-        content=post.get("message") or "",
-        media_category=MEDIA_CATEGORY,
-        publication_date=_timestamp(post["create_at"]),
-        object_marking_refs=[marking_id(tlp)],
-        allow_custom=True,
-        custom_properties=custom,
-    )
-    objects: list[Any] = [
-        message,
-        _related(message.id, channel_id(context), post["create_at"], tlp),
-    ]
+        message["x_opencti_labels"] = [DELETED_LABEL]
+    objects = [message, _related(message["id"], channel_id(context), post["create_at"], tlp)]
     if post.get("root_id") and root_known:
         root = message_id(context, post["root_id"])
-        objects.append(_related(message.id, root, post["create_at"], tlp))
+        objects.append(_related(message["id"], root, post["create_at"], tlp))
     return objects
 
 
@@ -291,8 +354,8 @@ def unknown_author(user_id: str) -> dict[str, Any]:
     return {"id": user_id}
 
 
-def serialize(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False) if isinstance(obj, dict) else obj.serialize()
+def serialize(obj: dict[str, Any]) -> str:
+    return json.dumps(obj, ensure_ascii=False)
 
 
 def bundle_json(parts: Iterable[str]) -> str:

@@ -11,7 +11,7 @@ from mattermost_connector.mattermost.posts import Cursor, read_batch
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS, retryable
 
-BATCH_POSTS = 200
+BATCH_POSTS = 1000  # five pages: few task runs, bounded memory (bundles split it further)
 
 
 def completed(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:

@@ -12,6 +12,7 @@ Run it alone with sample data:  python -m tests.mattermost_sim --port 8065 --dem
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import random
@@ -103,6 +104,8 @@ class MattermostSimulator:
         self._lock = threading.RLock()
         self._clock_ms = 1_700_000_000_000
         self._bucket = (0.0, 0.0)  # tokens, last refill
+        self._version = 0  # bumped by every change to posts: invalidates the listing cache
+        self._listing: dict[str, tuple[int, list[dict[str, Any]], list[int]]] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -266,6 +269,7 @@ class MattermostSimulator:
     def edit_post(self, post_id: str, message: str) -> dict[str, Any]:
         """Edit like the server: a history row (new id, original_id set, deleted) is inserted."""
         with self._lock:
+            self._version += 1
             post = self.state.posts[post_id]
             at = self.now()
             history = json.loads(json.dumps(post))
@@ -276,6 +280,7 @@ class MattermostSimulator:
             return post
 
     def _index(self, post: dict[str, Any]) -> None:
+        self._version += 1
         self.state.posts[post["id"]] = post
         self.state.tiebreak[post["id"]] = self._rng.random()
         self.state.by_channel.setdefault(post["channel_id"], {})[post["id"]] = None
@@ -286,11 +291,13 @@ class MattermostSimulator:
 
     def react(self, post_id: str) -> None:
         with self._lock:
+            self._version += 1
             self.state.posts[post_id]["update_at"] = self.now()
 
     def delete_post(self, post_id: str) -> None:
         """Soft delete; deleting a root deletes its replies too."""
         with self._lock:
+            self._version += 1
             at = self.now()
             post = self.state.posts[post_id]
             targets = [post]
@@ -310,6 +317,7 @@ class MattermostSimulator:
     def purge_post(self, post_id: str) -> None:
         """Hard delete (data retention): the row is gone, as if it never existed."""
         with self._lock:
+            self._version += 1
             post = self.state.posts.pop(post_id, None)
             if post:
                 self.state.by_channel[post["channel_id"]].pop(post_id, None)
@@ -513,24 +521,36 @@ class MattermostSimulator:
             ]
             selected = sorted(picked, key=key, reverse=True)
             return self._answer(selected, [], etag=False)
-        live = [p for p in rows if not p["delete_at"]]
+        live, stamps = self._live_ascending(channel_id)
         if after or before:
             anchor_id = _valid(after or before)
             anchor = self.state.posts.get(anchor_id)
             if anchor is None:
                 return self._answer([], [], etag=True)
             if after:
-                newer = sorted((p for p in live if p["create_at"] > anchor["create_at"]), key=key)
-                selected = newer[page * per_page : (page + 1) * per_page][::-1]
+                start = bisect.bisect_right(stamps, anchor["create_at"])
+                begin = start + page * per_page
+                selected = live[begin : begin + per_page][::-1]
             else:
-                older = sorted(
-                    (p for p in live if p["create_at"] < anchor["create_at"]), key=key, reverse=True
-                )
-                selected = older[page * per_page : (page + 1) * per_page]
+                end = bisect.bisect_left(stamps, anchor["create_at"]) - page * per_page
+                selected = live[max(0, end - per_page) : max(0, end)][::-1]
         else:
-            newest_first = sorted(live, key=key, reverse=True)
-            selected = newest_first[page * per_page : (page + 1) * per_page]
+            end = len(live) - page * per_page
+            selected = live[max(0, end - per_page) : max(0, end)][::-1]
         return self._answer(selected, self._context(selected), etag=True)
+
+    def _live_ascending(self, channel_id: str) -> tuple[list[dict[str, Any]], list[int]]:
+        """Non-deleted posts by (create_at, row order), as the database's index returns them;
+        rebuilt only after a change."""
+        cached = self._listing.get(channel_id)
+        if cached is None or cached[0] != self._version:
+            live = sorted(
+                (p for p in self.channel_rows(channel_id) if not p["delete_at"]),
+                key=lambda p: (p["create_at"], self.state.tiebreak[p["id"]]),
+            )
+            cached = (self._version, live, [p["create_at"] for p in live])
+            self._listing[channel_id] = cached
+        return cached[1], cached[2]
 
     def _context(self, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Roots and a sibling reply of the page's replies: sent in `posts`, not in `order`."""

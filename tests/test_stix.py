@@ -148,3 +148,92 @@ def test_unknown_author_still_gets_an_identity():
 )
 def test_file_names_are_sanitised(raw: str, expected: str):
     assert safe_file_name(raw, "f1") == expected
+
+
+def round_trip(obj: dict) -> dict:
+    import stix2
+
+    return json.loads(stix2.parse(obj, allow_custom=True).serialize())
+
+
+@pytest.mark.parametrize("tlp", [TLP.AMBER, TLP.RED])
+def test_objects_equal_what_stix2_and_pycti_build(tmp_path: Path, tlp: TLP):
+    """The dicts must be exactly what stix2's classes would serialise, ids included."""
+    import pycti
+
+    (tmp_path / "f").write_bytes(b"abc")
+    deleted = {**REPLY, "id": "q" * 26, "delete_at": 1_700_000_100_042, "message": "gone é 漢"}
+    odd_time = {**ROOT, "id": "s" * 26, "create_at": 1_700_000_000_007}
+    attachments = {
+        ROOT["id"]: [Attachment("f" * 26, "a.txt", "text/plain", 3, tmp_path / "f", "x")]
+    }
+    bot = {
+        **ALICE,
+        "id": "b" * 26,
+        "username": "bot",
+        "is_bot": True,
+        "email": "b@x.org",
+        "delete_at": 5,
+    }
+    data = bundle(
+        tlp,
+        attachments,
+        posts=(ROOT, REPLY, deleted, odd_time, {**ROOT, "id": "t" * 26, "user_id": bot["id"]}),
+        users={ALICE["id"]: ALICE, bot["id"]: bot},
+    )
+    kinds = set()
+    for obj in data["objects"]:
+        kinds.add(obj["type"])
+        if obj["type"] != "marking-definition":
+            assert round_trip(obj) == obj
+        if obj["type"] == "media-content":
+            assert obj["id"] == pycti.CustomObservableMediaContent(url=obj["url"]).id
+        elif obj["type"] == "identity":
+            assert obj["id"] == pycti.Identity.generate_id(obj["name"], "individual")
+        elif obj["type"] == "channel":
+            assert obj["id"] == pycti.Channel.generate_id(obj["name"])
+        elif obj["type"] == "relationship":
+            assert obj["id"] == pycti.StixCoreRelationship.generate_id(
+                "related-to", obj["source_ref"], obj["target_ref"]
+            )
+    assert kinds == {"marking-definition", "channel", "identity", "media-content", "relationship"}
+
+
+def test_message_ids_match_stix2_for_any_url():
+    import pycti
+
+    for name in ("team", "équipe", "チーム", "a b"):
+        context = ChannelContext("c" * 26, "x", None, name, "O", 0, "https://chat.example.org:8443")
+        assert (
+            message_id(context, "p" * 26)
+            == pycti.CustomObservableMediaContent(url=context.permalink("p" * 26)).id
+        )
+
+
+AWKWARD = [
+    'a"b',
+    "back\\slash",
+    "ctl\x01\x1f\x7f",
+    "tab\tnl\n",
+    "é漢字",
+    "emoji 🔥",
+    "\u2028sep",
+    "</script>",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_fast_ids_equal_pycti_and_stix2_generators(text: str):
+    import pycti
+
+    from mattermost_connector.stix import relationship_id
+
+    source, target = f"media-content--{text}", f"channel--{text}"
+    assert relationship_id(source, target) == pycti.StixCoreRelationship.generate_id(
+        "related-to", source, target
+    )
+    context = ChannelContext("c" * 26, "x", None, text, "O", 0, "https://h")
+    assert (
+        message_id(context, "p" * 26)
+        == pycti.CustomObservableMediaContent(url=context.permalink("p" * 26)).id
+    )

@@ -1,0 +1,227 @@
+"""Benchmark: a full sync against the simulator, next to the floor (httpx alone).
+
+    .venv/bin/python -m tests.bench                      # every scenario of the README
+    .venv/bin/python -m tests.bench --posts 20000 --files 200 --mode directory
+
+For each scenario it seeds one channel, measures the floor (the same posts and files fetched
+and JSON-parsed with httpx alone, nothing else), then runs `mattermost-connector sync` in its
+own process on a real Prefect API and samples that process's peak RSS (VmHWM). In `amqp` mode
+the fake platform sends pycti to the local RabbitMQ and a consumer drains the push queue, as
+OpenCTI's workers would. Not a test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
+os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+
+from tests.fake_opencti import FakeOpenCTI
+from tests.mattermost_sim import MattermostSimulator
+
+TOKEN = "bench-token"
+CONNECTOR_ID = "0f4c6f3e-9d0b-4c55-8a51-6d9b2b7e1a10"
+SCENARIOS = [
+    (20_000, 200, "directory"),
+    (100_000, 0, "directory"),
+    (20_000, 200, "amqp"),
+    (100_000, 0, "amqp"),
+]
+
+
+@dataclass
+class Result:
+    posts: int
+    files: int
+    mode: str
+    floor_s: float
+    sync_s: float
+    peak_rss_mb: float
+    delivered: int
+
+    def row(self) -> str:
+        return (
+            f"| {self.posts:,} | {self.files} | {self.mode} | {self.floor_s:.1f} | {self.sync_s:.1f} "
+            f"| {self.posts / self.sync_s:,.0f} | {self.sync_s / self.floor_s:.1f}x | {self.peak_rss_mb:.0f} |"
+        )
+
+
+def seed(posts: int, files: int) -> tuple[MattermostSimulator, dict]:
+    sim = MattermostSimulator()
+    reader = sim.add_user("reader", token=TOKEN)
+    authors = [sim.add_user(f"user{i}") for i in range(20)]
+    channel = sim.add_channel(sim.add_team("bench"), "load", members=[reader, *authors])
+    rng = random.Random(1)
+    every = posts // files if files else 0
+    roots: list[dict] = []
+    at = 1_700_000_000_000
+    for index in range(posts):
+        at += rng.randint(0, 40)
+        author = authors[index % len(authors)]
+        attached = []
+        if every and index % every == every - 1:
+            attached = [
+                sim.add_file(author, f"doc{index}.pdf", rng.randbytes(20_000), "application/pdf")
+            ]
+        root = rng.choice(roots[-50:]) if roots and index % 5 == 4 else None
+        text = (
+            f"post {index}: indicator 203.0.113.{index % 250} seen by sensor {rng.randint(1, 99)}"
+        )
+        post = sim.add_post(channel, author, text, root=root, create_at=at, files=attached)
+        if root is None:
+            roots.append(post)
+    return sim.start(), channel
+
+
+def floor(sim: MattermostSimulator, channel: dict) -> float:
+    """Every post and file once, with httpx and json: what any client must at least do."""
+    started = time.perf_counter()
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{sim.port}/api/v4", headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as client:
+        page, file_ids = 0, []
+        while True:
+            body = client.get(
+                f"/channels/{channel['id']}/posts", params={"page": page, "per_page": 200}
+            ).json()
+            if not body["order"]:
+                break
+            for post_id in body["order"]:
+                file_ids.extend(body["posts"][post_id].get("file_ids") or [])
+            page += 1
+        for file_id in file_ids:
+            client.get(f"/files/{file_id}").read()
+    return time.perf_counter() - started
+
+
+def peak_rss(pid: int, stop: threading.Event, found: list[int]) -> None:
+    while not stop.is_set():
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    found.append(int(line.split()[1]))
+        except OSError:
+            return
+        time.sleep(0.05)
+
+
+def drain(queue: str, stop: threading.Event, counted: list[int]) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+    channel = connection.channel()
+    while not stop.is_set():
+        method, _props, _body = channel.basic_get(queue, auto_ack=True)
+        if method is None:
+            time.sleep(0.01)
+        else:
+            counted.append(1)
+    while channel.basic_get(queue, auto_ack=True)[0] is not None:
+        counted.append(1)
+    connection.close()
+
+
+def run(posts: int, files: int, mode: str, prefect_api: str) -> Result:
+    sim, channel = seed(posts, files)
+    floor_s = floor(sim, channel)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    env = {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MATTERMOST_", "CONNECTOR_", "OPENCTI_"))
+        },
+        "PREFECT_API_URL": prefect_api,
+        "MATTERMOST_DOMAIN": "127.0.0.1",
+        "MATTERMOST_PORT": str(sim.port),
+        "MATTERMOST_PROTOCOL": "http",
+        "MATTERMOST_TOKEN": TOKEN,
+        "MATTERMOST_CHANNEL_IDS": channel["id"],
+        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{work / 'state.db'}",
+        "CONNECTOR_LOG_LEVEL": "warn",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
+    platform, counted, stop = None, [], threading.Event()
+    drainer = None
+    if mode == "directory":
+        env |= {
+            "CONNECTOR_SEND_TO_QUEUE": "false",
+            "CONNECTOR_SEND_TO_DIRECTORY": "true",
+            "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(work / "bundles"),
+        }
+    else:
+        import pika
+
+        platform = FakeOpenCTI(
+            token="bench-octi-token", push_exchange=f"bench-{uuid.uuid4().hex[:6]}"
+        ).start()
+        admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672)).channel()
+        queue = f"bench-queue-{uuid.uuid4().hex[:6]}"
+        admin.exchange_declare(platform.push_exchange, exchange_type="direct")
+        admin.queue_declare(queue)
+        admin.queue_bind(
+            queue, platform.push_exchange, routing_key=platform.push_routing(CONNECTOR_ID)
+        )
+        env |= {
+            "OPENCTI_URL": platform.url,
+            "OPENCTI_TOKEN": "bench-octi-token",
+            "CONNECTOR_ID": CONNECTOR_ID,
+        }
+        drainer = threading.Thread(target=drain, args=(queue, stop, counted), daemon=True)
+        drainer.start()
+    command = [str(Path(sys.executable).parent / "mattermost-connector"), "sync"]
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    rss: list[int] = []
+    sampler = threading.Thread(target=peak_rss, args=(process.pid, stop, rss), daemon=True)
+    sampler.start()
+    out, err = process.communicate()
+    sync_s = time.perf_counter() - started
+    stop.set()
+    if drainer:
+        drainer.join()
+    if process.returncode != 0:
+        raise SystemExit(f"sync failed ({process.returncode}):\n{out}\n{err[-3000:]}")
+    delivered = len(counted) if mode == "amqp" else len(list((work / "bundles").glob("*.json")))
+    sim.stop()
+    if platform:
+        platform.stop()
+    return Result(posts, files, mode, floor_s, sync_s, max(rss, default=0) / 1024, delivered)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--posts", type=int)
+    parser.add_argument("--files", type=int, default=0)
+    parser.add_argument("--mode", choices=["directory", "amqp"], default="directory")
+    args = parser.parse_args()
+    scenarios = [(args.posts, args.files, args.mode)] if args.posts else SCENARIOS
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    print("| posts | files | mode | floor (s) | sync (s) | posts/s | sync/floor | peak RSS (MB) |")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|")
+    with prefect_test_harness(server_startup_timeout=120):
+        api = PREFECT_API_URL.value()
+        for posts, files, mode in scenarios:
+            print(run(posts, files, mode, api).row(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
