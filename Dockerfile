@@ -21,4 +21,5 @@ ENV CONNECTOR_STATE_DATABASE_URL=sqlite:////home/connector/data/state.db \
     CONNECTOR_SEND_TO_DIRECTORY_PATH=/home/connector/data/bundles
 VOLUME ["/home/connector/data"]
 ENTRYPOINT ["mattermost-connector"]
-CMD ["sync"]
+# serves the scheduled sync and the backfill deployments; needs PREFECT_API_URL (compose sets it)
+CMD ["serve"]

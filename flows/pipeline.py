@@ -18,26 +18,35 @@ from tasks.changes import commit_changes, reconcile_batch, scan_changes, sweep_b
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.extract import extract_batch
 from tasks.load import advance_cursor, configured_load
+from tasks.locks import channel_lock
 from tasks.policy import describe
 from tasks.transform import transform_batch
 
 
-def run_channel(channel_id: str, kind: str = "sync") -> ChannelResult:
-    """Deliver everything after the channel's cursor; a failure stays within this channel,
-    except a refused token, which ends the whole run."""
-    run_id = start_run(channel_id, kind)
-    run: ChannelRun | None = None
-    try:
-        run = open_channel(channel_id, run_id, kind)
-        run = take_new_posts(run)
-        run = take_missing_files(run)
-        run = take_changes(run)
-    except AuthenticationError as error:
-        close_channel(channel_id, run_id, run, kind, describe(error))
-        raise
-    except Exception as error:
-        return close_channel(channel_id, run_id, run, kind, describe(error))
-    return close_channel(channel_id, run_id, run, kind, None)
+def run_channel(
+    channel_id: str,
+    kind: str = "sync",
+    window: tuple[int, int] | None = None,
+    start_timestamp: int | None = None,
+) -> ChannelResult:
+    """Deliver everything after the channel's cursor (a sync) or within a window (a
+    backfill), holding the channel's lock: no other run works on it meanwhile. A failure
+    stays within this channel, except a refused token, which ends the whole run."""
+    with channel_lock(channel_id):
+        run_id = start_run(channel_id, kind, window)
+        run: ChannelRun | None = None
+        try:
+            run = open_channel(channel_id, run_id, kind, window, start_timestamp)
+            run = take_new_posts(run)
+            if kind == "sync":
+                run = take_missing_files(run)
+                run = take_changes(run)
+        except AuthenticationError as error:
+            close_channel(channel_id, run_id, run, kind, describe(error))
+            raise
+        except Exception as error:
+            return close_channel(channel_id, run_id, run, kind, describe(error))
+        return close_channel(channel_id, run_id, run, kind, None)
 
 
 def deliver(run: ChannelRun, batch: Batch) -> ChannelRun:

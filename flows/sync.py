@@ -10,28 +10,16 @@ from prefect.states import Completed, Failed, State
 
 from flows.pipeline import run_channel
 from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.errors import AuthenticationError, ConfigError
 from tasks.policy import describe
-from tasks.report import channel_ids_to_sync, finish_sync
+from tasks.report import channel_ids_to_sync, publish_report, start_progress, update_progress
 
 
-@flow(name="mattermost-sync", log_prints=False, validate_parameters=True)
-def mattermost_sync(channel_ids: list[str] | None = None) -> State[Any]:
-    """Sync the given channels (default: MATTERMOST_CHANNEL_IDS).
-
-    The run ends Failed, without a traceback, when any channel failed; the others still
-    complete and keep their progress.
-    """
-    results: list[ChannelResult] = []
-    refused: str | None = None
-    for channel_id in channel_ids_to_sync(channel_ids):
-        try:
-            results.append(run_channel(channel_id, "sync"))
-        except AuthenticationError as error:
-            refused = describe(error)
-            break
+def outcome(results: list[ChannelResult], kind: str, refused: str | None = None) -> State[Any]:
+    """Publish the report, then end Completed, or Failed without a traceback when any
+    channel failed (the others still completed and kept their progress)."""
     report = [asdict(result) for result in results]
-    finish_sync(report)
+    publish_report(report, kind)
     failed = [r for r in results if not r.ok]
     if refused:
         return Failed(message=f"run stopped: {refused}", data=report)
@@ -40,4 +28,27 @@ def mattermost_sync(channel_ids: list[str] | None = None) -> State[Any]:
         return Failed(
             message=f"{len(failed)} of {len(results)} channels failed: {names}", data=report
         )
-    return Completed(message=f"{len(results)} channels synced", data=report)
+    return Completed(message=f"{len(results)} channels done", data=report)
+
+
+@flow(name="mattermost-sync", flow_run_name="sync-{channel_ids}", validate_parameters=True)
+def mattermost_sync(
+    channel_ids: list[str] | None = None, start_timestamp: int | None = None
+) -> State[Any]:
+    """Sync the given channels (default: MATTERMOST_CHANNEL_IDS). `start_timestamp` (epoch
+    seconds) replaces MATTERMOST_START_TIMESTAMP for channels never synced before."""
+    try:
+        channels = channel_ids_to_sync(channel_ids)
+    except ConfigError as error:
+        return Failed(message=str(error))
+    results: list[ChannelResult] = []
+    refused: str | None = None
+    progress = start_progress("sync")
+    for channel_id in channels:
+        try:
+            results.append(run_channel(channel_id, "sync", start_timestamp=start_timestamp))
+        except AuthenticationError as error:
+            refused = describe(error)
+            break
+        update_progress(progress, len(results), len(channels))
+    return outcome(results, "sync", refused)

@@ -22,6 +22,8 @@ class ChannelRun:
     spool: Path
     start_ms: int = 0
     server_start_ms: int = 0
+    cursor_key: str = ""  # the channel id for a sync; a backfill keeps its own per window
+    end_ms: int | None = None  # a backfill stops before this creation time
     cursor_before: dict[str, Any] = field(default_factory=dict)
     posts: int = 0
     files: int = 0

@@ -40,6 +40,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="sync only this channel (repeatable); default: MATTERMOST_CHANNEL_IDS",
     )
+    backfill = commands.add_parser(
+        "backfill", help="import one channel's posts created in [since, until), then exit"
+    )
+    backfill.add_argument("--channel", required=True, metavar="ID")
+    backfill.add_argument("--since", required=True, metavar="TIME", help="ISO 8601 or epoch s")
+    backfill.add_argument("--until", required=True, metavar="TIME", help="ISO 8601 or epoch s")
+    commands.add_parser("serve", help="serve the sync (scheduled) and backfill deployments")
+    status = commands.add_parser("status", help="cursors and recent runs from the state store")
+    status.add_argument("--runs", type=int, default=10, metavar="N", help="how many runs")
+    commands.add_parser("check", help="check the token, channels, platform and state store")
     return parser
 
 
@@ -67,32 +77,97 @@ def _print_report(report: Sequence[dict[str, Any]]) -> None:
         print(ChannelResult(**row).summary())
 
 
-def _sync(args: argparse.Namespace) -> int:
+def _channels(values: list[str] | None) -> list[str] | None:
     from mattermost_connector.config import parse_channel_ids
+
+    if not values:
+        return None
+    try:
+        return parse_channel_ids(values)
+    except ValueError as error:
+        raise ConfigError(f"--channel: {error}") from None
+
+
+def _prepare() -> None:
+    """Fail early, in one line, on what would fail later: the state store, registration."""
     from tasks import resources
 
     settings = resources.settings()
-    channels = None
-    if args.channel:
-        try:
-            channels = parse_channel_ids(args.channel)
-        except ValueError as error:
-            raise ConfigError(f"--channel: {error}") from None
-    resources.store()  # a state store that cannot open fails here, in one line
-
-    from flows.sync import mattermost_sync
+    resources.store()
+    import flows.sync  # noqa: F401 - Prefect's logging setup, before ours
 
     _configure_logging(settings.connector.log_level, settings.mattermost.debug)
-    resources.outputs()  # so does registration with OpenCTI
+    resources.outputs()
 
-    state = mattermost_sync(channel_ids=channels, return_state=True)
+
+def _finish(state: Any, what: str) -> int:
     report = state.result(raise_on_failure=False)
     if isinstance(report, list):
         _print_report(report)
     if state.is_completed():
         return EXIT_OK
-    print(f"sync failed: {state.message}", file=sys.stderr)
+    print(f"{what} failed: {state.message}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _sync(args: argparse.Namespace) -> int:
+    channels = _channels(args.channel)
+    _prepare()
+    from flows.sync import mattermost_sync
+
+    return _finish(mattermost_sync(channel_ids=channels, return_state=True), "sync")
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    from mattermost_connector.window import parse_window
+
+    (channel,) = _channels([args.channel]) or [args.channel]
+    try:
+        parse_window(args.since, args.until)
+    except ConfigError as error:
+        raise ConfigError(f"--since/--until: {error}") from None
+    _prepare()
+    from flows.backfill import mattermost_backfill
+
+    state = mattermost_backfill(channel, args.since, args.until, return_state=True)
+    return _finish(state, "backfill")
+
+
+def _serve(_: argparse.Namespace) -> int:
+    from deployments.serve import serve_all
+    from tasks import resources
+
+    _prepare()
+    serve_all(resources.settings())
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from mattermost_connector.status import report
+    from tasks import resources
+
+    print(report(resources.store(), runs=args.runs))
+    return EXIT_OK
+
+
+def _check(_: argparse.Namespace) -> int:
+    from mattermost_connector.check import run_checks
+    from tasks import resources
+
+    healthy = True
+    for ok, finding in run_checks(resources.settings()):
+        healthy &= ok
+        print(f"{'ok  ' if ok else 'FAIL'}  {finding}")
+    return EXIT_OK if healthy else EXIT_FAILED
+
+
+COMMANDS = {
+    "sync": _sync,
+    "backfill": _backfill,
+    "serve": _serve,
+    "status": _status,
+    "check": _check,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -104,8 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # services when it is stopped at exit; they say nothing about the sync.
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     try:
-        if args.command == "sync":
-            return _sync(args)
+        return COMMANDS[args.command](args)
     except ConfigError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -115,7 +189,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: progress up to the last delivered bundle is kept", file=sys.stderr)
         return 130
-    return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -10,14 +10,14 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from mattermost_connector.errors import ConnectorError
 
@@ -94,6 +94,16 @@ attachments = sa.Table(
 )
 
 
+# Who works on a channel: one run at a time, across processes and machines sharing the store.
+channel_leases = sa.Table(
+    "channel_leases",
+    metadata,
+    sa.Column("channel_id", sa.String(64), primary_key=True),
+    sa.Column("holder", sa.String(128), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def _create_v1(connection: Connection) -> None:
     metadata.create_all(connection, tables=[channel_cursors, runs])
 
@@ -107,7 +117,16 @@ def _create_v3(connection: Connection) -> None:
 
 
 # version -> step that brings the schema from version-1 to it
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _create_v1, 2: _create_v2, 3: _create_v3}
+def _create_v4(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[channel_leases])
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _create_v1,
+    2: _create_v2,
+    3: _create_v3,
+    4: _create_v4,
+}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
@@ -223,6 +242,55 @@ class StateStore:
                 connection.execute(schema_version.update().values(version=version))
         return found
 
+    # -- channel leases ----------------------------------------------------------------------
+
+    def try_lease(self, channel_id: str, holder: str, seconds: float) -> bool:
+        """Take the channel if it is free or its lease ran out (a holder that died); renew it
+        if `holder` has it already."""
+        table, now = channel_leases, _now()
+        until = now + timedelta(seconds=seconds)
+        with self._engine.begin() as connection:
+            taken = connection.execute(
+                table.update()
+                .where(table.c.channel_id == channel_id)
+                .where(sa.or_(table.c.holder == holder, table.c.expires_at < now))
+                .values(holder=holder, expires_at=until)
+            ).rowcount
+            if taken:
+                return True
+            try:
+                with connection.begin_nested():
+                    connection.execute(
+                        table.insert().values(
+                            channel_id=channel_id, holder=holder, expires_at=until
+                        )
+                    )
+            except IntegrityError:
+                return False
+            return True
+
+    def lease_holder(self, channel_id: str) -> tuple[str, datetime] | None:
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(channel_leases.c.holder, channel_leases.c.expires_at).where(
+                    channel_leases.c.channel_id == channel_id
+                )
+            ).first()
+        return (row[0], row[1]) if row else None
+
+    def release_lease(self, channel_id: str, holder: str) -> None:
+        with self._engine.begin() as connection:
+            connection.execute(
+                channel_leases.delete()
+                .where(channel_leases.c.channel_id == channel_id)
+                .where(channel_leases.c.holder == holder)
+            )
+
+    def touch(self) -> None:
+        """A real write that changes nothing: proves the store is writable."""
+        with self._engine.begin() as connection:
+            connection.execute(schema_version.update().values(version=schema_version.c.version))
+
     def version(self) -> int:
         with self._engine.connect() as connection:
             return connection.execute(sa.select(schema_version.c.version)).scalar_one()
@@ -240,20 +308,25 @@ class StateStore:
 
     def save_cursor(
         self,
-        channel_id: str,
+        key: str,
         cursor: dict[str, Any],
         posts_delivered: int = 0,
         delivered: Iterable[dict[str, Any]] = (),
+        channel_id: str | None = None,
     ) -> None:
         """Record, in one transaction, that everything up to `cursor` and the `delivered`
-        posts are delivered (call only after delivery)."""
+        posts (of `channel_id`, default `key`) are delivered. Call only after delivery.
+
+        `key` is the channel id for a sync, a backfill window's own key otherwise.
+        """
         table = channel_cursors
+        channel_id = channel_id or key
         encoded = json.dumps(cursor, sort_keys=True)
         with self._engine.begin() as connection:
             self._upsert_posts(connection, channel_id, delivered)
             updated = connection.execute(
                 table.update()
-                .where(table.c.channel_id == channel_id)
+                .where(table.c.channel_id == key)
                 .values(
                     cursor=encoded,
                     posts_delivered=table.c.posts_delivered + posts_delivered,
@@ -263,7 +336,7 @@ class StateStore:
             if not updated:
                 connection.execute(
                     table.insert().values(
-                        channel_id=channel_id,
+                        channel_id=key,
                         cursor=encoded,
                         posts_delivered=posts_delivered,
                         updated_at=_now(),

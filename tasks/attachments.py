@@ -10,16 +10,13 @@ from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.stix import Attachment
 from tasks import resources
 from tasks.extract import completed
-from tasks.policy import TASK_DEFAULTS, retryable
+from tasks.policy import retrying
 
 
 @task(
     name="attachments",
     task_run_name="attachments-{run.channel_id}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retryable,
-    **TASK_DEFAULTS,
+    **retrying(2, 10),
 )
 def fetch_attachments(run: ChannelRun, posts: list[dict]) -> dict[str, list[Attachment]]:
     cap = resources.settings().mattermost.max_attachment_size
@@ -29,10 +26,7 @@ def fetch_attachments(run: ChannelRun, posts: list[dict]) -> dict[str, list[Atta
 @task(
     name="missing-attachments",
     task_run_name="missing-attachments-{run.channel_id}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retryable,
-    **TASK_DEFAULTS,
+    **retrying(2, 10),
 )
 def posts_missing_files(run: ChannelRun) -> Batch:
     """Delivered posts whose files failed (or exceeded a cap since raised), fetched afresh so

@@ -10,9 +10,9 @@ from mattermost_connector.mattermost.posts import Cursor, read_batch
 from tasks import resources
 from tasks.extract import BATCH_POSTS, completed
 from tasks.load import publish_state
-from tasks.policy import TASK_DEFAULTS, retryable
+from tasks.policy import TASK_DEFAULTS, retrying
 
-RETRIES = {"retries": 3, "retry_delay_seconds": [2, 10, 30], "retry_condition_fn": retryable}
+RETRIES = retrying(2, 10, 30)
 
 
 def _deliverable(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
@@ -27,7 +27,7 @@ def _deliverable(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
     return batch
 
 
-@task(name="scan-changes", task_run_name="changes-{run.channel_id}", **RETRIES, **TASK_DEFAULTS)
+@task(name="scan-changes", task_run_name="changes-{run.channel_id}", **RETRIES)
 def scan_changes(run: ChannelRun) -> Batch | None:
     """Posts edited or deleted since the watermark; None when `since` may have been cut."""
     since = Cursor.from_dict(run.cursor).changes_ms
@@ -42,7 +42,7 @@ def scan_changes(run: ChannelRun) -> Batch | None:
     return _deliverable(run, stale(rows, resources.store().delivered(row["id"] for row in rows)))
 
 
-@task(name="reconcile", task_run_name="reconcile-{run.channel_id}", **RETRIES, **TASK_DEFAULTS)
+@task(name="reconcile", task_run_name="reconcile-{run.channel_id}", **RETRIES)
 def reconcile_batch(run: ChannelRun, position: dict) -> Batch:
     """One stretch of the complete listing, compared with what was delivered.
 
@@ -63,7 +63,7 @@ def reconcile_batch(run: ChannelRun, position: dict) -> Batch:
     return _deliverable(run, changed, cursor=cursor.to_dict(), exhausted=exhausted)
 
 
-@task(name="sweep", task_run_name="sweep-{run.channel_id}", **RETRIES, **TASK_DEFAULTS)
+@task(name="sweep", task_run_name="sweep-{run.channel_id}", **RETRIES)
 def sweep_batch(run: ChannelRun) -> Batch:
     """Delivered posts the complete listing no longer returned: deleted (or purged)."""
     gone = resources.store().unseen(run.channel_id, run.run_id, created_from=run.start_ms)

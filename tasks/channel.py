@@ -14,33 +14,53 @@ from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.delivery import Work
 from mattermost_connector.mattermost.channels import channel_context
 from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.window import backfill_key, iso
 from tasks import resources
-from tasks.policy import TASK_DEFAULTS, retryable
+from tasks.policy import TASK_DEFAULTS, retrying
 
 
 @task(name="start-run", task_run_name="start-run-{channel_id}", **TASK_DEFAULTS)
-def start_run(channel_id: str, kind: str) -> int:
-    return resources.store().start_run(channel_id, kind, flow_run_id=flow_run.get_id())
+def start_run(channel_id: str, kind: str, window: tuple[int, int] | None = None) -> int:
+    bounds = tuple(_utc(ms) for ms in window) if window else (None, None)
+    return resources.store().start_run(
+        channel_id, kind, flow_run_id=flow_run.get_id(), window=bounds
+    )
+
+
+def _utc(epoch_ms: int) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
 
 
 @task(
     name="open-channel",
     task_run_name="open-{channel_id}",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retryable,
-    **TASK_DEFAULTS,
+    **retrying(2, 10),
 )
-def open_channel(channel_id: str, run_id: int, kind: str) -> ChannelRun:
-    """Resolve the channel and where it stands; open one OpenCTI work for this run."""
+def open_channel(
+    channel_id: str,
+    run_id: int,
+    kind: str,
+    window: tuple[int, int] | None = None,
+    start_timestamp: int | None = None,
+) -> ChannelRun:
+    """Resolve the channel and where it stands; open one OpenCTI work for this run.
+
+    A sync resumes the channel's cursor (a first sync starts at `start_timestamp`, else
+    MATTERMOST_START_TIMESTAMP); a backfill resumes its window's own cursor.
+    """
     settings = resources.settings()
     client = resources.client()
     context, channel = channel_context(client, channel_id, settings.mattermost.server_url)
     server_now = client.server_time_ms or int(datetime.now(tz=UTC).timestamp() * 1000)
-    stored = resources.store().cursor(channel_id)
-    cursor = stored or Cursor.start_at(settings.mattermost.start_timestamp).to_dict()
-    since = datetime.fromtimestamp(cursor["boundary_ms"] / 1000, tz=UTC).isoformat()
-    work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {kind} from {since}")
+    if window:
+        key, start_ms = backfill_key(channel_id, *window), window[0]
+        label = f"backfill [{iso(window[0])}, {iso(window[1])})"
+    else:
+        first = settings.mattermost.start_timestamp if start_timestamp is None else start_timestamp
+        key, start_ms, label = channel_id, first * 1000, "sync"
+    cursor = resources.store().cursor(key) or Cursor(boundary_ms=start_ms).to_dict()
+    since = iso(cursor["boundary_ms"])
+    work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
     for destination in resources.outputs():
         destination.open_work(work)
     get_run_logger().info("channel %s (%s): %s from %s", channel_id, context.name, kind, since)
@@ -54,8 +74,10 @@ def open_channel(channel_id: str, run_id: int, kind: str) -> ChannelRun:
         last_post_at=int(channel.get("last_post_at") or 0),
         work=work,
         spool=Path(tempfile.mkdtemp(prefix=f"mattermost-{channel_id}-")),
-        start_ms=settings.mattermost.start_timestamp * 1000,
+        start_ms=start_ms,
         server_start_ms=server_now,
+        cursor_key=key,
+        end_ms=window[1] if window else None,
     )
 
 

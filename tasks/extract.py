@@ -9,7 +9,7 @@ from mattermost_connector.batches import complete_batch
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.mattermost.posts import Cursor, read_batch
 from tasks import resources
-from tasks.policy import TASK_DEFAULTS, retryable
+from tasks.policy import retrying
 
 BATCH_POSTS = 1000  # five pages: few task runs, bounded memory (bundles split it further)
 
@@ -29,18 +29,17 @@ def completed(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
 @task(
     name="extract",
     task_run_name="extract-{run.channel_id}",
-    retries=3,
-    retry_delay_seconds=[2, 10, 30],
-    retry_condition_fn=retryable,
-    **TASK_DEFAULTS,
+    **retrying(2, 10, 30),
 )
 def extract_batch(run: ChannelRun, max_posts: int = BATCH_POSTS) -> Batch:
     """About `max_posts` posts after the delivered cursor, oldest first."""
+    start = Cursor.from_dict(run.cursor)
     posts, cursor, exhausted = read_batch(
-        resources.client(),
-        run.channel_id,
-        Cursor.from_dict(run.cursor),
-        max_posts,
-        last_post_at=run.last_post_at,
+        resources.client(), run.channel_id, start, max_posts, last_post_at=run.last_post_at
     )
+    if run.end_ms is not None and any(post["create_at"] >= run.end_ms for post in posts):
+        posts = [post for post in posts if post["create_at"] < run.end_ms]
+        cursor, exhausted = start, True  # the window's end: nothing after it is taken
+        for post in posts:
+            cursor = cursor.advance(post)
     return completed(run, posts, cursor=cursor.to_dict(), exhausted=exhausted)

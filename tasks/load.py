@@ -10,16 +10,13 @@ from prefect import task
 
 from mattermost_connector.channel_run import BundleFile, ChannelRun
 from tasks import resources
-from tasks.policy import TASK_DEFAULTS, retryable
+from tasks.policy import TASK_DEFAULTS, retrying
 
 
 @task(
     name="load",
     task_run_name="load-{run.channel_id}",
-    retries=3,
-    retry_delay_seconds=10,
-    retry_condition_fn=retryable,
-    **TASK_DEFAULTS,
+    **retrying(10, 10, 10),
 )
 def load_bundles(run: ChannelRun, bundles: list[BundleFile]) -> None:
     """Deliver a batch's bundles, up to CONNECTOR_DELIVERY_CONCURRENCY at once (each waits
@@ -51,8 +48,15 @@ def _record(run: ChannelRun, bundle: BundleFile) -> None:
     store.record_attachments(run.channel_id, bundle.attachments, run.run_id)
     if bundle.cursor is None:
         store.record_posts(run.channel_id, bundle.posts)
-    else:
-        store.save_cursor(run.channel_id, bundle.cursor, len(bundle.posts), delivered=bundle.posts)
+        return
+    store.save_cursor(
+        run.cursor_key,
+        bundle.cursor,
+        len(bundle.posts),
+        delivered=bundle.posts,
+        channel_id=run.channel_id,
+    )
+    if run.kind == "sync":
         publish_state(run.channel_id, bundle.cursor)
     bundle.path.unlink(missing_ok=True)
 
@@ -74,5 +78,6 @@ def publish_state(channel_id: str, cursor: dict[str, Any]) -> None:
 @task(name="advance-cursor", task_run_name="advance-{run.channel_id}", **TASK_DEFAULTS)
 def advance_cursor(run: ChannelRun, cursor: dict[str, Any]) -> None:
     """Move past posts that deliver nothing (system messages, when skipped)."""
-    resources.store().save_cursor(run.channel_id, cursor)
-    publish_state(run.channel_id, cursor)
+    resources.store().save_cursor(run.cursor_key, cursor)
+    if run.kind == "sync":
+        publish_state(run.channel_id, cursor)

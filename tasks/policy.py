@@ -16,6 +16,16 @@ FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError)
 TASK_DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
+def retrying(*delays: float) -> dict[str, Any]:
+    """Task options: one retry per delay (seconds), never for a final error, no caching."""
+    return {
+        "retries": len(delays),
+        "retry_delay_seconds": list(delays),
+        "retry_condition_fn": retryable,
+        **TASK_DEFAULTS,
+    }
+
+
 def retryable(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect retry condition: a bad token or an inaccessible channel fails at once."""
     try:

@@ -54,7 +54,10 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(
     killed_bundles = directory_bundles(workdir / "bundles")
     assert len(killed_bundles) < 15, "the run finished before it could be killed"
     sim.faults.latency = 0
+    started = time.monotonic()
     result = run_cli(["sync"], env, workdir, prefect_api)
+    # the killed run's channel lock was not released: the rerun waited for its lease to end
+    assert time.monotonic() - started < 60 + 60
     assert result.returncode == 0, result.stderr[-2000:]
     delivered = Counter(
         text for bundle in directory_bundles(workdir / "bundles") for text in messages(bundle)

@@ -91,7 +91,7 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
         )
     engine.dispose()
     store = StateStore(url)
-    assert store.version() == SCHEMA_VERSION == 3
+    assert store.version() == SCHEMA_VERSION == 4
     assert store.cursor("c1")["anchor_id"] == "a"
     store.record_attachments(
         "c1",
@@ -129,3 +129,19 @@ def test_delivered_posts_upsert_and_sweep(store_url: str):
     assert store.unseen("c1", run_id=5, created_from=11.5) == []
     store.record_posts("c1", [{**post, "id": "p2", "create_at": 11, "delete_at": 20}])
     assert store.unseen("c1", run_id=5, created_from=0) == []
+
+
+def test_channel_leases_exclude_and_expire(store_url: str):
+    store = StateStore(store_url)
+    assert store.try_lease("c1", "run-a", 60)
+    assert not store.try_lease("c1", "run-b", 60)  # held
+    assert store.try_lease("c1", "run-a", 60)  # renewal by its holder
+    assert store.try_lease("c2", "run-b", 60)  # other channels are independent
+    store.release_lease("c1", "run-b")  # not the holder: nothing happens
+    assert store.lease_holder("c1")[0] == "run-a"
+    store.release_lease("c1", "run-a")
+    assert store.try_lease("c1", "run-b", 0.01)
+    import time
+
+    time.sleep(0.05)  # run-b died without releasing: its lease runs out
+    assert store.try_lease("c1", "run-c", 60)

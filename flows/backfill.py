@@ -1,0 +1,35 @@
+"""Backfill: one channel's posts created in [start, end), without touching the sync cursor."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.states import Failed, State
+
+from flows.pipeline import run_channel
+from flows.sync import outcome
+from mattermost_connector.errors import AuthenticationError, ConfigError
+from mattermost_connector.window import parse_window
+from tasks.policy import describe
+from tasks.report import channel_ids_to_sync, start_progress, update_progress
+
+
+@flow(name="mattermost-backfill", flow_run_name="backfill-{channel_id}", validate_parameters=True)
+def mattermost_backfill(
+    channel_id: str, start: str | int | float, end: str | int | float
+) -> State[Any]:
+    """Import the channel's posts created in [start, end) (ISO 8601 or epoch seconds), with
+    the same ids as a sync. Rerunning the same window continues where it stopped."""
+    try:
+        (channel,) = channel_ids_to_sync([channel_id])
+        window = parse_window(start, end)
+    except ConfigError as error:
+        return Failed(message=str(error))
+    progress = start_progress("backfill")
+    try:
+        result = run_channel(channel, "backfill", window=window)
+    except AuthenticationError as error:
+        return outcome([], "backfill", describe(error))
+    update_progress(progress, 1, 1)
+    return outcome([result], "backfill")

@@ -1,0 +1,45 @@
+"""Backfill windows: [start, end) given as ISO 8601 or epoch seconds, checked with clear errors."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from mattermost_connector.errors import ConfigError
+
+_EPOCH = re.compile(r"^\d+(\.\d+)?$")
+
+
+def parse_instant(value: object, name: str) -> int:
+    """Epoch milliseconds from epoch seconds or ISO 8601 (a date, or a time; UTC if no offset)."""
+    text = str(value).strip() if value is not None else ""
+    if _EPOCH.match(text):
+        return int(float(text) * 1000)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(
+            f"{name}: {text!r} is not a time: use ISO 8601 (2024-01-31 or 2024-01-31T12:00:00Z) "
+            "or epoch seconds"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def parse_window(start: object, end: object) -> tuple[int, int]:
+    start_ms, end_ms = parse_instant(start, "start"), parse_instant(end, "end")
+    if end_ms <= start_ms:
+        raise ConfigError(
+            f"end ({iso(end_ms)}) must be after start ({iso(start_ms)}): the window is [start, end)"
+        )
+    return start_ms, end_ms
+
+
+def iso(epoch_ms: int) -> str:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+def backfill_key(channel_id: str, start_ms: int, end_ms: int) -> str:
+    """Where a backfill keeps its own cursor: rerunning the same window continues it."""
+    return f"backfill:{channel_id}:{start_ms}:{end_ms}"

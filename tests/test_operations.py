@@ -1,0 +1,324 @@
+"""Prefect operations: backfills, per-channel locking, artifacts, status and check, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from mattermost_connector.state import StateStore
+from mattermost_connector.window import backfill_key, iso
+from tests.conftest import clean_environ, run_cli
+from tests.test_incremental import TOKEN, World
+from tests.test_state import POSTGRES
+
+
+@pytest.fixture
+def world(prefect_api: str, sim, workdir: Path, monkeypatch) -> World:
+    return World(sim, workdir, monkeypatch)
+
+
+def env_of(world: World, channel: dict, **extra: str) -> dict[str, str]:
+    return {
+        "MATTERMOST_DOMAIN": "127.0.0.1",
+        "MATTERMOST_PORT": str(world.sim.port),
+        "MATTERMOST_PROTOCOL": "http",
+        "MATTERMOST_TOKEN": TOKEN,
+        "MATTERMOST_CHANNEL_IDS": channel["id"],
+        "CONNECTOR_SEND_TO_QUEUE": "false",
+        "CONNECTOR_SEND_TO_DIRECTORY": "true",
+        "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(world.workdir / "bundles"),
+        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{world.workdir / 'state.db'}",
+        **extra,
+    }
+
+
+def store_of(world: World) -> StateStore:
+    return StateStore(f"sqlite:///{world.workdir / 'state.db'}")
+
+
+def test_backfill_takes_exactly_its_window_without_moving_the_sync_cursor(world: World):
+    from flows.backfill import mattermost_backfill
+
+    channel = world.channel("history")
+    posts = world.populate(channel, 900)
+    world.configure([channel])
+    world.sync()
+    store = store_of(world)
+    sync_cursor = store.cursor(channel["id"])
+    synced = world.deliveries(channel, world.bundles())
+    start, end = posts[200]["create_at"], posts[600]["create_at"]
+    window = {p["id"] for p in world.sim.live_posts(channel["id"]) if start <= p["create_at"] < end}
+    world.before = set((world.workdir / "bundles").glob("*.json"))
+    state = mattermost_backfill(channel["id"], iso(start), str(end / 1000), return_state=True)
+    assert state.is_completed(), state.message
+    (report,) = state.result()
+    assert report["kind"] == "backfill" and report["posts"] == len(window)
+    backfilled = world.deliveries(channel, world.bundles(latest_run_only=True))
+    assert set(backfilled) == window and set(backfilled.values()) == {1}
+    assert set(backfilled) <= set(synced)  # the same ids as the sync: nothing new in OpenCTI
+    assert store.cursor(channel["id"]) == sync_cursor
+    assert store.cursor(backfill_key(channel["id"], start, end))["boundary_ms"] < end
+    (run,) = [r for r in store.runs() if r.kind == "backfill"]
+    assert run.status == "completed" and run.posts == len(window)
+
+
+def test_an_interrupted_backfill_continues_where_it_stopped(world: World):
+    from flows.backfill import mattermost_backfill
+
+    channel = world.channel("long-history")
+    posts = world.populate(channel, 3000)
+    world.configure([channel])
+    listings = []
+
+    def revoke_token_midway(path: str, query: dict) -> None:
+        if path.endswith("/posts") and "after" in query:
+            listings.append(path)
+            if len(listings) == 7:  # while reading the second batch of 1000
+                world.sim.state.tokens.pop(TOKEN)
+
+    world.sim.on_request = revoke_token_midway
+    start, end = posts[0]["create_at"], posts[-1]["create_at"] + 1
+    state = mattermost_backfill(
+        channel["id"], str(start / 1000), str(end / 1000), return_state=True
+    )
+    assert state.is_failed() and "check MATTERMOST_TOKEN" in state.message
+    world.sim.on_request = None
+    world.sim.state.tokens[TOKEN] = world.reader["id"]
+    first = world.deliveries(channel, world.bundles())
+    assert 0 < len(first) < 3000
+    world.before = set((world.workdir / "bundles").glob("*.json"))
+    state = mattermost_backfill(
+        channel["id"], str(start / 1000), str(end / 1000), return_state=True
+    )
+    assert state.is_completed(), state.message
+    second = world.deliveries(channel, world.bundles(latest_run_only=True))
+    assert not set(first) & set(second)
+    assert len(first) + len(second) == 3000
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "expected"),
+    [
+        (
+            "2024-02-01",
+            "2024-01-01",
+            "end (2024-01-01T00:00:00Z) must be after start (2024-02-01T00:00:00Z)",
+        ),
+        ("last tuesday", "2024-01-01", "start: 'last tuesday' is not a time: use ISO 8601"),
+        ("1700000000", "soon", "end: 'soon' is not a time"),
+    ],
+)
+def test_backfill_window_errors_are_one_line(world: World, since: str, until: str, expected: str):
+    channel = world.channel("w")
+    result = run_cli(
+        ["backfill", "--channel", channel["id"], "--since", since, "--until", until],
+        env_of(world, channel),
+        world.workdir,
+    )
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip() == f"configuration error: --since/--until: {expected}"
+        or expected in result.stderr.strip()
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_backfill_of_an_unknown_channel_fails_clearly(world: World, prefect_api: str):
+    channel = world.channel("known")
+    unknown = "u" * 26
+    result = run_cli(
+        ["backfill", "--channel", unknown, "--since", "2024-01-01", "--until", "2024-02-01"],
+        env_of(world, channel),
+        world.workdir,
+        prefect_api,
+    )
+    assert result.returncode == 1
+    assert (
+        f"channel {unknown}: FAILED: channel {unknown} is not accessible: 404 app.channel.get.existing.app_error"
+        in result.stdout
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_sync_and_a_backfill_of_one_channel_take_turns(world: World, prefect_api: str):
+    channel = world.channel("contended")
+    posts = world.populate(channel, 2500)
+    world.sim.faults.latency = 0.01
+    env = {**clean_environ(), **env_of(world, channel), "PREFECT_API_URL": prefect_api}
+    binary = str(Path(sys.executable).parent / "mattermost-connector")
+    start, end = str(posts[0]["create_at"] / 1000), str((posts[-1]["create_at"] + 1) / 1000)
+    runs = [
+        subprocess.Popen(
+            [binary, "sync"],
+            env=env,
+            cwd=world.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+        subprocess.Popen(
+            [binary, "backfill", "--channel", channel["id"], "--since", start, "--until", end],
+            env=env,
+            cwd=world.workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ),
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    first, second = sorted(store_of(world).runs(), key=lambda r: r.started_at)
+    assert {first.kind, second.kind} == {"sync", "backfill"}
+    assert first.ended_at <= second.started_at  # one waited for the other's lock
+    assert first.posts == second.posts == 2500
+    assert set(world.deliveries(channel, world.bundles())) == {p["id"] for p in posts}
+
+
+def test_artifacts_report_each_channel_without_secrets(world: World):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    channel = world.channel("observed")
+    world.populate(channel, 40)
+    world.configure([channel])
+    world.sync()
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["mattermost-sync-report", "mattermost-sync-progress"])
+            )
+        )
+    (table,) = [a for a in found if a.type == "table" and "cti/observed" in str(a.data)]
+    (progress,) = [a for a in found if a.type == "progress" and a.flow_run_id == table.flow_run_id]
+    assert progress.data == 100.0
+    (row,) = json.loads(table.data)
+    assert (row["posts"], row["status"], row["name"]) == (40, "completed", "cti/observed")
+    assert row["cursor before"] == "1970-01-01T00:00:00Z" and row["cursor after"] > "2023"
+    assert TOKEN not in str([a.data for a in found])
+
+
+def test_status_and_check(world: World, prefect_api: str):
+    channel = world.channel("inspected")
+    world.populate(channel, 30)
+    env = env_of(world, channel)
+    assert run_cli(["sync"], env, world.workdir, prefect_api).returncode == 0
+    status = run_cli(["status"], env, world.workdir)
+    assert status.returncode == 0
+    assert channel["id"] in status.stdout and "completed" in status.stdout and "30" in status.stdout
+    check = run_cli(["check"], env, world.workdir)
+    assert check.returncode == 0, check.stdout
+    assert "ok    Mattermost token: valid, acting as @reader" in check.stdout
+    assert f"ok    channel {channel['id']} (cti/inspected): readable" in check.stdout
+    assert "ok    state store: writable (sqlite)" in check.stdout
+    outsider = world.sim.add_channel(world.team, "secret", members=[])
+    bad = run_cli(
+        ["check"],
+        {
+            **env,
+            "MATTERMOST_CHANNEL_IDS": f"{channel['id']},{outsider['id']}",
+            "MATTERMOST_TOKEN": TOKEN,
+        },
+        world.workdir,
+    )
+    assert bad.returncode == 1
+    assert (
+        f"FAIL  channel {outsider['id']}: channel {outsider['id']} is not accessible: 403 api.context.permissions.app_error"
+        in bad.stdout
+    )
+    revoked = run_cli(["check"], {**env, "MATTERMOST_TOKEN": "revoked-1234"}, world.workdir)
+    assert revoked.returncode == 1 and "FAIL  Mattermost token" in revoked.stdout
+    assert "revoked-1234" not in revoked.stdout + revoked.stderr
+
+
+def test_check_reports_the_platform(world: World, platform):
+    from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
+
+    channel = world.channel("platformed")
+    env = {
+        **env_of(world, channel),
+        "CONNECTOR_SEND_TO_QUEUE": "true",
+        "OPENCTI_URL": platform.url,
+        "OPENCTI_TOKEN": OPENCTI_TOKEN,
+        "CONNECTOR_ID": CONNECTOR_ID,
+    }
+    result = run_cli(["check"], env, world.workdir)
+    assert result.returncode == 0, result.stdout
+    assert f"ok    OpenCTI at {platform.url}: reachable, version 6.9.0" in result.stdout
+    assert "RegisterConnector" not in platform.operations()
+    down = run_cli(["check"], {**env, "OPENCTI_URL": "http://127.0.0.1:9"}, world.workdir)
+    assert down.returncode == 1 and "FAIL  OpenCTI at http://127.0.0.1:9" in down.stdout
+    assert OPENCTI_TOKEN not in down.stdout + down.stderr
+
+
+@pytest.mark.postgres
+def test_a_sync_with_its_state_on_postgresql(world: World):
+    schema = f"sync_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(POSTGRES)
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    try:
+        channel = world.channel("pg")
+        world.populate(channel, 1200)
+        world.configure([channel], CONNECTOR_STATE_DATABASE_URL=url)
+        world.sync()
+        world.sim.edit_post(world.sim.live_posts(channel["id"])[5]["id"], "edited on pg")
+        world.populate(channel, 10)
+        (report,) = world.sync()
+        assert (report["posts"], report["updated"]) == (10, 1)
+        assert world.assert_complete(channel) == 1210
+        assert StateStore(url).cursors()[0]["posts_delivered"] == 1210
+    finally:
+        from tasks import resources
+
+        resources.reset()
+        with admin.begin() as connection:
+            connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_compose_file_is_valid_if_docker_compose_is_here():
+    probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip("no `docker compose` client on this machine (no Docker engine either)")
+    root = Path(__file__).resolve().parents[1]
+    (root / ".env").exists() or pytest.skip("needs a .env")
+    result = subprocess.run(
+        ["docker", "compose", "config", "--quiet"], cwd=root, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_prefect_yaml_declares_both_flows():
+    import yaml
+
+    from flows.backfill import mattermost_backfill
+    from flows.sync import mattermost_sync
+
+    root = Path(__file__).resolve().parents[1]
+    declared = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())["deployments"]
+    flows = {
+        "flows/sync.py:mattermost_sync": mattermost_sync,
+        "flows/backfill.py:mattermost_backfill": mattermost_backfill,
+    }
+    assert {d["name"]: d["entrypoint"] for d in declared} == {
+        "sync": "flows/sync.py:mattermost_sync",
+        "backfill": "flows/backfill.py:mattermost_backfill",
+    }
+    for item in declared:
+        assert (root / item["entrypoint"].split(":")[0]).exists()
+        assert flows[item["entrypoint"]].name in {"mattermost-sync", "mattermost-backfill"}
+
+
+def wait_for(predicate, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
