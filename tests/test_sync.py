@@ -138,6 +138,9 @@ def test_bad_token_stops_the_run_at_once(prefect_api, workdir, demo):
     )
     assert len(demo.sim.requests) == 1  # the first channel's first request; no other channel tried
     assert "revoked-token-abcdef" not in result.stdout + result.stderr
+    (run,) = StateStore(env["CONNECTOR_STATE_DATABASE_URL"]).runs()
+    assert run.status == "failed" and "check MATTERMOST_TOKEN" in run.error
+    assert "revoked-token-abcdef" not in run.error
 
 
 def queue_env(demo: Demo, platform: FakeOpenCTI, workdir: Path, protocol: str) -> dict[str, str]:
