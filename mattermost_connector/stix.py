@@ -440,16 +440,3 @@ def iter_bundles(
         carried.append(post)
     if carried:
         yield flush()
-
-
-def build_bundle(
-    context: ChannelContext,
-    posts: list[Post],
-    users: Mapping[str, Mapping[str, Any]],
-    attachments: Mapping[str, list[Attachment]],
-    tlp: TLP,
-    missing_roots: Iterable[str] = (),
-) -> tuple[str, int]:
-    """All the posts in one bundle (no size bounds): its JSON and its number of objects."""
-    (part,) = iter_bundles(context, posts, users, attachments, tlp, missing_roots=missing_roots)
-    return part.json, part.objects

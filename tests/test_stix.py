@@ -12,7 +12,7 @@ from mattermost_connector.config import TLP
 from mattermost_connector.stix import (
     Attachment,
     ChannelContext,
-    build_bundle,
+    iter_bundles,
     marking_id,
     message_id,
     safe_file_name,
@@ -47,15 +47,11 @@ REPLY = {
 
 
 def bundle(tlp: TLP, attachments=None, posts=(ROOT, REPLY), users=None) -> dict:
-    text, count = build_bundle(
-        CONTEXT,
-        list(posts),
-        users if users is not None else {ALICE["id"]: ALICE},
-        attachments or {},
-        tlp,
-    )
-    parsed = json.loads(text)
-    assert len(parsed["objects"]) == count
+    """All the posts in one bundle (no bounds), as the mapping builds it."""
+    users = users if users is not None else {ALICE["id"]: ALICE}
+    (part,) = iter_bundles(CONTEXT, list(posts), users, attachments or {}, tlp)
+    parsed = json.loads(part.json)
+    assert len(parsed["objects"]) == part.objects
     return parsed
 
 
