@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from mattermost_connector.errors import ConnectorError
 
@@ -204,10 +205,19 @@ def _engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Python's sqlite3 opens no transaction before DDL or SELECT: take over, so
+            # that a check-then-write (migrations, leases) is one transaction.
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(connection: Connection) -> None:
+            # the write lock up front: concurrent writers queue (busy timeout) instead of
+            # reading the same state and both writing
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
@@ -219,7 +229,7 @@ class StateStore:
     def __init__(self, url: str) -> None:
         try:
             self._engine = _engine(url)
-            self.migrate()
+            self._migrate_racing()
         except (SQLAlchemyError, OSError, ImportError) as error:
             raise ConnectorError(
                 f"CONNECTOR_STATE_DATABASE_URL: cannot open the state store "
@@ -228,6 +238,18 @@ class StateStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def _migrate_racing(self, attempts: int = 5) -> None:
+        """Several processes may open a new store at once: the losers of the race fail on
+        CREATE TABLE (their transaction wrote nothing) and find the schema done on retry."""
+        for attempt in range(attempts):
+            try:
+                self.migrate()
+                return
+            except (OperationalError, ProgrammingError, IntegrityError):
+                if attempt + 1 == attempts:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def migrate(self) -> int:
         """Bring the schema to SCHEMA_VERSION; returns the version found before."""

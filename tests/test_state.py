@@ -145,3 +145,13 @@ def test_channel_leases_exclude_and_expire(store_url: str):
 
     time.sleep(0.05)  # run-b died without releasing: its lease runs out
     assert store.try_lease("c1", "run-c", 60)
+
+
+def test_a_new_store_opened_by_many_at_once_is_migrated_once(store_url: str):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        stores = list(pool.map(lambda _: StateStore(store_url), range(8)))
+    assert {store.version() for store in stores} == {SCHEMA_VERSION}
+    with stores[0]._engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT count(*) FROM schema_version")).scalar() == 1
