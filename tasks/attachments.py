@@ -34,7 +34,7 @@ def posts_missing_files(run: ChannelRun) -> Batch:
     store = resources.store()
     cap = resources.settings().mattermost.max_attachment_size
     client = resources.client()
-    posts = []
+    posts, gone = [], []
     for post_id in store.posts_with_missing_files(run.channel_id, cap):
         try:
             posts.append(client.post(post_id))
@@ -43,10 +43,13 @@ def posts_missing_files(run: ChannelRun) -> Batch:
         except MattermostError as error:
             if error.status not in (403, 404):
                 raise
-            gone = [a for a in store.attachments(run.channel_id) if a["post_id"] == post_id]
-            store.record_attachments(
-                run.channel_id, [{**a, "status": GONE, "error": str(error)} for a in gone]
-            )
+            gone.append((post_id, str(error)))
+    if gone:  # the post itself is gone: its files will not come back
+        reasons = dict(gone)
+        rows = [a for a in store.attachments(run.channel_id) if a["post_id"] in reasons]
+        store.record_attachments(
+            run.channel_id, [{**a, "status": GONE, "error": reasons[a["post_id"]]} for a in rows]
+        )
     batch = completed(run, posts)
     batch.updated = len(posts)
     return batch

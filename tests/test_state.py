@@ -59,13 +59,21 @@ def test_run_history(store_url: str):
     assert done.flow_run_id == "fr-1" and done.ended_at is not None
 
 
-def test_an_older_schema_is_migrated_in_place(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+def old_store(path: Path, version: int, *statements: str) -> str:
+    """A SQLite file as an older release left it: its schema version, then its tables."""
+    url = f"sqlite:///{path}"
     engine = sa.create_engine(url)
-    with engine.begin() as connection:  # what a release before the first migration left
+    with engine.begin() as connection:
         connection.execute(sa.text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
-        connection.execute(sa.text("INSERT INTO schema_version VALUES (0)"))
+        connection.execute(sa.text(f"INSERT INTO schema_version VALUES ({version})"))
+        for statement in statements:
+            connection.execute(sa.text(statement))
     engine.dispose()
+    return url
+
+
+def test_an_older_schema_is_migrated_in_place(tmp_path: Path):
+    url = old_store(tmp_path / "old.db", 0)  # what a release before the first migration left
     store = StateStore(url)
     assert store.version() == SCHEMA_VERSION
     assert store.migrate() == SCHEMA_VERSION  # idempotent
@@ -73,23 +81,13 @@ def test_an_older_schema_is_migrated_in_place(tmp_path: Path):
 
 
 def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_path: Path):
-    url = f"sqlite:///{tmp_path / 'v1.db'}"
-    engine = sa.create_engine(url)
-    with engine.begin() as connection:  # the schema and data the first release wrote
-        connection.execute(sa.text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
-        connection.execute(sa.text("INSERT INTO schema_version VALUES (1)"))
-        connection.execute(
-            sa.text(
-                "CREATE TABLE channel_cursors (channel_id VARCHAR(64) PRIMARY KEY, cursor TEXT NOT NULL,"
-                " posts_delivered BIGINT NOT NULL, updated_at DATETIME NOT NULL)"
-            )
-        )
-        connection.execute(
-            sa.text(
-                'INSERT INTO channel_cursors VALUES (\'c1\', \'{"boundary_ms": 7, "boundary_ids": [], "anchor_id": "a"}\', 3, \'2026-01-01\')'
-            )
-        )
-    engine.dispose()
+    url = old_store(  # the schema and data the first release wrote
+        tmp_path / "v1.db",
+        1,
+        "CREATE TABLE channel_cursors (channel_id VARCHAR(64) PRIMARY KEY, cursor TEXT NOT NULL,"
+        " posts_delivered BIGINT NOT NULL, updated_at DATETIME NOT NULL)",
+        'INSERT INTO channel_cursors VALUES (\'c1\', \'{"boundary_ms": 7, "boundary_ids": [], "anchor_id": "a"}\', 3, \'2026-01-01\')',
+    )
     store = StateStore(url)
     assert store.version() == SCHEMA_VERSION == 4
     assert store.cursor("c1")["anchor_id"] == "a"
