@@ -172,3 +172,47 @@ def test_certificate_verification_follows_the_setting(demo: Demo, verify: bool):
     context = client._http._transport._pool._ssl_context
     assert (context.verify_mode == ssl.CERT_REQUIRED) is verify
     assert context.check_hostname is verify
+
+
+def test_an_answer_that_is_not_json_is_a_clear_error():
+    import httpx
+
+    def proxy_page(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>login</html>", headers={"Content-Type": "text/html"})
+
+    settings = MattermostSettings(domain="chat.example.org", token="t", channel_ids=["a" * 26])
+    client = MattermostClient(settings, transport=httpx.MockTransport(proxy_page))
+    with pytest.raises(
+        MattermostError, match=r"^GET /channels/a{26}: answer is not JSON \(status 200\)$"
+    ):
+        client.channel("a" * 26)
+
+
+def test_a_truncated_file_is_retried_then_reported(tmp_path):
+    import httpx
+
+    calls = []
+
+    def short_body(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(200, content=b"abc", headers={"Content-Length": "10"})
+
+    settings = MattermostSettings(domain="chat.example.org", token="t", channel_ids=["a" * 26])
+    client = MattermostClient(
+        settings,
+        transport=httpx.MockTransport(short_body),
+        retry=RetryPolicy(attempts=3, base_delay=0),
+    )
+    with pytest.raises(MattermostError, match=r"GET /files/f: gave up after 3 attempts"):
+        client.download("f", io.BytesIO())
+    assert len(calls) == 3
+    # one level up, the message goes without the file, the failure is recorded, no part is kept
+    from mattermost_connector.attachments import FAILED, download_attachments
+
+    post = {
+        "id": "p",
+        "metadata": {"files": [{"id": "f", "name": "a.bin", "size": 10, "mime_type": "x/y"}]},
+    }
+    (found,) = download_attachments(client, [post], tmp_path, 100)["p"]
+    assert found.status == FAILED and "shorter than Content-Length" in found.error
+    assert list(tmp_path.iterdir()) == []
