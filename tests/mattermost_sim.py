@@ -508,10 +508,9 @@ class MattermostSimulator:
             and "system_admin" not in me["roles"]
         ):
             raise AppError(403, "api.context.permissions.app_error")
-        rows = self.channel_rows(channel_id)
         key = lambda p: (p["create_at"], self.state.tiebreak[p["id"]])  # noqa: E731
         if since > 0:
-            changed = [p for p in rows if p["update_at"] > since]
+            changed = [p for p in self.channel_rows(channel_id) if p["update_at"] > since]
             self._rng.shuffle(changed)  # LIMIT 1000 with no ORDER BY: any 1000 rows
             picked = changed[:SINCE_LIMIT]
             roots = {p["root_id"] for p in picked if p["root_id"]}
