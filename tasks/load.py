@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -21,18 +23,25 @@ from tasks.policy import TASK_DEFAULTS, retrying
 def load_bundles(run: ChannelRun, bundles: list[BundleFile]) -> None:
     """Deliver a batch's bundles, up to CONNECTOR_DELIVERY_CONCURRENCY at once (each waits
     for its broker confirms), but record them strictly in order: a bundle, and the cursor
-    after it, only once every bundle before it is delivered. On a failure nothing after it
-    is recorded; a retry skips what was recorded (its spool file is gone)."""
-    pending = [bundle for bundle in bundles if bundle.path.exists()]
-    workers = min(resources.settings().connector.delivery_concurrency, len(pending)) or 1
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver") as pool:
-        sends = [pool.submit(_send, run, bundle) for bundle in pending]
+    after it, only once every bundle before it is delivered. A bundle is sent only when the
+    one CONNECTOR_DELIVERY_CONCURRENCY places before it is recorded, so a crash leaves at
+    most that many delivered but unrecorded (sent again, same ids, by the next run). On a
+    failure nothing after it is recorded; a retry skips what was recorded (its spool file is
+    gone)."""
+    pending = iter([bundle for bundle in bundles if bundle.path.exists()])
+    window = resources.settings().connector.delivery_concurrency
+    with ThreadPoolExecutor(max_workers=window, thread_name_prefix="deliver") as pool:
+        sends = deque((b, pool.submit(_send, run, b)) for b in itertools.islice(pending, window))
         try:
-            for bundle, sent in zip(pending, sends, strict=True):
+            while sends:
+                bundle, sent = sends.popleft()
                 sent.result()
                 _record(run, bundle)
+                following = next(pending, None)
+                if following is not None:
+                    sends.append((following, pool.submit(_send, run, following)))
         finally:
-            for sent in sends:
+            for _, sent in sends:
                 sent.cancel()
 
 
@@ -44,18 +53,17 @@ def _send(run: ChannelRun, bundle: BundleFile) -> None:
 
 def _record(run: ChannelRun, bundle: BundleFile) -> None:
     """Record posts, attachments and (if the bundle moves it) the cursor, once delivered."""
-    store = resources.store()
-    store.record_attachments(run.channel_id, bundle.attachments, run.run_id)
-    if bundle.cursor is None:
-        store.record_posts(run.channel_id, bundle.posts)
-        return
-    store.save_cursor(
+    resources.store().record_delivery(
         run.cursor_key,
+        run.channel_id,
         bundle.cursor,
+        bundle.posts,
         len(bundle.posts),
-        delivered=bundle.posts,
-        channel_id=run.channel_id,
+        files=bundle.attachments,
+        run_id=run.run_id,
     )
+    if bundle.cursor is None:
+        return
     if run.kind == "sync":
         publish_state(run.channel_id, bundle.cursor)
     bundle.path.unlink(missing_ok=True)
