@@ -13,13 +13,14 @@ from prefect.utilities.annotations import quote
 from mattermost_connector.channel_run import Batch, ChannelResult, ChannelRun
 from mattermost_connector.errors import AuthenticationError
 from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.stix import Attachment
 from tasks.attachments import fetch_attachments, posts_missing_files
 from tasks.changes import commit_changes, reconcile_batch, scan_changes, sweep_batch
 from tasks.channel import close_channel, open_channel, start_run
-from tasks.extract import extract_batch
 from tasks.load import advance_cursor, configured_load
 from tasks.locks import channel_lock
 from tasks.policy import describe
+from tasks.prefetch import read_ahead
 from tasks.transform import transform_batch
 
 
@@ -49,9 +50,13 @@ def run_channel(
         return close_channel(channel_id, run_id, run, kind, None)
 
 
-def deliver(run: ChannelRun, batch: Batch) -> ChannelRun:
-    """Attachments, bundles, then each bundle delivered in order, the cursor following."""
-    attachments = fetch_attachments(run, quote(batch.posts))
+def deliver(
+    run: ChannelRun, batch: Batch, attachments: dict[str, list[Attachment]] | None = None
+) -> ChannelRun:
+    """Attachments (unless fetched ahead), bundles, then each bundle delivered in order, the
+    cursor following."""
+    if attachments is None:
+        attachments = fetch_attachments(run, quote(batch.posts))
     bundles = transform_batch(run, quote(batch), quote(attachments))
     configured_load()(run, quote(bundles))
     return replace(
@@ -64,10 +69,19 @@ def deliver(run: ChannelRun, batch: Batch) -> ChannelRun:
 
 
 def take_new_posts(run: ChannelRun) -> ChannelRun:
+    """Batch after batch, the next one read while this one is delivered (reading waits on
+    the server; delivering works here). A failed delivery ends the run: what was read ahead
+    is dropped, and the cursor still stands before it."""
+    ahead = read_ahead.submit(run)
     while True:
-        batch = extract_batch(run)
+        batch, attachments = ahead.result()
+        if not batch.exhausted:
+            # roots among this batch's posts count as delivered: it is, before that one is used
+            pending = quote([post["id"] for post in batch.posts])
+            ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
         if batch.posts:
-            run = replace(deliver(run, batch), posts=run.posts + len(batch.posts))
+            delivered = deliver(run, batch, attachments)
+            run = replace(delivered, posts=run.posts + len(batch.posts))
         elif batch.cursor != run.cursor:
             advance_cursor(run, batch.cursor)
             run = replace(run, cursor=batch.cursor)

@@ -24,11 +24,13 @@ def complete_batch(
     include_system: bool,
     cursor: dict[str, Any] | None = None,
     exhausted: bool = True,
+    pending: set[str] | frozenset[str] = frozenset(),
 ) -> Batch:
     """System messages are dropped unless asked for; a reply whose root was never delivered
-    (it predates the start, say) gets its root fetched and delivered with it, once."""
+    (it predates the start, say) gets its root fetched and delivered with it, once. Roots in
+    `pending` are being delivered by the caller: not fetched again."""
     kept = [post for post in posts if include_system or not is_system(post)]
-    ids = {post["id"] for post in kept}
+    ids = {post["id"] for post in kept} | pending
     wanted_roots = {p["root_id"] for p in kept if p.get("root_id")} - ids
     roots, missing = [], []
     if wanted_roots:

@@ -11,7 +11,7 @@ from mattermost_connector.mattermost.posts import Cursor, read_batch
 from tasks import resources
 from tasks.policy import retrying
 
-BATCH_POSTS = 1000  # five pages: few task runs, bounded memory (bundles split it further)
+BATCH_POSTS = 5000  # 25 pages: few task runs, bounded memory (bundles split it further)
 
 
 def completed(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
@@ -31,8 +31,11 @@ def completed(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
     task_run_name="extract-{run.channel_id}",
     **retrying(2, 10, 30),
 )
-def extract_batch(run: ChannelRun, max_posts: int = BATCH_POSTS) -> Batch:
-    """About `max_posts` posts after the delivered cursor, oldest first."""
+def extract_batch(
+    run: ChannelRun, pending: list[str] | None = None, max_posts: int = BATCH_POSTS
+) -> Batch:
+    """About `max_posts` posts after `run.cursor`, oldest first. `pending`: posts being
+    delivered meanwhile (the batch before), whose replies need not fetch them as roots."""
     start = Cursor.from_dict(run.cursor)
     posts, cursor, exhausted = read_batch(
         resources.client(), run.channel_id, start, max_posts, last_post_at=run.last_post_at
@@ -42,4 +45,6 @@ def extract_batch(run: ChannelRun, max_posts: int = BATCH_POSTS) -> Batch:
         cursor, exhausted = start, True  # the window's end: nothing after it is taken
         for post in posts:
             cursor = cursor.advance(post)
-    return completed(run, posts, cursor=cursor.to_dict(), exhausted=exhausted)
+    return completed(
+        run, posts, cursor=cursor.to_dict(), exhausted=exhausted, pending=set(pending or ())
+    )

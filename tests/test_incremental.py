@@ -152,6 +152,9 @@ def test_5000_first_run_then_10000_new_posts_exactly_once(world: World):
     assert len(counts) == 15_000 and set(counts.values()) == {1}
     assert world.assert_complete(channel) == 15_000
     assert not any("since" in r.query and r.query["since"] != ["0"] for r in world.sim.requests[:5])
+    # every root was delivered before or with its replies, even those in the batch being
+    # delivered while the next one was read: no root was fetched on its own
+    assert not [r.path for r in world.sim.requests if r.path.startswith("/api/v4/posts/")]
 
 
 def test_posts_created_during_a_run_are_taken_by_it_or_the_next(world: World):

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key, iso
+from tasks.extract import BATCH_POSTS
 from tests.conftest import clean_environ, run_cli
 from tests.test_incremental import TOKEN, World
 from tests.test_state import POSTGRES
@@ -73,14 +75,15 @@ def test_an_interrupted_backfill_continues_where_it_stopped(world: World):
     from flows.backfill import mattermost_backfill
 
     channel = world.channel("long-history")
-    posts = world.populate(channel, 3000)
+    total = BATCH_POSTS + 1000
+    posts = world.populate(channel, total)
     world.configure([channel])
     listings = []
 
     def revoke_token_midway(path: str, query: dict) -> None:
         if path.endswith("/posts") and "after" in query:
             listings.append(path)
-            if len(listings) == 7:  # while reading the second batch of 1000
+            if len(listings) == BATCH_POSTS // PER_PAGE + 2:  # reading the second batch
                 world.sim.state.tokens.pop(TOKEN)
 
     world.sim.on_request = revoke_token_midway
@@ -92,7 +95,7 @@ def test_an_interrupted_backfill_continues_where_it_stopped(world: World):
     world.sim.on_request = None
     world.sim.state.tokens[TOKEN] = world.reader["id"]
     first = world.deliveries(channel, world.bundles())
-    assert 0 < len(first) < 3000
+    assert 0 < len(first) < total
     world.before = set((world.workdir / "bundles").glob("*.json"))
     state = mattermost_backfill(
         channel["id"], str(start / 1000), str(end / 1000), return_state=True
@@ -100,7 +103,7 @@ def test_an_interrupted_backfill_continues_where_it_stopped(world: World):
     assert state.is_completed(), state.message
     second = world.deliveries(channel, world.bundles(latest_run_only=True))
     assert not set(first) & set(second)
-    assert len(first) + len(second) == 3000
+    assert len(first) + len(second) == total
 
 
 @pytest.mark.parametrize(

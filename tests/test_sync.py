@@ -197,6 +197,6 @@ def test_cli_sync_to_directory_as_a_user_would(prefect_api, workdir, directory_e
     result = run_cli(["sync"], directory_env, workdir, prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines()[0].endswith(
-        "(threat-intel/ioc-sharing): ok, 1500 posts, 42 files, 3399 objects"
+        "(threat-intel/ioc-sharing): ok, 1500 posts, 42 files, 3394 objects"
     )
     assert_demo_complete(demo, directory_bundles(workdir / "bundles"))
