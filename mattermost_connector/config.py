@@ -33,6 +33,10 @@ FILES_PER_POST = 5  # Mattermost's limit
 # pycti publishes one object per AMQP message, base64 of its JSON whose files are base64
 # too: a post's files grow 16/9 on the wire. 1 MiB is left for its text and the envelope.
 DEFAULT_MAX_ATTACHMENT = (RABBITMQ_MAX_MESSAGE - MIB) * 9 // 16 // FILES_PER_POST
+# A whole bundle in one message (CONNECTOR_SPLIT_BUNDLES=false) grows 4/3 in base64: the most
+# bundle bytes one message holds, 4 KiB left for the envelope. It still holds one post with
+# 5 files at the default cap.
+UNSPLIT_BUNDLE_BYTES = (RABBITMQ_MAX_MESSAGE - 4096) * 3 // 4
 
 
 class TLP(StrEnum):
@@ -124,7 +128,20 @@ class ConnectorSettings(_Group):
     delivery_retries: int = Field(3, ge=0, le=20)
     delivery_retry_delay: float = Field(10.0, ge=0)
     delivery_concurrency: int = Field(4, ge=1, le=32)
+    split_bundles: bool = False
     no_trigger_import: bool = True
+
+    @property
+    def one_message_per_bundle(self) -> bool:
+        return self.send_to_queue and self.queue_protocol == "amqp" and not self.split_bundles
+
+    @property
+    def bundle_bytes(self) -> int:
+        """The bound bundles are built to: CONNECTOR_BUNDLE_MAX_BYTES, or less when a whole
+        bundle must fit one RabbitMQ message."""
+        if self.one_message_per_bundle:
+            return min(self.bundle_max_bytes, UNSPLIT_BUNDLE_BYTES)
+        return self.bundle_max_bytes
 
     @field_validator("bundle_max_bytes", mode="before")
     @classmethod
@@ -317,11 +334,16 @@ def _cross_check(settings: Settings) -> None:
         )
     # a post's files in base64, plus room for its text (16,383 characters, escaped) and objects
     largest_post = settings.mattermost.max_attachment_size * FILES_PER_POST * 4 // 3 + 256 * 1024
-    if largest_post > connector.bundle_max_bytes:
+    if largest_post > connector.bundle_bytes:
+        where = (
+            "one RabbitMQ message (CONNECTOR_SPLIT_BUNDLES=false)"
+            if connector.bundle_bytes < connector.bundle_max_bytes
+            else f"CONNECTOR_BUNDLE_MAX_BYTES ({connector.bundle_max_bytes})"
+        )
         raise ConfigError(
-            f"CONNECTOR_BUNDLE_MAX_BYTES ({connector.bundle_max_bytes}) must hold a post with "
-            f"{FILES_PER_POST} files of MATTERMOST_MAX_ATTACHMENT_SIZE: at least "
-            f"{largest_post} bytes"
+            f"{where} must hold a post with {FILES_PER_POST} files of "
+            f"MATTERMOST_MAX_ATTACHMENT_SIZE: at least {largest_post} bytes, "
+            f"{connector.bundle_bytes} available"
         )
     if not connector.send_to_queue:
         return

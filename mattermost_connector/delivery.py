@@ -41,7 +41,7 @@ class Destination(Protocol):
 
     def open_work(self, work: Work) -> None: ...
 
-    def send(self, work: Work, bundle: str) -> None: ...
+    def send(self, work: Work, bundle: str, objects: int) -> None: ...
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None: ...
 
@@ -65,7 +65,7 @@ class DirectoryDestination:
     def open_work(self, work: Work) -> None:
         work.ids[self.name] = work.channel_id
 
-    def send(self, work: Work, bundle: str) -> None:
+    def send(self, work: Work, bundle: str, objects: int) -> None:
         """File names sort in delivery order: send time (µs), channel, sequence in the run."""
         now = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{now}-{work.ids[self.name]}-{next(work.sequence):06d}-{uuid.uuid4().hex[:6]}.json"
@@ -201,16 +201,25 @@ class OpenCTIDestination:
         except Exception as error:
             raise self._fail("workAdd", error) from None
 
-    def send(self, work: Work, bundle: str) -> None:
+    def send(self, work: Work, bundle: str, objects: int) -> None:
+        """One AMQP message per bundle by default (pycti's `no_split`): OpenCTI's worker then
+        imports its objects in dependency order and reports each one on the work, so the
+        work expects `objects` of them (pycti itself adds 1). CONNECTOR_SPLIT_BUNDLES=true
+        keeps pycti's one message per object, each awaiting the broker's confirm."""
         from pika.exceptions import AMQPConnectionError
 
+        whole = self._settings.connector.one_message_per_bundle
+        work_id = work.ids.get(self.name)
         try:
+            if whole and work_id and objects > 1:
+                self._helper.api.work.add_expectations(work_id, objects - 1)
             self._helper.send_stix2_bundle(
                 bundle,
-                work_id=work.ids.get(self.name),
+                work_id=work_id,
                 send_to_directory=False,
                 send_to_s3=False,
                 cleanup_inconsistent_bundle=False,
+                no_split=whole,
             )
         except DeliveryError:
             raise

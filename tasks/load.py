@@ -48,7 +48,7 @@ def load_bundles(run: ChannelRun, bundles: list[BundleFile]) -> None:
 def _send(run: ChannelRun, bundle: BundleFile) -> None:
     text = bundle.path.read_text(encoding="utf-8")
     for destination in resources.outputs():
-        destination.send(run.work, text)
+        destination.send(run.work, text, bundle.objects)
 
 
 def _record(run: ChannelRun, bundle: BundleFile) -> None:

@@ -30,7 +30,7 @@ def transform_batch(
             settings.mattermost.tlp,
             missing_roots=batch.missing_roots,
             max_objects=connector.bundle_max_objects,
-            max_bytes=connector.bundle_max_bytes,
+            max_bytes=connector.bundle_bytes,
             no_trigger_import=connector.no_trigger_import,
         )
         for part in parts:

@@ -8,9 +8,10 @@ and JSON-parsed with httpx alone, nothing else), then runs `mattermost-connector
 own process on a real Prefect API and samples that process's peak RSS (VmHWM). Two times are
 reported: the flow run as Prefect records it (what a scheduled run takes, and what the ratio to
 the floor is about) and the whole process, which adds a fixed few seconds of interpreter start
-and imports whatever the data. In `amqp` mode the fake platform sends pycti to the local
-RabbitMQ and a consumer drains the push queue as OpenCTI's workers would. Not a test: figures
-depend on the machine.
+and imports whatever the data. In the `amqp` modes the fake platform sends pycti to the local
+RabbitMQ, one message per bundle (`amqp`, the default) or per object (`amqp-split`), and a
+consumer drains the push queue as OpenCTI's workers would. Not a test: figures depend on the
+machine.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ SCENARIOS = [
     (100_000, 0, "directory"),
     (20_000, 200, "amqp"),
     (100_000, 0, "amqp"),
+    (20_000, 200, "amqp-split"),  # CONNECTOR_SPLIT_BUNDLES=true: one message per object
 ]
 
 
@@ -185,6 +187,7 @@ def run(posts: int, files: int, mode: str, prefect_api: str) -> Result:
             "OPENCTI_URL": platform.url,
             "OPENCTI_TOKEN": "bench-octi-token",
             "CONNECTOR_ID": CONNECTOR_ID,
+            "CONNECTOR_SPLIT_BUNDLES": str(mode == "amqp-split").lower(),
         }
         drainer = threading.Thread(target=drain, args=(queue, stop, counted), daemon=True)
         drainer.start()
@@ -228,7 +231,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int)
     parser.add_argument("--files", type=int, default=0)
-    parser.add_argument("--mode", choices=["directory", "amqp"], default="directory")
+    parser.add_argument("--mode", choices=["directory", "amqp", "amqp-split"], default="directory")
     args = parser.parse_args()
     scenarios = [(args.posts, args.files, args.mode)] if args.posts else SCENARIOS
     from prefect.settings import PREFECT_API_URL

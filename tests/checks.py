@@ -20,22 +20,39 @@ def directory_bundles(path: Path) -> list[STIX]:
     return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))]
 
 
-def queue_bundles(queue: str) -> list[STIX]:
-    """Drain the push queue and decode each message as the platform's worker would."""
+def queue_messages(queue: str) -> list[STIX]:
+    """Drain the push queue: each message with its bundle decoded as the platform's worker
+    would (`content` is base64 of the bundle's JSON)."""
     import pika
 
     connection = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
     channel = connection.channel()
-    bundles = []
+    messages = []
     while True:
         method, _props, body = channel.basic_get(queue, auto_ack=True)
         if method is None:
             break
         message = json.loads(body)
         assert message["bundle_type"] == "QUEUE_BUNDLE"
-        bundles.append(json.loads(base64.b64decode(message["content"])))
+        message["bundle"] = json.loads(base64.b64decode(message.pop("content")))
+        messages.append(message)
     connection.close()
-    return bundles
+    return messages
+
+
+def queue_bundles(queue: str) -> list[STIX]:
+    return [message["bundle"] for message in queue_messages(queue)]
+
+
+def worker_reports(messages: list[STIX]) -> int:
+    """How many expectations OpenCTI's worker reports for these messages (its push handler):
+    one per object of a single-object or `no_split` bundle, which it imports itself. Any
+    other bundle it would split and queue again, reporting nothing itself."""
+    return sum(
+        len(m["bundle"]["objects"])
+        for m in messages
+        if m.get("no_split") or len(m["bundle"]["objects"]) == 1
+    )
 
 
 def objects_by_id(bundles: list[STIX]) -> dict[str, STIX]:

@@ -128,6 +128,18 @@ BAD_INPUTS = [
         {"CONNECTOR_STATE_DATABASE_URL": "data/state.db"},
         "CONNECTOR_STATE_DATABASE_URL: must be a SQLAlchemy URL",
     ),
+    ({"CONNECTOR_SPLIT_BUNDLES": "sometimes"}, "CONNECTOR_SPLIT_BUNDLES: must be true or false"),
+    (
+        {
+            "MATTERMOST_MAX_ATTACHMENT_SIZE": "2MiB",
+            "CONNECTOR_SEND_TO_QUEUE": "true",
+            "OPENCTI_URL": "http://opencti:8080",
+            "OPENCTI_TOKEN": "a-real-token",
+            "CONNECTOR_ID": "6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69",
+        },
+        "one RabbitMQ message (CONNECTOR_SPLIT_BUNDLES=false) must hold a post with 5 files of "
+        "MATTERMOST_MAX_ATTACHMENT_SIZE: at least 14243157 bytes, 12579840 available",
+    ),
 ]
 
 

@@ -17,7 +17,8 @@ from tests.checks import (
     assert_valid_stix,
     directory_bundles,
     objects_by_id,
-    queue_bundles,
+    queue_messages,
+    worker_reports,
 )
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN, mattermost_env, run_cli
 from tests.fake_opencti import FakeOpenCTI
@@ -168,18 +169,28 @@ def assert_platform_lifecycle(platform: FakeOpenCTI, demo: Demo) -> None:
 
 
 @pytest.mark.amqp
-def test_cli_sync_through_rabbitmq(prefect_api, workdir, demo, platform, push_queue):
-    env = queue_env(demo, platform, workdir, "amqp")
+@pytest.mark.parametrize("split", [False, True], ids=["bundle-per-message", "object-per-message"])
+def test_cli_sync_through_rabbitmq(prefect_api, workdir, demo, platform, push_queue, split):
+    env = {**queue_env(demo, platform, workdir, "amqp"), "CONNECTOR_SPLIT_BUNDLES": str(split)}
     result = run_cli(["sync"], env, workdir, prefect_api)
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert OPENCTI_TOKEN not in output and demo.token not in output
     assert "GET /api/v4/channels/" in output  # debug mode traces requests, never the token
-    bundles = queue_bundles(push_queue)
+    messages = queue_messages(push_queue)
+    bundles = [m["bundle"] for m in messages]
     assert_demo_complete(demo, bundles)
     assert_platform_lifecycle(platform, demo)
+    if split:  # pycti's splitter: one object per message, in dependency order
+        assert all(len(m["bundle"]["objects"]) == 1 and not m["no_split"] for m in messages)
+    else:  # as delivered: marking, channel and authors first in each, each whole
+        assert all(m["no_split"] for m in messages)
+        assert [b["objects"][0]["type"] for b in bundles] == ["marking-definition"] * len(bundles)
+        assert [b["objects"][1]["type"] for b in bundles] == ["channel"] * len(bundles)
+        assert_valid_stix(bundles)
+    # the works expect exactly what the platform's worker will report, object by object
     expected = sum(w.expectations for w in platform.works.values())
-    assert expected == len(bundles)  # one message per expected object, as the worker counts
+    assert expected == worker_reports(messages) == sum(len(b["objects"]) for b in bundles)
 
 
 def test_cli_sync_through_the_api_transport(prefect_api, workdir, demo, platform):
