@@ -152,8 +152,10 @@ def _upsert(
     key: str,
     rows: list[dict[str, Any]],
     updated: Iterable[str],
+    plain: bool = False,
 ) -> None:
-    """Insert or update rows by primary key, on SQLite and PostgreSQL alike."""
+    """Insert or update rows by primary key, on SQLite and PostgreSQL alike. `plain`: every
+    value is an int, str or None, stored as is."""
     if not rows:
         return
     dialect = connection.dialect.name
@@ -168,7 +170,18 @@ def _upsert(
         return
     statement = insert(table)
     changes = {name: statement.excluded[name] for name in updated}
-    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changes), rows)
+    upsert = statement.on_conflict_do_update(index_elements=[key], set_=changes)
+    if not plain:
+        connection.execute(upsert, rows)
+        return
+    # Rows of plain values (no type conversion): compiled once, handed to the driver's
+    # executemany. SQLAlchemy's per-row parameter processing was most of a bundle's record.
+    compiled = upsert.compile(dialect=connection.dialect, column_keys=list(rows[0]))
+    if compiled.positional:
+        order = compiled.positiontup or []
+        connection.exec_driver_sql(compiled.string, [tuple(r[n] for n in order) for r in rows])
+    else:
+        connection.exec_driver_sql(compiled.string, rows)
 
 
 def message_digest(message: str) -> str:
@@ -398,7 +411,7 @@ class StateStore:
     ) -> None:
         rows = [post_row(channel_id, post) for post in posts]
         updated = ("update_at", "edit_at", "delete_at", "message_sha256", "message")
-        _upsert(connection, delivered_posts, "post_id", rows, updated)
+        _upsert(connection, delivered_posts, "post_id", rows, updated, plain=True)
 
     def record_attachments(
         self, channel_id: str, rows: Iterable[dict[str, Any]], run_id: int | None = None

@@ -32,17 +32,21 @@ def load_bundles(run: ChannelRun, bundles: list[BundleFile]) -> None:
     window = resources.settings().connector.delivery_concurrency
     with ThreadPoolExecutor(max_workers=window, thread_name_prefix="deliver") as pool:
         sends = deque((b, pool.submit(_send, run, b)) for b in itertools.islice(pending, window))
+        cursor = None
         try:
             while sends:
                 bundle, sent = sends.popleft()
                 sent.result()
                 _record(run, bundle)
+                cursor = bundle.cursor or cursor
                 following = next(pending, None)
                 if following is not None:
                     sends.append((following, pool.submit(_send, run, following)))
         finally:
             for _, sent in sends:
                 sent.cancel()
+    if cursor is not None and run.kind == "sync":
+        publish_state(run.channel_id, cursor)  # once per batch: two GraphQL calls each time
 
 
 def _send(run: ChannelRun, bundle: BundleFile) -> None:
@@ -62,11 +66,8 @@ def _record(run: ChannelRun, bundle: BundleFile) -> None:
         files=bundle.attachments,
         run_id=run.run_id,
     )
-    if bundle.cursor is None:
-        return
-    if run.kind == "sync":
-        publish_state(run.channel_id, bundle.cursor)
-    bundle.path.unlink(missing_ok=True)
+    if bundle.cursor is not None:
+        bundle.path.unlink(missing_ok=True)
 
 
 def configured_load() -> Any:
