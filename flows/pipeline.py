@@ -73,21 +73,25 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
     the server; delivering works here). A failed delivery ends the run: what was read ahead
     is dropped, and the cursor still stands before it."""
     ahead = read_ahead.submit(run)
-    while True:
-        batch, attachments = ahead.result()
-        if not batch.exhausted:
-            # roots among this batch's posts count as delivered: it is, before that one is used
-            pending = quote([post["id"] for post in batch.posts])
-            ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
-        if batch.posts:
-            delivered = deliver(run, batch, attachments)
-            run = replace(delivered, posts=run.posts + len(batch.posts))
-        elif batch.cursor != run.cursor:
-            advance_cursor(run, batch.cursor)
-            run = replace(run, cursor=batch.cursor)
-        run = replace(run, skipped=run.skipped + batch.skipped)
-        if batch.exhausted:
-            return run
+    try:
+        while True:
+            batch, attachments = ahead.result()
+            if not batch.exhausted:
+                # roots in this batch count as delivered: they are, before that one is used
+                pending = quote([post["id"] for post in batch.posts])
+                ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
+            if batch.posts:
+                delivered = deliver(run, batch, attachments)
+                run = replace(delivered, posts=run.posts + len(batch.posts))
+            elif batch.cursor != run.cursor:
+                advance_cursor(run, batch.cursor)
+                run = replace(run, cursor=batch.cursor)
+            run = replace(run, skipped=run.skipped + batch.skipped)
+            if batch.exhausted:
+                return run
+    except BaseException:
+        ahead.wait()  # its downloads land in the spool before closing the channel clears it
+        raise
 
 
 def take_missing_files(run: ChannelRun) -> ChannelRun:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import base64
 import json
 import random
+import tempfile
+import time
 from pathlib import Path
 
 import pika
 import pytest
 
 from mattermost_connector.config import DEFAULT_MAX_ATTACHMENT, RABBITMQ_MAX_MESSAGE
+from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
+from tasks.extract import BATCH_POSTS
 from tests.checks import objects_by_id
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
 from tests.fake_opencti import FakeOpenCTI
@@ -281,3 +285,28 @@ def test_refused_publish_fails_after_bounded_retries(
     finally:
         admin.queue_delete(full)
         connection.close()
+
+
+def test_a_failed_delivery_leaves_no_spooled_files_behind(world: World, platform: FakeOpenCTI):
+    """The next batch (files included) is read while this one is delivered: when delivery
+    fails, what that read-ahead downloaded is removed with the run's spool, not left in /tmp."""
+    channel = world.channel("spool")
+    world.populate(channel, BATCH_POSTS + 300, files_every=40)  # files in both batches
+    world.configure([channel], **amqp_env(world, platform, CONNECTOR_QUEUE_PROTOCOL="api"))
+    platform.fail_operations.add("StixBundlePush")
+    listings = []
+
+    def slow_second_batch_files(path: str, query: dict) -> None:
+        if path.endswith("/posts") and "after" in query:
+            listings.append(path)
+        elif path.startswith("/api/v4/files/") and len(listings) > BATCH_POSTS // PER_PAGE:
+            time.sleep(0.3)  # still downloading when the first batch's delivery fails
+
+    world.sim.on_request = slow_second_batch_files
+    spools = f"mattermost-{channel['id']}-*"
+    before = set(Path(tempfile.gettempdir()).glob(spools))
+    from flows.sync import mattermost_sync
+
+    state = mattermost_sync(return_state=True)
+    assert state.is_failed()
+    assert set(Path(tempfile.gettempdir()).glob(spools)) == before
