@@ -26,6 +26,11 @@ class AuthenticationError(MattermostError):
     """401: the token is missing, revoked or expired. Retrying cannot help."""
 
 
+class MalformedPost(MattermostError):
+    """A post without a field the connector relies on (id, create_at, user_id): asking again
+    returns the same post, so retrying cannot help."""
+
+
 class ChannelNotAccessible(MattermostError):
     """403 or 404 on a channel: unknown, or the token's user may not read it."""
 

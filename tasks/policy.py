@@ -6,10 +6,15 @@ from typing import Any
 
 from prefect.cache_policies import NO_CACHE
 
-from mattermost_connector.errors import AuthenticationError, ChannelNotAccessible, ConfigError
+from mattermost_connector.errors import (
+    AuthenticationError,
+    ChannelNotAccessible,
+    ConfigError,
+    MalformedPost,
+)
 from mattermost_connector.redact import redact
 
-FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError)
+FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError, MalformedPost)
 
 # Tasks take pages of posts and bundles: hashing them for a cache key would cost more than the
 # work, and results are never reused across runs. See ../shared/docs/prefect-notes.md.

@@ -407,3 +407,23 @@ def test_a_faulty_rate_limited_server_loses_nothing(world: World):
     for index, request in enumerate(requests[:-1]):
         if request.status == 429:  # Retry-After here is 1 s: nothing sooner
             assert requests[index + 1].at - request.at >= 0.95
+
+
+def test_a_malformed_post_fails_its_channel_in_one_line(world: World):
+    from flows.sync import mattermost_sync
+
+    good, bad = world.channel("good"), world.channel("bad")
+    world.populate(good, 30)
+    posts = world.populate(bad, 30)
+    del world.sim.state.posts[posts[7]["id"]]["user_id"]  # what a broken proxy might send
+    world.configure([bad, good])
+    state = mattermost_sync(return_state=True)
+    assert state.is_failed()
+    failed, done = state.result(raise_on_failure=False)
+    assert failed["status"] == "failed" and done["status"] == "completed"
+    assert failed["error"] == (
+        f"GET /channels/{bad['id']}/posts: post '{posts[7]['id']}' has no valid user_id (None)"
+    )
+    # asking again would return the same post: no retries
+    listings = [r for r in world.sim.requests if r.path == f"/api/v4/channels/{bad['id']}/posts"]
+    assert len(listings) <= 2

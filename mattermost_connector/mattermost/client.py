@@ -18,7 +18,7 @@ from typing import IO, Any, TypeVar
 import httpx
 
 from mattermost_connector.config import MattermostSettings
-from mattermost_connector.errors import AuthenticationError, MattermostError
+from mattermost_connector.errors import AuthenticationError, MalformedPost, MattermostError
 
 log = logging.getLogger("mattermost_connector.mattermost")
 
@@ -100,7 +100,7 @@ class MattermostClient:
         return self._json("GET", f"/teams/{team_id}")
 
     def post(self, post_id: str) -> dict[str, Any]:
-        return self._json("GET", f"/posts/{post_id}")
+        return _checked_post(self._json("GET", f"/posts/{post_id}"), f"GET /posts/{post_id}")
 
     def posts(self, channel_id: str, **params: Any) -> list[dict[str, Any]]:
         """One page of a channel's posts in the server's `order` (newest first).
@@ -109,9 +109,16 @@ class MattermostClient:
         the ids in `order` are returned.
         """
         params.setdefault("per_page", PER_PAGE)
-        body = self._json("GET", f"/channels/{channel_id}/posts", params=params)
+        path = f"/channels/{channel_id}/posts"
+        body = self._json("GET", path, params=params)
+        if not isinstance(body, dict):
+            raise MalformedPost(f"GET {path}: the answer is not a post list")
         posts = body.get("posts") or {}
-        return [posts[post_id] for post_id in body.get("order") or [] if post_id in posts]
+        return [
+            _checked_post(posts[post_id], f"GET {path}")
+            for post_id in body.get("order") or []
+            if post_id in posts
+        ]
 
     def users(self, user_ids: Iterable[str]) -> list[dict[str, Any]]:
         ids = sorted(set(user_ids))
@@ -295,3 +302,18 @@ def _app_error(response: httpx.Response) -> tuple[str | None, str]:
     if isinstance(body, dict):
         return body.get("id"), str(body.get("message", ""))
     return None, ""
+
+
+_POST_FIELDS = (("id", str), ("create_at", int), ("user_id", str))
+
+
+def _checked_post(post: Any, where: str) -> dict[str, Any]:
+    """The server's schema guarantees these fields; a proxy or a broken plugin may not. One
+    line naming the post beats a KeyError deep in the walk."""
+    if not isinstance(post, dict):
+        raise MalformedPost(f"{where}: a post is not a JSON object")
+    for name, kind in _POST_FIELDS:
+        value = post.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool) or value == "":
+            raise MalformedPost(f"{where}: post {post.get('id')!r} has no valid {name} ({value!r})")
+    return post
