@@ -18,7 +18,7 @@ from tasks.attachments import fetch_attachments, posts_missing_files
 from tasks.changes import commit_changes, reconcile_batch, scan_changes, sweep_batch
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.load import advance_cursor, configured_load
-from tasks.locks import channel_lock
+from tasks.locks import LeaseError, channel_lock
 from tasks.policy import describe
 from tasks.prefetch import read_ahead
 from tasks.transform import transform_batch
@@ -33,21 +33,31 @@ def run_channel(
     """Deliver everything after the channel's cursor (a sync) or within a window (a
     backfill), holding the channel's lock: no other run works on it meanwhile. A failure
     stays within this channel, except a refused token, which ends the whole run."""
-    with channel_lock(channel_id):
-        run_id = start_run(channel_id, kind, window)
-        run: ChannelRun | None = None
-        try:
-            run = open_channel(channel_id, run_id, kind, window, start_timestamp)
-            run = take_new_posts(run)
-            if kind == "sync":
-                run = take_missing_files(run)
-                run = take_changes(run)
-        except AuthenticationError as error:
-            close_channel(channel_id, run_id, run, kind, describe(error))
-            raise
-        except Exception as error:
-            return close_channel(channel_id, run_id, run, kind, describe(error))
-        return close_channel(channel_id, run_id, run, kind, None)
+    try:
+        with channel_lock(channel_id):
+            return _run_locked(channel_id, kind, window, start_timestamp)
+    except LeaseError as error:  # before any run history could be written
+        return ChannelResult(channel_id, None, kind, "failed", error=describe(error))
+
+
+def _run_locked(
+    channel_id: str, kind: str, window: tuple[int, int] | None, start_timestamp: int | None
+) -> ChannelResult:
+    """The run itself, once the channel is held: its history row, then every pass."""
+    run_id = start_run(channel_id, kind, window)
+    run: ChannelRun | None = None
+    try:
+        run = open_channel(channel_id, run_id, kind, window, start_timestamp)
+        run = take_new_posts(run)
+        if kind == "sync":
+            run = take_missing_files(run)
+            run = take_changes(run)
+    except AuthenticationError as error:
+        close_channel(channel_id, run_id, run, kind, describe(error))
+        raise
+    except Exception as error:
+        return close_channel(channel_id, run_id, run, kind, describe(error))
+    return close_channel(channel_id, run_id, run, kind, None)
 
 
 def deliver(

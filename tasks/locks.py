@@ -7,6 +7,7 @@ locked for good. A lease in the state store expires on its own, on SQLite and Po
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -16,17 +17,33 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
+from mattermost_connector.errors import ConnectorError
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS
+
+log = logging.getLogger("mattermost_connector.locks")
 
 LEASE_SECONDS = 60  # a run killed outright keeps its channel this long at most
 POLL_SECONDS = 2.0
 _renewals: dict[str, threading.Event] = {}
 
 
+class LeaseError(ConnectorError):
+    """The state store could not be asked for a channel's lease: the channel is not run."""
+
+
 def _renew(channel_id: str, holder: str, stop: threading.Event) -> None:
+    """Renew until told to stop; a failed renewal is tried again at the next period (two
+    more chances before the lease can lapse) rather than ending the thread."""
     while not stop.wait(LEASE_SECONDS / 3):
-        resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+        try:
+            resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+        except Exception as error:
+            log.warning("channel %s: lease not renewed (%s)", channel_id, _reason(error))
+
+
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:300]
 
 
 @task(name="acquire-channel", task_run_name="acquire-{channel_id}", **TASK_DEFAULTS)
@@ -34,7 +51,7 @@ def acquire_channel(channel_id: str) -> str:
     """Wait until the channel is free, take it, and keep renewing the lease meanwhile."""
     holder = f"{flow_run.get_id() or 'local'}/{uuid.uuid4().hex[:8]}"
     store, logger, waited = resources.store(), get_run_logger(), False
-    while not store.try_lease(channel_id, holder, LEASE_SECONDS):
+    while not _try_lease(channel_id, holder):
         if not waited:
             current = store.lease_holder(channel_id)
             logger.info(
@@ -48,12 +65,26 @@ def acquire_channel(channel_id: str) -> str:
     return holder
 
 
+def _try_lease(channel_id: str, holder: str) -> bool:
+    try:
+        return resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+    except Exception as error:
+        raise LeaseError(
+            f"channel {channel_id} not started: the state store refused its lease "
+            f"({_reason(error)})"
+        ) from None
+
+
 @task(name="release-channel", task_run_name="release-{channel_id}", **TASK_DEFAULTS)
 def release_channel(channel_id: str, holder: str) -> None:
+    """Best effort: a lease left behind expires on its own within LEASE_SECONDS."""
     stop = _renewals.pop(holder, None)
     if stop:
         stop.set()
-    resources.store().release_lease(channel_id, holder)
+    try:
+        resources.store().release_lease(channel_id, holder)
+    except Exception as error:
+        get_run_logger().warning("channel %s: lease not released (%s)", channel_id, _reason(error))
 
 
 @contextmanager

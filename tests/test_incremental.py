@@ -427,3 +427,32 @@ def test_a_malformed_post_fails_its_channel_in_one_line(world: World):
     # asking again would return the same post: no retries
     listings = [r for r in world.sim.requests if r.path == f"/api/v4/channels/{bad['id']}/posts"]
     assert len(listings) <= 2
+
+
+def test_a_lease_the_state_store_refuses_fails_that_channel_in_one_line(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    import sqlalchemy.exc
+
+    from flows.sync import mattermost_sync
+
+    refused, fine = world.channel("refused"), world.channel("fine")
+    world.populate(refused, 5)
+    world.populate(fine, 5)
+    world.configure([refused, fine])
+    real = StateStore.try_lease
+
+    def try_lease(self, channel_id: str, holder: str, seconds: float) -> bool:
+        if channel_id == refused["id"]:
+            raise sqlalchemy.exc.OperationalError("UPDATE channel_leases", {}, Exception("locked"))
+        return real(self, channel_id, holder, seconds)
+
+    monkeypatch.setattr(StateStore, "try_lease", try_lease)
+    state = mattermost_sync(return_state=True)
+    assert state.is_failed()
+    failed, done = state.result(raise_on_failure=False)
+    assert failed["error"] == (
+        f"channel {refused['id']} not started: the state store refused its lease "
+        "(OperationalError: (builtins.Exception) locked)"
+    )
+    assert done["status"] == "completed" and done["posts"] == 5
