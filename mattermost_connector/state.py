@@ -184,6 +184,9 @@ def _upsert(
         connection.exec_driver_sql(compiled.string, rows)
 
 
+INTERRUPTED = "interrupted: its process ended without closing the run (killed or crashed)"
+
+
 def message_digest(message: str) -> str:
     return hashlib.sha256(message.encode("utf-8")).hexdigest()
 
@@ -522,7 +525,16 @@ class StateStore:
         flow_run_id: str | None = None,
         window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> int:
+        """A new `running` row. Call holding the channel's lease: any other row of the channel
+        still `running` then belongs to a process that died without closing it (SIGKILL, a
+        crash), and is closed as failed here, so that history and `status` tell the truth."""
         with self._engine.begin() as connection:
+            connection.execute(
+                runs.update()
+                .where(runs.c.channel_id == channel_id)
+                .where(runs.c.status == "running")
+                .values(status="failed", ended_at=_now(), error=INTERRUPTED)
+            )
             result = connection.execute(
                 runs.insert().values(
                     channel_id=channel_id,

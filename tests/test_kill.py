@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from mattermost_connector.state import INTERRUPTED, StateStore
 from tests.checks import directory_bundles
 from tests.conftest import clean_environ, run_cli
 from tests.mattermost_sim import MattermostSimulator
@@ -70,6 +71,14 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(
     in_flight = [set(messages(b)) for b in killed_bundles if again & set(messages(b))]
     assert all(bundle <= again for bundle in in_flight) and len(in_flight) <= 4
     assert again == set().union(*in_flight)
+    # the killed run's history row was closed by the rerun, not left `running`
+    killed_run, rerun = sorted(StateStore(env["CONNECTOR_STATE_DATABASE_URL"]).runs(), key=id_of)
+    assert (killed_run.status, killed_run.error) == ("failed", INTERRUPTED)
+    assert rerun.status == "completed"
+
+
+def id_of(run) -> int:
+    return run.id
 
 
 def messages(bundle: dict) -> list[str]:

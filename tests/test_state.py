@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mattermost_connector.state import SCHEMA_VERSION, StateStore
+from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -57,6 +57,17 @@ def test_run_history(store_url: str):
         "boom",
     )
     assert done.flow_run_id == "fr-1" and done.ended_at is not None
+
+
+def test_a_run_left_running_is_closed_by_the_next_run_of_its_channel(store_url: str):
+    store = StateStore(store_url)
+    killed = store.start_run("c1", "sync")  # its process died: never finished
+    other = store.start_run("c2", "sync")
+    store.start_run("c1", "backfill")
+    by_id = {run.id: run for run in store.runs()}
+    assert by_id[killed].status == "failed" and by_id[killed].ended_at is not None
+    assert by_id[killed].error == INTERRUPTED
+    assert by_id[other].status == "running"  # another channel's run is left alone
 
 
 def old_store(path: Path, version: int, *statements: str) -> str:
