@@ -159,26 +159,15 @@ def identity_name(user: Mapping[str, Any]) -> str:
     return f"@{user.get('username') or user['id']}"
 
 
-def _canonical(data: Mapping[str, str]) -> str:
-    """RFC 8785 canonical JSON, for a flat mapping of ASCII keys to strings: then it is exactly
-    json.dumps with sorted keys, no spaces and raw non-ASCII (stix2's pure-Python
-    canonicalizer gives the same text, many times slower)."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
 def _uuid5(kind: str, canonical: str) -> str:
-    """uuid.uuid5(OBSERVABLE_NAMESPACE, canonical), without building UUID objects (three per
-    post)."""
+    """The id stix2 and pycti derive: uuid5(OBSERVABLE_NAMESPACE, canonical JSON), without
+    building UUID objects (three per post). `canonical` is RFC 8785 JSON: keys sorted, no
+    spaces, raw non-ASCII, which for flat string mappings is what the callers write out."""
     digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + canonical.encode("utf-8")).digest()[:16])
     digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
     digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
     h = digest.hex()
     return f"{kind}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def _deterministic_id(kind: str, data: Mapping[str, str]) -> str:
-    """The uuid5 over canonical JSON that stix2 and pycti use for deterministic ids."""
-    return _uuid5(kind, _canonical(data))
 
 
 @cache
@@ -202,7 +191,7 @@ def channel_id(context: ChannelContext) -> str:
 def message_id(context: ChannelContext, post_id: str) -> str:
     """The media-content id of a post, computable without the post (for reply links): stix2's
     deterministic observable id over its only id-contributing property, the URL."""
-    url = orjson.dumps(context.permalink(post_id)).decode()  # _canonical({"url": ...}), inlined
+    url = orjson.dumps(context.permalink(post_id)).decode()  # JSON-escaped, as canonical JSON
     return _uuid5("media-content", f'{{"url":{url}}}')
 
 
