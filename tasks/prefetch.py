@@ -19,5 +19,5 @@ def read_ahead(
     """Both steps keep their own task runs and retries; this one only groups them so that
     they run in order, off the flow's thread. Reading waits on the server most of the time:
     done meanwhile, it hides behind the delivery of the batch before."""
-    batch = extract_batch(run, pending)
+    batch = extract_batch(run, quote(pending))  # unquoted, Prefect walks every id twice
     return batch, fetch_attachments(run, quote(batch.posts))
