@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from mattermost_connector.amqp import Publisher, RefusalLimit, plain_publish, queue_message
 from mattermost_connector.config import Settings
 from mattermost_connector.errors import DeliveryError
 from mattermost_connector.redact import redact
@@ -112,32 +112,6 @@ def _helper_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-class RefusalLimit:
-    """Wraps the pika channel pycti publishes on: a refused publish (nack, unroutable) is
-    retried here a bounded number of times, then fails the delivery. pycti's own loop would
-    retry every 10 s forever and hang the run."""
-
-    def __init__(self, channel: Any, attempts: int, delay: float) -> None:
-        self._channel, self._attempts, self._delay = channel, attempts, delay
-
-    def basic_publish(self, **kwargs: Any) -> Any:
-        from pika.exceptions import NackError, UnroutableError
-
-        for attempt in range(self._attempts):
-            try:
-                return self._channel.basic_publish(**kwargs)
-            except (NackError, UnroutableError) as error:
-                log.warning(
-                    "RabbitMQ refused a bundle (%s), attempt %d", type(error).__name__, attempt + 1
-                )
-                if attempt + 1 < self._attempts:
-                    time.sleep(self._delay * 2**attempt)
-        raise DeliveryError(f"RabbitMQ refused the bundle {self._attempts} times (nack)")
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._channel, name)
-
-
 def _helper_class() -> type:
     from pycti import OpenCTIConnectorHelper  # heavy import, only when delivering
 
@@ -188,6 +162,11 @@ class OpenCTIDestination:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._helper = opencti_helper(settings)
+        self._publisher = Publisher(
+            self._helper,
+            attempts=settings.connector.delivery_retries + 1,
+            delay=settings.connector.delivery_retry_delay,
+        )
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
         reason = redact(f"{type(error).__name__}: {error}", self._settings.secrets)
@@ -204,14 +183,21 @@ class OpenCTIDestination:
     def send(self, work: Work, bundle: str, objects: int) -> None:
         """One AMQP message per bundle by default (pycti's `no_split`): OpenCTI's worker then
         imports its objects in dependency order and reports each one on the work, so the
-        work expects `objects` of them (pycti itself adds 1). CONNECTOR_SPLIT_BUNDLES=true
-        keeps pycti's one message per object, each awaiting the broker's confirm."""
+        work expects `objects` of them. Published on this destination's reused connections
+        (mattermost_connector.amqp) unless pycti would not simply publish it (validation,
+        drafts). CONNECTOR_SPLIT_BUNDLES=true keeps pycti's one message per object, each
+        awaiting the broker's confirm."""
         from pika.exceptions import AMQPConnectionError
 
         whole = self._settings.connector.one_message_per_bundle
         work_id = work.ids.get(self.name)
         try:
-            if whole and work_id and objects > 1:
+            if whole and plain_publish(self._helper):
+                if work_id:
+                    self._helper.api.work.add_expectations(work_id, objects)
+                self._publisher.publish(queue_message(self._helper, bundle, work_id))
+                return
+            if whole and work_id and objects > 1:  # pycti adds 1 itself
                 self._helper.api.work.add_expectations(work_id, objects - 1)
             self._helper.send_stix2_bundle(
                 bundle,
@@ -232,6 +218,7 @@ class OpenCTIDestination:
             raise self._fail("bundle delivery", error) from None
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None:
+        self._publisher.close()
         work_id = work.ids.get(self.name)
         if not work_id:
             return

@@ -17,7 +17,7 @@ from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
 from tasks.extract import BATCH_POSTS
-from tests.checks import objects_by_id
+from tests.checks import objects_by_id, queue_messages, worker_reports
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
 from tests.fake_opencti import FakeOpenCTI
 from tests.test_incremental import World
@@ -189,6 +189,45 @@ def test_five_files_at_the_cap_fit_one_rabbitmq_message(
                 f for f in world.sim.state.files.values() if f.info["name"] == entry["name"]
             )
             assert base64.b64decode(entry["data"]) == stored.data
+
+
+@pytest.mark.amqp
+def test_a_run_reuses_its_rabbitmq_connections_and_closes_them(
+    world: World, platform: FakeOpenCTI, push_queue: str, monkeypatch: pytest.MonkeyPatch
+):
+    """pycti alone opens a connection per bundle; a run opens one per concurrent sender at
+    most, and none stays open after it. The works still expect what the worker reports."""
+    opened: list[pika.BlockingConnection] = []
+
+    class Counted(pika.BlockingConnection):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            opened.append(self)
+
+    channel = world.channel("many-bundles")
+    world.populate(channel, 1200)
+    world.configure(
+        [channel],
+        **amqp_env(
+            world, platform, CONNECTOR_BUNDLE_MAX_OBJECTS="60", CONNECTOR_DELIVERY_CONCURRENCY="3"
+        ),
+    )
+    monkeypatch.setattr(pika, "BlockingConnection", Counted)
+    (report,) = world.sync()
+    monkeypatch.undo()
+    assert report["status"] == "completed"
+    assert 1 <= len(opened) <= 3 and not any(c.is_open for c in opened)
+    messages = queue_messages(push_queue)
+    assert (
+        len(messages) >= 40
+        and sum(len(m["bundle"]["objects"]) for m in messages) == report["objects"]
+    )
+    delivered = objects_by_id([m["bundle"] for m in messages])
+    context = world.context(channel)
+    assert all(
+        message_id(context, p["id"]) in delivered for p in world.sim.live_posts(channel["id"])
+    )
+    assert sum(w.expectations for w in platform.works.values()) == worker_reports(messages)
 
 
 def outage_then_recovery(world: World, platform: FakeOpenCTI, break_it, fix_it, read) -> None:
