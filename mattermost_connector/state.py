@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -146,42 +147,115 @@ class RunRecord:
     error: str | None
 
 
+def _insert_construct(dialect: str) -> Callable[[sa.Table], Any] | None:
+    """The dialect's INSERT that takes ON CONFLICT, or None where there is none."""
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        return None
+    return insert
+
+
 def _upsert(
     connection: Connection,
     table: sa.Table,
     key: str,
     rows: list[dict[str, Any]],
     updated: Iterable[str],
-    plain: bool = False,
 ) -> None:
-    """Insert or update rows by primary key, on SQLite and PostgreSQL alike. `plain`: every
-    value is an int, str or None, stored as is."""
+    """Insert or update rows by primary key, on SQLite and PostgreSQL alike."""
     if not rows:
         return
-    dialect = connection.dialect.name
+    insert = _insert_construct(connection.dialect.name)
+    if insert is None:
+        _replace(connection, table, key, rows)
+        return
+    statement = insert(table)
+    changes = {name: statement.excluded[name] for name in updated}
+    connection.execute(statement.on_conflict_do_update(index_elements=[key], set_=changes), rows)
+
+
+def _replace(connection: Connection, table: sa.Table, key: str, rows: list[dict[str, Any]]) -> None:
+    """The portable fallback where there is no ON CONFLICT: delete, then insert."""
+    column = table.c[key]
+    connection.execute(table.delete().where(column.in_([row[key] for row in rows])))
+    connection.execute(table.insert(), rows)
+
+
+def _insert_construct(dialect: str) -> Callable[[sa.Table], Any] | None:
+    """The dialect's INSERT that takes ON CONFLICT, or None where there is none."""
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
-    else:  # portable fallback: delete then insert
-        column = table.c[key]
-        connection.execute(table.delete().where(column.in_([row[key] for row in rows])))
-        connection.execute(table.insert(), rows)
-        return
-    statement = insert(table)
-    changes = {name: statement.excluded[name] for name in updated}
-    upsert = statement.on_conflict_do_update(index_elements=[key], set_=changes)
-    if not plain:
-        connection.execute(upsert, rows)
-        return
-    # Rows of plain values (no type conversion): compiled once, handed to the driver's
-    # executemany. SQLAlchemy's per-row parameter processing was most of a bundle's record.
-    compiled = upsert.compile(dialect=connection.dialect, column_keys=list(rows[0]))
-    if compiled.positional:
-        order = compiled.positiontup or []
-        connection.exec_driver_sql(compiled.string, [tuple(r[n] for n in order) for r in rows])
     else:
-        connection.exec_driver_sql(compiled.string, rows)
+        return None
+    return insert
+
+
+# Rows per statement: 10 columns stay under the 999 parameters of SQLite before 3.32.
+ROWS_PER_STATEMENT = 99
+
+
+def _upsert_values(
+    connection: Connection,
+    table: sa.Table,
+    key: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]],
+    updated: tuple[str, ...],
+) -> None:
+    """`_upsert` for rows of plain values (int, str, None) in `columns` order, many to a
+    statement. A statement per row (executemany) releases the GIL at every row, and the
+    thread reading ahead may then hold it for a switch interval each time; SQLAlchemy's
+    per-row parameter processing is skipped too (no type needs converting)."""
+    if not rows:
+        return
+    position = columns.index(key)
+    # PostgreSQL refuses to update one row twice in a statement: the last row of a key wins
+    unique = list({row[position]: row for row in rows}.values())
+    if _insert_construct(connection.dialect.name) is None:
+        _replace(connection, table, key, [dict(zip(columns, row, strict=True)) for row in unique])
+        return
+    for start in range(0, len(unique), ROWS_PER_STATEMENT):
+        chunk = unique[start : start + ROWS_PER_STATEMENT]
+        sql, names = _multirow_upsert(connection.dialect, table, key, columns, updated, len(chunk))
+        values = [value for row in chunk for value in row]  # row after row, as bound
+        if names is None:
+            connection.exec_driver_sql(sql, tuple(values))
+        else:
+            connection.exec_driver_sql(sql, dict(zip(names, values, strict=True)))
+
+
+@lru_cache(maxsize=256)
+def _multirow_upsert(
+    dialect: Any,
+    table: sa.Table,
+    key: str,
+    columns: tuple[str, ...],
+    updated: tuple[str, ...],
+    count: int,
+) -> tuple[str, list[str] | None]:
+    """`INSERT ... VALUES (...) x count ... ON CONFLICT (key) DO UPDATE`, compiled once per
+    size; the parameter names row after row for a named paramstyle, None for a positional one
+    (whose order is checked to be row after row)."""
+    insert = _insert_construct(dialect.name)
+    assert insert is not None
+    names = [f"{column}__{row}" for row in range(count) for column in columns]
+    statement = insert(table).values(
+        [{c: sa.bindparam(f"{c}__{i}") for c in columns} for i in range(count)]
+    )
+    changes = {name: statement.excluded[name] for name in updated}
+    compiled = statement.on_conflict_do_update(index_elements=[key], set_=changes).compile(
+        dialect=dialect
+    )
+    if compiled.positional:
+        if list(compiled.positiontup or []) != names:
+            raise RuntimeError(f"unexpected parameter order for {table.name}")
+        return compiled.string, None
+    return compiled.string, names
 
 
 INTERRUPTED = "interrupted: its process ended without closing the run (killed or crashed)"
@@ -191,21 +265,37 @@ def message_digest(message: str) -> str:
     return hashlib.sha256(message.encode("utf-8")).hexdigest()
 
 
-def post_row(channel_id: str, post: dict[str, Any]) -> dict[str, Any]:
-    """The delivered_posts row of a post as it was delivered."""
+POST_COLUMNS = (
+    "post_id",
+    "channel_id",
+    "root_id",
+    "user_id",
+    "create_at",
+    "update_at",
+    "edit_at",
+    "delete_at",
+    "message_sha256",
+    "message",
+)
+POST_UPDATED = ("update_at", "edit_at", "delete_at", "message_sha256", "message")
+
+
+def post_values(channel_id: str, post: dict[str, Any]) -> tuple[Any, ...]:
+    """The delivered_posts row of a post as it was delivered, in POST_COLUMNS order."""
     message = post.get("message") or ""
-    return {
-        "post_id": post["id"],
-        "channel_id": channel_id,
-        "root_id": post.get("root_id") or None,
-        "user_id": post["user_id"],
-        "create_at": int(post["create_at"]),
-        "update_at": int(post.get("update_at") or post["create_at"]),
-        "edit_at": int(post.get("edit_at") or 0),
-        "delete_at": int(post.get("delete_at") or 0),
-        "message_sha256": message_digest(message),
-        "message": message,
-    }
+    created = int(post["create_at"])
+    return (
+        post["id"],
+        channel_id,
+        post.get("root_id") or None,
+        post["user_id"],
+        created,
+        int(post.get("update_at") or created),
+        int(post.get("edit_at") or 0),
+        int(post.get("delete_at") or 0),
+        message_digest(message),
+        message,
+    )
 
 
 def _now() -> datetime:
@@ -230,6 +320,12 @@ def _engine(url: str) -> Engine:
             # may undo the last commits, which only moves a cursor back: those posts are sent
             # again with the same ids. FULL cost an fsync per delivered bundle.
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # Post ids are random: each bundle's rows land all over the post_id index. A 16 MiB
+            # cache (not 2) keeps that index in memory to a few hundred thousand posts, and a
+            # checkpoint every 32 MiB of WAL (not 4) writes each index page back once for many
+            # bundles. Recording 100,000 posts: 4.6 s -> 3.1 s.
+            cursor.execute("PRAGMA cache_size=-16384")
+            cursor.execute("PRAGMA wal_autocheckpoint=8192")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -412,9 +508,8 @@ class StateStore:
     def _upsert_posts(
         self, connection: Connection, channel_id: str, posts: Iterable[dict[str, Any]]
     ) -> None:
-        rows = [post_row(channel_id, post) for post in posts]
-        updated = ("update_at", "edit_at", "delete_at", "message_sha256", "message")
-        _upsert(connection, delivered_posts, "post_id", rows, updated, plain=True)
+        rows = [post_values(channel_id, post) for post in posts]
+        _upsert_values(connection, delivered_posts, "post_id", POST_COLUMNS, rows, POST_UPDATED)
 
     def record_attachments(
         self, channel_id: str, rows: Iterable[dict[str, Any]], run_id: int | None = None

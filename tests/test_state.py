@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore
+from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore, message_digest
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -138,6 +138,33 @@ def test_delivered_posts_upsert_and_sweep(store_url: str):
     assert store.unseen("c1", run_id=5, created_from=11.5) == []
     store.record_posts("c1", [{**post, "id": "p2", "create_at": 11, "delete_at": 20}])
     assert store.unseen("c1", run_id=5, created_from=0) == []
+
+
+def test_a_large_delivery_is_recorded_whole_and_its_last_version_of_a_post_wins(
+    store_url: str,
+):
+    """More posts than one statement takes (they go many to a statement), one of them twice:
+    PostgreSQL would refuse a statement updating a row twice; the later version is kept."""
+    store = StateStore(store_url)
+    posts = [
+        {"id": f"p{n:03d}", "user_id": "u", "create_at": n, "message": f"m{n}", "root_id": ""}
+        for n in range(250)
+    ]
+    edited = {**posts[7], "message": "edited", "edit_at": 300, "update_at": 300}
+    store.save_cursor("c1", {"boundary_ms": 249}, 251, delivered=[*posts[:10], edited, *posts[10:]])
+    rows = store.delivered([p["id"] for p in posts])
+    assert len(rows) == 250
+    assert rows["p007"]["message"] == "edited" and rows["p007"]["edit_at"] == 300
+    assert rows["p249"] == {
+        **rows["p249"],
+        "channel_id": "c1",
+        "root_id": None,
+        "create_at": 249,
+        "update_at": 249,
+        "delete_at": 0,
+        "message": "m249",
+        "message_sha256": message_digest("m249"),
+    }
 
 
 def test_channel_leases_exclude_and_expire(store_url: str):
