@@ -43,12 +43,14 @@ class Cursor:
 
     def advance(self, post: Post) -> Cursor:
         """The cursor once `post` (the newest so far) is taken too."""
-        created = post["create_at"]
+        created = post["create_at"]  # run for every post: built directly, not by replace()
         if created > self.boundary_ms:
             anchor = self.boundary_ids[0] if self.boundary_ids else self.anchor_id
-            return replace(self, boundary_ms=created, boundary_ids=(post["id"],), anchor_id=anchor)
+            return Cursor(created, (post["id"],), anchor, self.changes_ms)
         if created == self.boundary_ms and post["id"] not in self.boundary_ids:
-            return replace(self, boundary_ids=(*self.boundary_ids, post["id"]))
+            return Cursor(
+                created, (*self.boundary_ids, post["id"]), self.anchor_id, self.changes_ms
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
