@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
-from mattermost_connector.channel_run import Batch, ChannelResult, ChannelRun
+from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
 from mattermost_connector.errors import AuthenticationError
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import Attachment
@@ -65,43 +66,71 @@ def deliver(
 ) -> ChannelRun:
     """Attachments (unless fetched ahead), bundles, then each bundle delivered in order, the
     cursor following."""
+    run, bundles = transform(run, batch, attachments)
+    configured_load()(run, quote(bundles))
+    return run
+
+
+def transform(
+    run: ChannelRun, batch: Batch, attachments: dict[str, list[Attachment]] | None = None
+) -> tuple[ChannelRun, list[BundleFile]]:
+    """The batch's bundles, and the run as it stands once they are delivered."""
     if attachments is None:
         attachments = fetch_attachments(run, quote(batch.posts))
     bundles = transform_batch(run, quote(batch), quote(attachments))
-    configured_load()(run, quote(bundles))
     return replace(
         run,
         cursor=next((b.cursor for b in reversed(bundles) if b.cursor), run.cursor),
         files=run.files + sum(b.files for b in bundles),
         objects=run.objects + sum(b.objects for b in bundles),
         bundles=run.bundles + len(bundles),
-    )
+    ), bundles
 
 
 def take_new_posts(run: ChannelRun) -> ChannelRun:
-    """Batch after batch, the next one read while this one is delivered (reading waits on
-    the server; delivering works here). A failed delivery ends the run: what was read ahead
-    is dropped, and the cursor still stands before it."""
+    """Three batches at once: the next read, this one transformed, the one before loaded.
+    Reading waits on the server, loading on the broker and the state store; transforming
+    works, here. A batch is loaded only once the one before is (cursors move in order). A
+    failed load ends the run: what was read or built after it is dropped, and the cursor
+    still stands before it."""
     ahead = read_ahead.submit(run)
+    loading: PrefectFuture[None] | None = None
+    in_flight: list[str] = []  # ids of the batch being loaded
     try:
         while True:
             batch, attachments = ahead.result()
+            current = [post["id"] for post in batch.posts]
             if not batch.exhausted:
-                # roots in this batch count as delivered: they are, before that one is used
-                pending = quote([post["id"] for post in batch.posts])
+                # roots in this batch and the one loading count as delivered: they are,
+                # before the next batch is used
+                pending = quote(in_flight + current)
                 ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
             if batch.posts:
-                delivered = deliver(run, batch, attachments)
-                run = replace(delivered, posts=run.posts + len(batch.posts))
+                after, bundles = transform(run, batch, attachments)
+                _landed(loading)
+                loading = configured_load().submit(run, quote(bundles))
+                in_flight = current
+                run = replace(after, posts=run.posts + len(batch.posts))
             elif batch.cursor != run.cursor:
+                _landed(loading)  # nothing moves past what is still in flight
+                loading = None
                 advance_cursor(run, batch.cursor)
                 run = replace(run, cursor=batch.cursor)
             run = replace(run, skipped=run.skipped + batch.skipped)
             if batch.exhausted:
+                _landed(loading)
                 return run
     except BaseException:
         ahead.wait()  # its downloads land in the spool before closing the channel clears it
+        if loading is not None:
+            loading.wait()  # nor is the spool cleared under a load still sending from it
         raise
+
+
+def _landed(loading: PrefectFuture[None] | None) -> None:
+    """Wait for a submitted load; its failure is this run's."""
+    if loading is not None:
+        loading.result()
 
 
 def take_missing_files(run: ChannelRun) -> ChannelRun:

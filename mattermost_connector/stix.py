@@ -191,8 +191,12 @@ def channel_id(context: ChannelContext) -> str:
 def message_id(context: ChannelContext, post_id: str) -> str:
     """The media-content id of a post, computable without the post (for reply links): stix2's
     deterministic observable id over its only id-contributing property, the URL."""
-    url = orjson.dumps(context.permalink(post_id)).decode()  # JSON-escaped, as canonical JSON
-    return _uuid5("media-content", f'{{"url":{url}}}')
+    return _url_id(context.permalink(post_id))
+
+
+def _url_id(url: str) -> str:
+    quoted = orjson.dumps(url).decode()  # JSON-escaped, as canonical JSON
+    return _uuid5("media-content", f'{{"url":{quoted}}}')
 
 
 def relationship_id(source: str, target: str) -> str:
@@ -251,8 +255,8 @@ def identity_object(user: Mapping[str, Any], tlp: TLP) -> dict[str, Any]:
     )
 
 
-def _related(source: str, target: str, created_ms: int, tlp: TLP) -> dict[str, Any]:
-    when = _stamp(created_ms)
+def _related(source: str, target: str, when: str, marking: str) -> dict[str, Any]:
+    """A related-to created and modified `when` (a STIX timestamp), marked `marking`."""
     return {
         "type": "relationship",
         "spec_version": "2.1",
@@ -262,7 +266,7 @@ def _related(source: str, target: str, created_ms: int, tlp: TLP) -> dict[str, A
         "relationship_type": "related-to",
         "source_ref": source,
         "target_ref": target,
-        "object_marking_refs": [marking_id(tlp)],
+        "object_marking_refs": [marking],
     }
 
 
@@ -335,17 +339,24 @@ def message_objects(
         description.append(
             "attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded)
         )
-    message: dict[str, Any] = _compact(
+    marking = marking_id(tlp)
+    url = context.permalink(post["id"])
+    text = post.get("message") or ""
+    message: dict[str, Any] = {
+        "type": "media-content",
+        "spec_version": "2.1",
+        "id": _url_id(url),
+    }
+    title = _title(text)
+    if title is not None:
+        message["title"] = title
+    message.update(
         {
-            "type": "media-content",
-            "spec_version": "2.1",
-            "id": message_id(context, post["id"]),
-            "title": _title(post.get("message") or ""),
-            "content": post.get("message") or "",
+            "content": text,
             "media_category": MEDIA_CATEGORY,
-            "url": context.permalink(post["id"]),
+            "url": url,
             "publication_date": _instant(post["create_at"]),
-            "object_marking_refs": [marking_id(tlp)],
+            "object_marking_refs": [marking],
             "x_opencti_description": "; ".join(description),
             "x_opencti_created_by_ref": identity_id(author),
         }
@@ -355,10 +366,11 @@ def message_objects(
         message["x_opencti_files"] = files
     if post.get("delete_at"):
         message["x_opencti_labels"] = [DELETED_LABEL]
-    objects = [message, _related(message["id"], channel_id(context), post["create_at"], tlp)]
+    when = _stamp(post["create_at"])
+    objects = [message, _related(message["id"], channel_id(context), when, marking)]
     if post.get("root_id") and root_known:
         root = message_id(context, post["root_id"])
-        objects.append(_related(message["id"], root, post["create_at"], tlp))
+        objects.append(_related(message["id"], root, when, marking))
     return objects
 
 
