@@ -184,17 +184,6 @@ def _replace(connection: Connection, table: sa.Table, key: str, rows: list[dict[
     connection.execute(table.insert(), rows)
 
 
-def _insert_construct(dialect: str) -> Callable[[sa.Table], Any] | None:
-    """The dialect's INSERT that takes ON CONFLICT, or None where there is none."""
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        return None
-    return insert
-
-
 # Rows per statement: 10 columns stay under the 999 parameters of SQLite before 3.32.
 ROWS_PER_STATEMENT = 99
 
