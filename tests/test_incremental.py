@@ -4,6 +4,7 @@ followed, against everything the simulator (the real server's behaviour) does.""
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from mattermost_connector.mattermost.channels import channel_context
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import marking_id, message_id
+from tasks.extract import BATCH_POSTS
 from tests.checks import (
     assert_channel_complete,
     assert_valid_stix,
@@ -155,6 +157,42 @@ def test_5000_first_run_then_10000_new_posts_exactly_once(world: World):
     # every root was delivered before or with its replies, even those in the batch being
     # delivered while the next one was read: no root was fetched on its own
     assert not [r.path for r in world.sim.requests if r.path.startswith("/api/v4/posts/")]
+
+
+def test_a_root_in_the_batch_still_loading_is_not_fetched_again(world: World, monkeypatch):
+    """Three batches are in flight: while batch 1 is still being recorded, batch 3 is read.
+    A reply there to a root of batch 1 must take that root as delivered (it is, before batch
+    3 is loaded), not fetch and deliver it again."""
+    from tasks import load
+
+    channel = world.channel("long-thread")
+    first = world.populate(channel, 1000)  # all within batch 1
+    world.populate(channel, 2 * BATCH_POSTS)  # the rest of batch 1, batch 2, batch 3
+    root = next(post for post in first if not post["root_id"])
+    world.clock += 7
+    reply = world.sim.add_post(channel, world.authors[1], "late", root=root, create_at=world.clock)
+    record = load._record
+
+    def slowly_for_batch_one(run, bundle) -> None:
+        if any(post["id"] == root["id"] for post in bundle.posts):
+            time.sleep(2)  # batch 1 still loading while batch 3 is read
+        record(run, bundle)
+
+    monkeypatch.setattr(load, "_record", slowly_for_batch_one)
+    world.configure([channel])
+    (report,) = world.sync()
+    assert report["status"] == "completed"
+    assert not [r.path for r in world.sim.requests if r.path.startswith("/api/v4/posts/")]
+    context = world.context(channel)
+    counts = world.deliveries(channel, world.bundles())
+    assert counts[root["id"]] == 1
+    links = {
+        (o["source_ref"], o["target_ref"])
+        for b in world.bundles()
+        for o in b["objects"]
+        if o["type"] == "relationship"
+    }
+    assert (message_id(context, reply["id"]), message_id(context, root["id"])) in links
 
 
 def test_posts_created_during_a_run_are_taken_by_it_or_the_next(world: World):
