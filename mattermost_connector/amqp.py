@@ -103,7 +103,6 @@ class Publisher:
         self._attempts, self._delay = attempts, delay
         self._idle: list[_Link] = []
         self._lock = threading.Lock()
-        self.opened = 0  # connections opened so far (operators' logs; tests)
 
     def publish(self, body: bytes) -> None:
         import pika
@@ -166,7 +165,6 @@ class Publisher:
         except BaseException:
             _close(_Link(opened, None, 0.0))
             raise
-        self.opened += 1
         return _Link(opened, channel, time.monotonic())
 
 
