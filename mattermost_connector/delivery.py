@@ -162,10 +162,9 @@ class OpenCTIDestination:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._helper = opencti_helper(settings)
+        # the same bound on refused publishes as pycti's path (set on the helper)
         self._publisher = Publisher(
-            self._helper,
-            attempts=settings.connector.delivery_retries + 1,
-            delay=settings.connector.delivery_retry_delay,
+            self._helper, self._helper.publish_attempts, self._helper.publish_delay
         )
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
