@@ -17,7 +17,7 @@ from mattermost_connector.redact import redact
 FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError, MalformedPost)
 
 # Tasks take pages of posts and bundles: hashing them for a cache key would cost more than the
-# work, and results are never reused across runs. See ../shared/docs/prefect-notes.md.
+# work, and results are never reused across runs. See docs/prefect.md.
 TASK_DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 

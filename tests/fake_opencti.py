@@ -2,7 +2,7 @@
 
 It answers by operation name, as the platform would for a connector (register, ping, works,
 expectations, stixBundlePush), and records every call so tests can check what the platform
-received. With the AMQP transport, it points pycti at the real RabbitMQ (../shared/docs).
+received. With the AMQP transport, it points pycti at the real RabbitMQ (docs/opencti-pycti.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A Mattermost server simulator that behaves like the real one, traps included.
 
-It follows ../shared/docs/mattermost-api.md: the four post-listing modes with their exact
+It follows docs/mattermost-api.md: the four post-listing modes with their exact
 selection and ordering (`since` capped at 1000 rows picked in no order, edit-history and deleted
 rows included; `after`/`before` strict on create_at; an unknown anchor answers an empty list),
 context posts outside `order`, AppError bodies, hidden emails, and faults on demand: rate limits

@@ -1,4 +1,4 @@
-"""The simulator must be no kinder than the real server (../shared/docs/mattermost-api.md)."""
+"""The simulator must be no kinder than the real server (docs/mattermost-api.md)."""
 
 from __future__ import annotations
 
