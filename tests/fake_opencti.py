@@ -251,4 +251,3 @@ def _multipart_request(body: bytes, content_type: str) -> dict[str, Any]:
             else:
                 target[last] = upload
     return request
-

@@ -158,7 +158,7 @@ def drain(queue: str) -> list[bytes]:
 def heavy_posts(world: World, channel) -> tuple[list[dict], dict[str, bytes]]:
     """Issue 10's scenario, as the server allows it: a post holds at most 10 files
     (PostFileidsMaxRunes), so 10 files of 8 MiB on one post, and the 40 MiB file on a reply
-    of its own with two small files sharing one name."""
+    of its own with an 11 MiB one and two small files sharing one name."""
     rng = random.Random(10)
     data: dict[str, bytes] = {}
 
@@ -170,7 +170,9 @@ def heavy_posts(world: World, channel) -> tuple[list[dict], dict[str, bytes]]:
 
     ten = [add(f"photo-{n}.jpg", 8 * MIB, "image/jpeg") for n in range(10)]
     root = world.sim.add_post(channel, world.authors[0], "", files=ten)  # files, no text
-    dump = [add("memory.dmp", 40 * MIB), add("notes.txt", 100, "text/plain")]
+    # 11 MiB: over what a 16 MiB message holds once encoded twice (about 9.4 MiB)
+    dump = [add("memory.dmp", 40 * MIB), add("capture.pcap", 11 * MIB)]
+    dump.append(add("notes.txt", 100, "text/plain"))
     dump.append(add("notes.txt", 200, "text/plain"))
     reply = world.sim.add_post(channel, world.authors[0], "the dump", root=root, files=dump)
     return [root, reply], data
@@ -197,7 +199,7 @@ def test_ten_large_files_and_a_huge_one_are_all_in_the_directory(world: World):
     posts, data = heavy_posts(world, channel)
     world.configure([channel])
     (report,) = world.sync()
-    assert report["status"] == "completed" and report["files"] == 13
+    assert report["status"] == "completed" and report["files"] == 14
     for post in posts:
         names = expected_names(world, post)
         assert files_of(world, channel, post) == {names[f]: data[f] for f in post["file_ids"]}
@@ -205,8 +207,9 @@ def test_ten_large_files_and_a_huge_one_are_all_in_the_directory(world: World):
     names = ", ".join(f"photo-{n}.jpg" for n in range(10))  # 128 characters: cut at 120
     assert root["title"] == names[:117] + "..."
     rows = StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
-    assert sorted(r["status"] for r in rows) == ["embedded"] * 13
+    assert sorted(r["status"] for r in rows) == ["embedded"] * 14
     assert sorted(r["name"] for r in rows if r["post_id"] == posts[1]["id"]) == [
+        "capture.pcap",
         "memory.dmp",
         "notes (2).txt",
         "notes.txt",
@@ -247,7 +250,7 @@ def test_ten_large_files_and_a_huge_one_reach_opencti_through_a_16mib_rabbitmq(
     posts, data = heavy_posts(world, channel)
     world.configure([channel], **amqp_env(world, platform))
     (report,) = world.sync()
-    assert report["status"] == "completed" and report["files"] == 13
+    assert report["status"] == "completed" and report["files"] == 14
     bodies = drain(push_queue)
     assert bodies and max(len(body) for body in bodies) <= rabbitmq_16mib
     bundles = [json.loads(base64.b64decode(json.loads(b)["content"])) for b in bodies]
@@ -269,7 +272,8 @@ def test_ten_large_files_and_a_huge_one_reach_opencti_through_a_16mib_rabbitmq(
         hashes = {h["algorithm"]: h["hash"] for h in upload["Artifact"]["hashes"]}
         assert hashes["SHA-256"] == hashlib.sha256(file["data"]).hexdigest()
         assert upload["objectMarking"] == upload["Artifact"]["filesMarkings"][0]
-    assert [len(u["Artifact"]["files"][0]["data"]) for u in platform.observables] == [40 * MIB]
+    uploaded = sorted(len(u["Artifact"]["files"][0]["data"]) for u in platform.observables)
+    assert uploaded == [11 * MIB, 40 * MIB]
     for post in posts:
         message = message_id(context, post["id"])
         names = expected_names(world, post)
