@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mattermost_connector.delivery import Work
-from mattermost_connector.stix import ChannelContext
+from mattermost_connector.stix import ChannelContext, Upload
 
 
 @dataclass
@@ -54,10 +54,11 @@ class BundleFile:
 
     path: Path
     objects: int
-    files: int  # attachments embedded
+    files: int  # attachments delivered (embedded or uploaded)
     posts: list[dict[str, Any]]  # as delivered, for the delivered_posts table
     attachments: list[dict[str, Any]]  # attachments rows (embedded, too large, failed)
     cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
+    uploads: list[Upload] = field(default_factory=list)  # sent to the platform before it
 
 
 @dataclass(frozen=True)

@@ -29,14 +29,18 @@ _UNIT_BYTES = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 MIB = 1 << 20
 RABBITMQ_MAX_MESSAGE = 16 * MIB  # RabbitMQ 4.x default max_message_size
-FILES_PER_POST = 5  # Mattermost's limit
-# pycti publishes one object per AMQP message, base64 of its JSON whose files are base64
-# too: a post's files grow 16/9 on the wire. 1 MiB is left for its text and the envelope.
-DEFAULT_MAX_ATTACHMENT = (RABBITMQ_MAX_MESSAGE - MIB) * 9 // 16 // FILES_PER_POST
-# A whole bundle in one message (CONNECTOR_SPLIT_BUNDLES=false) grows 4/3 in base64: the most
-# bundle bytes one message holds, 4 KiB left for the envelope. It still holds one post with
-# 5 files at the default cap.
-UNSPLIT_BUNDLE_BYTES = (RABBITMQ_MAX_MESSAGE - 4096) * 3 // 4
+FILES_PER_POST = 10  # Mattermost's limit (PostFileidsMaxRunes: ten ids per post)
+# Mattermost's own default FileSettings.MaxFileSize: every file a default server accepts.
+DEFAULT_MAX_ATTACHMENT = 100 * MIB
+# What pycti's message adds around the base64 of a bundle (its JSON envelope, the work and
+# applicant ids), with room to spare.
+MESSAGE_ENVELOPE = 4096
+
+
+def message_bundle_bytes(max_message: int) -> int:
+    """The most bundle bytes one queue message holds: pycti publishes base64 of the bundle
+    (4/3) inside a small JSON envelope."""
+    return (max_message - MESSAGE_ENVELOPE) * 3 // 4
 
 
 class TLP(StrEnum):
@@ -125,6 +129,7 @@ class ConnectorSettings(_Group):
     queue_protocol: Literal["amqp", "api"] = "amqp"
     bundle_max_objects: int = Field(1000, ge=10)
     bundle_max_bytes: Annotated[int, NoDecode] = Field(16 * MIB, ge=MIB)
+    queue_max_message_size: Annotated[int, NoDecode] = Field(RABBITMQ_MAX_MESSAGE, ge=MIB)
     delivery_retries: int = Field(3, ge=0, le=20)
     delivery_retry_delay: float = Field(10.0, ge=0)
     delivery_concurrency: int = Field(4, ge=1, le=32)
@@ -137,13 +142,15 @@ class ConnectorSettings(_Group):
 
     @property
     def bundle_bytes(self) -> int:
-        """The bound bundles are built to: CONNECTOR_BUNDLE_MAX_BYTES, or less when a whole
-        bundle must fit one RabbitMQ message."""
-        if self.one_message_per_bundle:
-            return min(self.bundle_max_bytes, UNSPLIT_BUNDLE_BYTES)
+        """The bound bundles are built to: CONNECTOR_BUNDLE_MAX_BYTES, and, when they go to
+        OpenCTI, one queue message (CONNECTOR_QUEUE_MAX_MESSAGE_SIZE). Split or not, through
+        AMQP or the API (whose platform queues each object alone), no object outgrows its
+        bundle, so no message outgrows the broker's limit."""
+        if self.send_to_queue:
+            return min(self.bundle_max_bytes, message_bundle_bytes(self.queue_max_message_size))
         return self.bundle_max_bytes
 
-    @field_validator("bundle_max_bytes", mode="before")
+    @field_validator("bundle_max_bytes", "queue_max_message_size", mode="before")
     @classmethod
     def _bundle_bytes(cls, value: object) -> object:
         return parse_size(value)
@@ -331,19 +338,6 @@ def _cross_check(settings: Settings) -> None:
         raise ConfigError(
             "CONNECTOR_SEND_TO_QUEUE and CONNECTOR_SEND_TO_DIRECTORY are both false: "
             "set one to true so the bundles go somewhere"
-        )
-    # a post's files in base64, plus room for its text (16,383 characters, escaped) and objects
-    largest_post = settings.mattermost.max_attachment_size * FILES_PER_POST * 4 // 3 + 256 * 1024
-    if largest_post > connector.bundle_bytes:
-        where = (
-            "one RabbitMQ message (CONNECTOR_SPLIT_BUNDLES=false)"
-            if connector.bundle_bytes < connector.bundle_max_bytes
-            else f"CONNECTOR_BUNDLE_MAX_BYTES ({connector.bundle_max_bytes})"
-        )
-        raise ConfigError(
-            f"{where} must hold a post with {FILES_PER_POST} files of "
-            f"MATTERMOST_MAX_ATTACHMENT_SIZE: at least {largest_post} bytes, "
-            f"{connector.bundle_bytes} available"
         )
     if not connector.send_to_queue:
         return

@@ -22,6 +22,8 @@ from mattermost_connector.amqp import Publisher, RefusalLimit, plain_publish, qu
 from mattermost_connector.config import Settings
 from mattermost_connector.errors import DeliveryError
 from mattermost_connector.redact import redact
+from mattermost_connector.stix import Upload
+from mattermost_connector.upload import ArtifactUploader
 
 log = logging.getLogger("mattermost_connector.delivery")
 
@@ -40,6 +42,8 @@ class Destination(Protocol):
     name: str
 
     def open_work(self, work: Work) -> None: ...
+
+    def upload(self, work: Work, upload: Upload) -> None: ...
 
     def send(self, work: Work, bundle: str, objects: int) -> None: ...
 
@@ -64,6 +68,10 @@ class DirectoryDestination:
 
     def open_work(self, work: Work) -> None:
         work.ids[self.name] = work.channel_id
+
+    def upload(self, work: Work, upload: Upload) -> None:
+        """Nothing to upload: a directory alone embeds every file; beside OpenCTI, its bundles
+        name an uploaded file by its Artifact (hashes, name, type)."""
 
     def send(self, work: Work, bundle: str, objects: int) -> None:
         """File names sort in delivery order: send time (µs), channel, sequence in the run."""
@@ -166,6 +174,8 @@ class OpenCTIDestination:
         self._publisher = Publisher(
             self._helper, self._helper.publish_attempts, self._helper.publish_delay
         )
+        self._uploader: ArtifactUploader | None = None
+        self._uploader_lock = threading.Lock()
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
         reason = redact(f"{type(error).__name__}: {error}", self._settings.secrets)
@@ -178,6 +188,20 @@ class OpenCTIDestination:
             )
         except Exception as error:
             raise self._fail("workAdd", error) from None
+
+    def upload(self, work: Work, upload: Upload) -> None:
+        """A file too large for any queue message, uploaded as an Artifact before the bundle
+        that links it to its message (the bundle's relationship then finds it)."""
+        with self._uploader_lock:
+            if self._uploader is None:
+                self._uploader = ArtifactUploader(
+                    self._helper, self._settings.connector.no_trigger_import
+                )
+            uploader = self._uploader
+        try:
+            uploader.upload(upload)
+        except Exception as error:
+            raise self._fail(f"upload of {upload.name} ({upload.size} bytes)", error) from None
 
     def send(self, work: Work, bundle: str, objects: int) -> None:
         """One AMQP message per bundle by default (pycti's `no_split`): OpenCTI's worker then
@@ -192,9 +216,16 @@ class OpenCTIDestination:
         work_id = work.ids.get(self.name)
         try:
             if whole and plain_publish(self._helper):
+                body = queue_message(self._helper, bundle, work_id)
+                limit = self._settings.connector.queue_max_message_size
+                if len(body) > limit:  # bundles are built to fit: never sent to be refused
+                    raise DeliveryError(
+                        f"a {len(body)}-byte message exceeds CONNECTOR_QUEUE_MAX_MESSAGE_SIZE "
+                        f"({limit})"
+                    )
                 if work_id:
                     self._helper.api.work.add_expectations(work_id, objects)
-                self._publisher.publish(queue_message(self._helper, bundle, work_id))
+                self._publisher.publish(body)
                 return
             if whole and work_id and objects > 1:  # pycti adds 1 itself
                 self._helper.api.work.add_expectations(work_id, objects - 1)
@@ -218,6 +249,10 @@ class OpenCTIDestination:
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None:
         self._publisher.close()
+        with self._uploader_lock:
+            uploader, self._uploader = self._uploader, None
+        if uploader is not None:
+            uploader.close()
         work_id = work.ids.get(self.name)
         if not work_id:
             return

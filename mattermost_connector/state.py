@@ -89,7 +89,7 @@ attachments = sa.Table(
     sa.Column("mime_type", sa.String(255), nullable=False),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("sha256", sa.String(64)),
-    sa.Column("status", sa.String(16), nullable=False),  # embedded | too_large | failed
+    sa.Column("status", sa.String(16), nullable=False),  # embedded uploaded too_large failed gone
     sa.Column("error", sa.Text),
     sa.Column("run_id", sa.Integer),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
 import re
 import unicodedata
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
@@ -81,6 +82,8 @@ class Attachment:
     sha256: str | None = None
     error: str | None = None
     status: str = "embedded"
+    md5: str | None = None  # with sha1: the hashes of a file uploaded as an Artifact
+    sha1: str | None = None
 
     def record(self, post_id: str) -> dict[str, Any]:
         """The attachments row for the state store (no path: the spool file is temporary)."""
@@ -281,28 +284,162 @@ def safe_file_name(name: str, file_id: str) -> str:
     return name or f"attachment-{file_id}"
 
 
-def _file_entries(
-    attachments: Iterable[Attachment], tlp: TLP, no_trigger_import: bool
-) -> list[dict[str, Any]]:
-    entries = []
-    for attachment in attachments:
-        if attachment.path is None:
+EMBEDDED, UPLOADED = "embedded", "uploaded"
+_CHUNK = 3 << 18  # 768 KiB, a multiple of 3: base64 of consecutive chunks concatenates
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """A file's bytes left in the spool, base64-encoded only as its bundle is written: a bundle
+    never holds its files in memory."""
+
+    path: Path
+    size: int
+
+    @property
+    def encoded_size(self) -> int:
+        return 4 * ((self.size + 2) // 3)
+
+
+Segment = str | Spooled
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+def _segments_size(segments: Iterable[Segment]) -> int:
+    return sum(s.encoded_size if isinstance(s, Spooled) else _size(s) for s in segments)
+
+
+def write_segments(segments: Iterable[Segment], handle: Any) -> None:
+    """Write a bundle to a text handle, streaming each file's base64 from the spool."""
+    for segment in segments:
+        if isinstance(segment, str):
+            handle.write(segment)
             continue
-        entries.append(
-            {
-                "name": attachment.name,
-                "data": base64.b64encode(attachment.path.read_bytes()).decode("ascii"),
-                "mime_type": attachment.mime_type,
-                "object_marking_refs": [marking_id(tlp)],
-                "no_trigger_import": no_trigger_import,
-            }
-        )
-    return entries
+        with open(segment.path, "rb") as source:
+            while chunk := source.read(_CHUNK):
+                handle.write(base64.b64encode(chunk).decode("ascii"))
+
+
+def _file_entry(attachment: Attachment, marking: str, no_trigger_import: bool) -> list[Segment]:
+    """One x_opencti_files entry, its data streamed from the spool."""
+    assert attachment.path is not None
+    head = f'{{"name":{orjson.dumps(attachment.name).decode()},"data":"'
+    tail = (
+        f'","mime_type":{orjson.dumps(attachment.mime_type).decode()},'
+        f'"object_marking_refs":[{orjson.dumps(marking).decode()}],'
+        f'"no_trigger_import":{"true" if no_trigger_import else "false"}}}'
+    )
+    return [head, Spooled(attachment.path, attachment.size), tail]
+
+
+def _with_files(message: str, entries: list[list[Segment]]) -> list[Segment]:
+    """A serialised media-content with `x_opencti_files` appended (entries in order)."""
+    if not entries:
+        return [message]
+    segments: list[Segment] = [message[:-1] + ',"x_opencti_files":[']
+    for index, entry in enumerate(entries):
+        segments.extend(([","] if index else []) + entry)
+    segments.append("]}")
+    return segments
+
+
+def unique_names(attachments: list[Attachment]) -> list[Attachment]:
+    """OpenCTI stores a file under its object by name, a second of the same name replacing the
+    first: same-named files of one post become `report.pdf`, `report (2).pdf`, ... in the
+    post's file order, so every one survives, under the same name on every run."""
+    taken: set[str] = set()
+    named = []
+    for attachment in attachments:
+        name, number = attachment.name, 1
+        stem, dot, ext = name.rpartition(".")
+        if not dot or not stem:
+            stem, dot, ext = name, "", ""
+        while name.casefold() in taken:
+            number += 1
+            name = f"{stem} ({number}){dot}{ext}"
+        taken.add(name.casefold())
+        named.append(attachment if name == attachment.name else replace(attachment, name=name))
+    return named
+
+
+def file_hashes(path: Path) -> dict[str, str]:
+    """MD5, SHA-1 and SHA-256 of a spooled file, as OpenCTI's artifactImport computes them."""
+    digests = {"MD5": hashlib.md5(), "SHA-1": hashlib.sha1(), "SHA-256": hashlib.sha256()}
+    with open(path, "rb") as source:
+        while chunk := source.read(1 << 20):
+            for digest in digests.values():
+                digest.update(chunk)
+    return {name: digest.hexdigest() for name, digest in digests.items()}
+
+
+def artifact_id(hashes: Mapping[str, str]) -> str:
+    """OpenCTI's standard id of an Artifact: its MD5 alone when it has one (the platform's
+    identifier.js keeps the first of MD5, SHA-1, SHA-256, SHA-512)."""
+    for name in ("MD5", "SHA-1", "SHA-256"):
+        if hashes.get(name):
+            value = orjson.dumps({name: hashes[name]}).decode()
+            return _uuid5("artifact", f'{{"hashes":{value}}}')
+    raise ValueError("an artifact needs a hash")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file too large for any queue message: uploaded to the platform as the Artifact
+    `artifact` describes, streamed from the spool, before the bundle linking it is sent."""
+
+    path: Path
+    name: str
+    mime_type: str
+    size: int
+    artifact: dict[str, Any]
+
+
+def _artifact_object(
+    attachment: Attachment, url: str, author_id: str, marking: str
+) -> dict[str, Any]:
+    hashes = {"MD5": attachment.md5, "SHA-1": attachment.sha1, "SHA-256": attachment.sha256}
+    return {
+        "type": "artifact",
+        "spec_version": "2.1",
+        "id": artifact_id(hashes),  # type: ignore[arg-type]
+        "mime_type": attachment.mime_type,
+        "hashes": hashes,
+        "x_opencti_additional_names": [attachment.name],
+        "x_opencti_description": f"Mattermost attachment {attachment.name} of {url}",
+        "x_opencti_created_by_ref": author_id,
+        "object_marking_refs": [marking],
+    }
 
 
 def _title(message: str) -> str | None:
     first_line = message.strip().splitlines()[0] if message.strip() else ""
     return (first_line[:117] + "...") if len(first_line) > 120 else (first_line or None)
+
+
+def _fates(attachments: list[Attachment]) -> list[str]:
+    """What became of each file, for the message's description (the same in every copy)."""
+    lines = []
+    missing = [a for a in attachments if a.path is None]
+    if missing:
+        lines.append(
+            "attachments not embedded: "
+            + ", ".join(f"{a.name} ({a.size} bytes, {a.mime_type}): {a.error}" for a in missing)
+        )
+    embedded = [a for a in attachments if a.path is not None and a.status != UPLOADED]
+    if embedded:
+        lines.append("attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded))
+    uploaded = [a for a in attachments if a.path is not None and a.status == UPLOADED]
+    if uploaded:
+        lines.append(
+            "attachments too large for a queue message, uploaded as artifacts: "
+            + ", ".join(
+                f"{a.name} ({a.size} bytes, {a.mime_type}) sha256={a.sha256}" for a in uploaded
+            )
+        )
+    return lines
 
 
 def message_objects(
@@ -312,10 +449,10 @@ def message_objects(
     attachments: list[Attachment],
     tlp: TLP,
     root_known: bool = True,
-    no_trigger_import: bool = True,
-) -> list[dict[str, Any]]:
-    """The media-content of one post and its links to the channel and to its thread's root
-    (left out when the root could not be delivered: no relationship may dangle)."""
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The media-content of one post (its files are added as its bundles are written), and
+    what links it: to the channel, to its thread's root (left out when the root could not be
+    delivered: no relationship may dangle), to the Artifacts of its uploaded files."""
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
     if post.get("root_id"):
         description.append(f"reply in thread {context.permalink(post['root_id'])}")
@@ -328,17 +465,7 @@ def message_objects(
             f"deleted in Mattermost {_timestamp(post['delete_at']).isoformat()}; "
             "the text is the last one imported"
         )
-    missing = [a for a in attachments if a.path is None]
-    if missing:
-        description.append(
-            "attachments not embedded: "
-            + ", ".join(f"{a.name} ({a.size} bytes, {a.mime_type}): {a.error}" for a in missing)
-        )
-    embedded = [a for a in attachments if a.path is not None]
-    if embedded:
-        description.append(
-            "attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded)
-        )
+    description.extend(_fates(attachments))
     marking = marking_id(tlp)
     url = context.permalink(post["id"])
     text = post.get("message") or ""
@@ -347,7 +474,9 @@ def message_objects(
         "spec_version": "2.1",
         "id": _url_id(url),
     }
-    title = _title(text)
+    # OpenCTI names a Media-Content by its content, else its title: a post of files alone is
+    # named by its files.
+    title = _title(text) or _title(", ".join(a.name for a in attachments))
     if title is not None:
         message["title"] = title
     message.update(
@@ -361,17 +490,17 @@ def message_objects(
             "x_opencti_created_by_ref": identity_id(author),
         }
     )
-    files = _file_entries(attachments, tlp, no_trigger_import)
-    if files:
-        message["x_opencti_files"] = files
     if post.get("delete_at"):
         message["x_opencti_labels"] = [DELETED_LABEL]
     when = _stamp(post["create_at"])
-    objects = [message, _related(message["id"], channel_id(context), when, marking)]
+    links = [_related(message["id"], channel_id(context), when, marking)]
     if post.get("root_id") and root_known:
-        root = message_id(context, post["root_id"])
-        objects.append(_related(message["id"], root, when, marking))
-    return objects
+        links.append(_related(message["id"], message_id(context, post["root_id"]), when, marking))
+    for attachment in attachments:
+        if attachment.status == UPLOADED:
+            artifact = _artifact_object(attachment, url, identity_id(author), marking)
+            links += [artifact, _related(message["id"], artifact["id"], when, marking)]
+    return message, links
 
 
 def unknown_author(user_id: str) -> dict[str, Any]:
@@ -384,28 +513,139 @@ def serialize(obj: dict[str, Any]) -> str:
     return orjson.dumps(obj).decode()
 
 
-def bundle_json(parts: Iterable[str]) -> str:
+def _bundle(objects: list[list[Segment]]) -> list[Segment]:
     """Join serialised objects into one bundle without re-parsing them (stix2 would refuse
     OpenCTI's CLEAR marking)."""
-    return (
-        f'{{"type": "bundle", "id": "bundle--{uuid.uuid4()}", "objects": ['
-        + ", ".join(parts)
-        + "]}"
-    )
+    segments: list[Segment] = [f'{{"type": "bundle", "id": "bundle--{uuid.uuid4()}", "objects": [']
+    for index, obj in enumerate(objects):
+        segments.extend(([", "] if index else []) + obj)
+    segments.append("]}")
+    return segments
+
+
+_BUNDLE_OVERHEAD = _segments_size(_bundle([]))  # a uuid4 is always 36 characters
+
+
+def bundle_json(parts: Iterable[str]) -> str:
+    return "".join(_bundle([[part] for part in parts]))  # type: ignore[misc]
 
 
 @dataclass
 class BundlePart:
-    """One bundle and the posts it carries (oldest first) with their attachments."""
+    """One bundle, the posts it completes (oldest first) with their attachments, and the files
+    to upload before it is sent. A post whose files take several bundles is completed by
+    the last one: only that one moves the cursor past it."""
 
-    json: str
+    segments: list[Segment]
     objects: int
     posts: list[Post]
     attachments: list[tuple[str, Attachment]]
+    uploads: list[Upload] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return _segments_size(self.segments)
+
+    def write(self, handle: Any) -> None:
+        write_segments(self.segments, handle)
+
+    @property
+    def json(self) -> str:
+        text = io.StringIO()
+        self.write(text)
+        return text.getvalue()
 
 
-def _size(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+@dataclass
+class _PostPlan:
+    artifacts: list[list[Segment]]  # Artifacts carrying a file each, in bundles of their own
+    final: list[list[Segment]]  # the media-content and its links: what completes the post
+    attachments: list[Attachment]
+    uploads: list[Upload]
+
+
+def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[Segment]:
+    """The Artifact with its file as `payload_bin`: pycti's import stores it under the
+    Artifact through importPush, whether the Artifact is new or not."""
+    assert attachment.path is not None
+    text = serialize(artifact)
+    return [text[:-1] + ',"payload_bin":"', Spooled(attachment.path, attachment.size), '"}']
+
+
+def _plan_post(
+    post: Post,
+    context: ChannelContext,
+    author: Mapping[str, Any],
+    files: list[Attachment],
+    tlp: TLP,
+    *,
+    root_known: bool,
+    room: int,
+    queue: bool,
+    no_trigger_import: bool,
+) -> _PostPlan:
+    """Where each of a post's files goes. For a directory, all in its media-content, however
+    large. For OpenCTI, whose upsert of an existing observable ignores the files it is sent
+    (upsert-utils.js reads only a single `file`), a file goes with its media-content while
+    that fits one message (`room` bytes); a file that does not goes alone in a message of
+    its own as an Artifact with its bytes, or, too large for any message, is uploaded as an
+    Artifact; either way the message links to the Artifact."""
+    marking = marking_id(tlp)
+    files = unique_names(files)
+    url, author_id = context.permalink(post["id"]), identity_id(author)
+
+    def objects(attachments: list[Attachment]) -> tuple[str, list[str]]:
+        message, links = message_objects(post, context, author, attachments, tlp, root_known)
+        return serialize(message), [serialize(link) for link in links]
+
+    def entry_size(attachment: Attachment) -> int:
+        return _segments_size(_file_entry(attachment, marking, no_trigger_import)) + 1
+
+    if queue:
+        # the post's text and links at their largest: every file an Artifact
+        placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
+        widest = [replace(a, status=UPLOADED, **placeholder) if a.path else a for a in files]
+        message, links = objects(widest)
+        free = room - _size(message) - sum(_size(link) + 2 for link in links) - 22
+        kept: list[Attachment] = []
+        for attachment in files:
+            if attachment.path is not None and entry_size(attachment) <= free:
+                free -= entry_size(attachment)
+            elif attachment.path is not None:
+                attachment = replace(attachment, status=UPLOADED, **_hash_fields(attachment.path))
+            kept.append(attachment)
+        files = kept
+    message, links = objects(files)
+    embedded = [a for a in files if a.path is not None and a.status != UPLOADED]
+    final = [
+        _with_files(message, [_file_entry(a, marking, no_trigger_import) for a in embedded]),
+        *[[link] for link in links],
+    ]
+    artifacts: list[list[Segment]] = []
+    uploads: list[Upload] = []
+    for attachment in files:
+        if attachment.status != UPLOADED or attachment.path is None:
+            continue
+        artifact = _artifact_object(attachment, url, author_id, marking)
+        carried = _payload_artifact(artifact, attachment)
+        if _segments_size(carried) <= room:
+            artifacts.append(carried)
+        else:
+            uploads.append(
+                Upload(
+                    attachment.path,
+                    attachment.name,
+                    attachment.mime_type,
+                    attachment.size,
+                    artifact,
+                )
+            )
+    return _PostPlan(artifacts, final, files, uploads)
+
+
+def _hash_fields(path: Path) -> dict[str, str]:
+    hashes = file_hashes(path)
+    return {"md5": hashes["MD5"], "sha1": hashes["SHA-1"], "sha256": hashes["SHA-256"]}
 
 
 def iter_bundles(
@@ -419,50 +659,69 @@ def iter_bundles(
     max_objects: int = 10**9,
     max_bytes: int = 10**15,
     no_trigger_import: bool = True,
+    queue: bool = False,
 ) -> Iterator[BundlePart]:
-    """Bundles of whole posts, each under `max_objects` and `max_bytes` (a single post larger
-    than that still goes alone), each self-contained: marking, channel, and its authors.
+    """Bundles of whole posts, each under `max_objects` and `max_bytes` (for a directory, a
+    single post larger than that still goes alone, all its files in it), each
+    self-contained: marking, channel, and its authors. For OpenCTI (`queue`) no bundle ever
+    exceeds `max_bytes`: a file that does not fit with its post goes before it, alone in
+    a bundle as an Artifact with its bytes, or is uploaded (BundlePart.uploads) when even
+    that is too large; the post's own bundle links it and completes the post.
 
-    Built one at a time, so only one bundle's files are in memory.
+    Built one at a time, files streamed from the spool as each bundle is written.
     """
     header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
+    base = _BUNDLE_OVERHEAD + sum(_size(part) + 2 for part in header)
     missing = set(missing_roots)
     identities: dict[str, str] = {}
-    parts, size, carried, authors = list(header), 0, [], set()
+    objects: list[list[Segment]] = []
+    size, carried, authors = base, [], set()
+    settled: list[tuple[str, Attachment]] = []
+    uploads: list[Upload] = []
 
     def flush() -> BundlePart:
-        files = [(post["id"], a) for post in carried for a in attachments.get(post["id"], [])]
-        return BundlePart(bundle_json(parts), len(parts), list(carried), files)
+        part = BundlePart(
+            _bundle([[h] for h in header] + objects),
+            len(header) + len(objects),
+            list(carried),
+            list(settled),
+            list(uploads),
+        )
+        objects.clear(), carried.clear(), authors.clear(), settled.clear(), uploads.clear()
+        return part
 
     for post in posts:
         author = users.get(post["user_id"]) or unknown_author(post["user_id"])
         if post["user_id"] not in identities:
             identities[post["user_id"]] = serialize(identity_object(author, tlp))
-        message = [
-            serialize(obj)
-            for obj in message_objects(
-                post,
-                context,
-                author,
-                attachments.get(post["id"], []),
-                tlp,
-                root_known=post.get("root_id") not in missing,
-                no_trigger_import=no_trigger_import,
-            )
-        ]
-        needs_author = post["user_id"] not in authors
-        added = message + ([identities[post["user_id"]]] if needs_author else [])
-        added_size = sum(_size(part) for part in added)
-        if carried and (size + added_size > max_bytes or len(parts) + len(added) > max_objects):
+        identity = identities[post["user_id"]]
+        plan = _plan_post(
+            post,
+            context,
+            author,
+            attachments.get(post["id"], []),
+            tlp,
+            root_known=post.get("root_id") not in missing,
+            room=max_bytes - base - _size(identity) - 2,
+            queue=queue,
+            no_trigger_import=no_trigger_import,
+        )
+        for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
+            yield BundlePart(_bundle([[header[0]], [identity], artifact]), 3, [], [])
+        added = plan.final + ([] if post["user_id"] in authors else [[identity]])
+        added_size = sum(_segments_size(obj) + 2 for obj in added)
+        too_many = len(header) + len(objects) + len(added) > max_objects
+        if carried and (size + added_size > max_bytes or too_many):
             yield flush()
-            parts, size, carried, authors = list(header), 0, [], set()
-            added = [identities[post["user_id"]], *message]
-            added_size = sum(_size(part) for part in added)
+            size = base
+            added = [[identity], *plan.final]
+            added_size = sum(_segments_size(obj) + 2 for obj in added)
         if post["user_id"] not in authors:
-            parts.append(identities[post["user_id"]])
             authors.add(post["user_id"])
-        parts.extend(message)
+        objects.extend(added)
         size += added_size
         carried.append(post)
+        settled.extend((post["id"], a) for a in plan.attachments)
+        uploads.extend(plan.uploads)
     if carried:
         yield flush()

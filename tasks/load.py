@@ -50,6 +50,10 @@ def load_bundles(run: ChannelRun, bundles: list[BundleFile]) -> None:
 
 
 def _send(run: ChannelRun, bundle: BundleFile) -> None:
+    """Files too large for a message first (the bundle links them), then the bundle."""
+    for destination in resources.outputs():
+        for upload in bundle.uploads:
+            destination.upload(run.work, upload)
     text = bundle.path.read_text(encoding="utf-8")
     for destination in resources.outputs():
         destination.send(run.work, text, bundle.objects)
@@ -66,8 +70,10 @@ def _record(run: ChannelRun, bundle: BundleFile) -> None:
         files=bundle.attachments,
         run_id=run.run_id,
     )
-    if bundle.cursor is not None:
+    if bundle.cursor is not None:  # else a retry sends it again: the run's spool keeps it
         bundle.path.unlink(missing_ok=True)
+        for upload in bundle.uploads:
+            upload.path.unlink(missing_ok=True)
 
 
 def configured_load() -> Any:

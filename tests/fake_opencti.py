@@ -12,6 +12,8 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
+from email import policy
+from email.parser import BytesParser
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -52,6 +54,7 @@ class FakeOpenCTI:
         self.states: dict[str, str | None] = {}
         self.pushed_bundles: list[dict[str, Any]] = []
         self.registrations: list[dict[str, Any]] = []
+        self.observables: list[dict[str, Any]] = []  # stixCyberObservableAdd, files included
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -145,6 +148,18 @@ class FakeOpenCTI:
     def _op_pingWork(self, variables: dict[str, Any]) -> Any:
         return {"workEdit": {"ping": variables["id"]}}
 
+    def _op_StixCyberObservableAdd(self, variables: dict[str, Any]) -> Any:
+        """pycti's stix_cyber_observable.create; its files arrive as multipart uploads."""
+        self.observables.append(variables)
+        return {
+            "stixCyberObservableAdd": {
+                "id": str(uuid.uuid4()),
+                "standard_id": variables.get("stix_id"),
+                "entity_type": variables["type"],
+                "parent_types": ["Stix-Cyber-Observable"],
+            }
+        }
+
     def _op_StixBundlePush(self, variables: dict[str, Any]) -> Any:
         self.pushed_bundles.append(
             {"work_id": variables.get("work_id"), "bundle": json.loads(variables["bundle"])}
@@ -168,7 +183,11 @@ class FakeOpenCTI:
                 if self.headers.get("Authorization") != f"Bearer {platform.token}":
                     self._send(200, {"errors": [{"message": "You must be logged in to do this."}]})
                     return
-                request = json.loads(body)
+                content_type = self.headers.get("Content-Type") or ""
+                if content_type.startswith("multipart/form-data"):
+                    request = _multipart_request(body, content_type)
+                else:
+                    request = json.loads(body)
                 match = _OPERATION.search(request.get("query", ""))
                 operation = match.group(2) if match else ""
                 variables = request.get("variables") or {}
@@ -202,3 +221,33 @@ class FakeOpenCTI:
 
     def operations(self) -> list[str]:
         return [name for name, _ in self.calls]
+
+
+def _multipart_request(body: bytes, content_type: str) -> dict[str, Any]:
+    """The graphql-multipart-request-spec request pycti sends: `operations`, a `map` of part
+    -> variable paths, one part per file; each file becomes {filename, mimetype, data}."""
+    message = BytesParser(policy=policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    parts = {
+        part.get_param("name", header="content-disposition"): part for part in message.iter_parts()
+    }
+    request = json.loads(parts.pop("operations").get_content())
+    for name, paths in json.loads(parts.pop("map").get_content()).items():
+        part = parts[name]
+        upload = {
+            "filename": part.get_filename(),
+            "mimetype": part.get_content_type(),
+            "data": part.get_payload(decode=True),
+        }
+        for path in paths:
+            keys = path.split(".")[1:]  # past "variables"
+            target: Any = request["variables"]
+            for key in keys[:-1]:
+                target = target[int(key)] if isinstance(target, list) else target[key]
+            last = keys[-1]
+            if isinstance(target, list):
+                target[int(last)] = upload
+            else:
+                target[last] = upload
+    return request

@@ -29,6 +29,9 @@ from urllib.parse import parse_qs, urlsplit
 ID_CHARS = string.ascii_lowercase + string.digits
 API = "/api/v4"
 SINCE_LIMIT = 1000
+# model.PostFileidsMaxRunes: Post.IsValid refuses a post whose file ids, as a JSON array, exceed
+# 300 runes (server/public/model/post.go): ten 26-character ids fit (291), eleven do not.
+POST_FILEIDS_MAX_RUNES = 300
 
 
 class AppError(Exception):
@@ -228,7 +231,12 @@ class MattermostSimulator:
         files: list[dict[str, Any]] = (),  # type: ignore[assignment]
         type: str = "",
     ) -> dict[str, Any]:
-        """Create a post as the API would: a reply bumps its root's update_at."""
+        """Create a post as the API would: a reply bumps its root's update_at. Its file ids are
+        deduplicated (Post.PreCommit) and, like Post.IsValid, more than fit 300 runes of JSON
+        (eleven files) are refused, never truncated."""
+        file_ids = list(dict.fromkeys(f["id"] for f in files))
+        if len(json.dumps(file_ids, separators=(",", ":"))) > POST_FILEIDS_MAX_RUNES:
+            raise AppError(400, "model.post.is_valid.file_ids.app_error")
         with self._lock:
             at = create_at if create_at is not None else self.now()
             self._clock_ms = max(self._clock_ms, at)
@@ -247,13 +255,13 @@ class MattermostSimulator:
                 "type": type,
                 "props": {},
                 "hashtags": "",
-                "file_ids": [f["id"] for f in files][:5],
+                "file_ids": file_ids,
                 "reply_count": 0,
                 "last_reply_at": 0,
                 "participants": None,
                 "metadata": {},
             }
-            for info in files[:5]:
+            for info in files:
                 info.update(post_id=post["id"], channel_id=channel["id"])
             self._index(post)
             if root:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mattermost_connector.config import TLP, load_settings
+from mattermost_connector.config import MESSAGE_ENVELOPE, MIB, TLP, load_settings
 from mattermost_connector.errors import ConfigError
 from tests.conftest import run_cli
 
@@ -40,6 +40,29 @@ def test_defaults_follow_the_original_connector(workdir: Path, monkeypatch: pyte
     assert connector.queue_protocol == "amqp"
     assert connector.run_every == timedelta(hours=1)
     assert str(connector.send_to_directory_path) == "data/bundles"
+
+
+def test_files_of_any_size_and_bundles_that_fit_one_queue_message(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Every file a default Mattermost accepts (100 MiB) is taken; bundles bound for OpenCTI
+    fit one message of CONNECTOR_QUEUE_MAX_MESSAGE_SIZE once pycti encodes them (base64, 4/3,
+    plus its envelope), whatever CONNECTOR_BUNDLE_MAX_BYTES says; a directory alone keeps
+    CONNECTOR_BUNDLE_MAX_BYTES."""
+    directory = settings_with(monkeypatch, CONNECTOR_BUNDLE_MAX_BYTES="64MiB")
+    assert directory.mattermost.max_attachment_size == 100 * MIB
+    assert directory.connector.queue_max_message_size == 16 * MIB
+    assert directory.connector.bundle_bytes == 64 * MIB
+    queue = settings_with(
+        monkeypatch,
+        CONNECTOR_SEND_TO_QUEUE="true",
+        OPENCTI_URL="http://opencti:8080",
+        OPENCTI_TOKEN="a-real-token",
+        CONNECTOR_ID="6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69",
+        CONNECTOR_QUEUE_MAX_MESSAGE_SIZE="8m",
+    )
+    assert queue.connector.queue_max_message_size == 8 * MIB
+    assert queue.connector.bundle_bytes * 4 // 3 + MESSAGE_ENVELOPE <= 8 * MIB
 
 
 def test_values_are_parsed_leniently_where_unambiguous(workdir: Path, monkeypatch):
@@ -130,15 +153,8 @@ BAD_INPUTS = [
     ),
     ({"CONNECTOR_SPLIT_BUNDLES": "sometimes"}, "CONNECTOR_SPLIT_BUNDLES: must be true or false"),
     (
-        {
-            "MATTERMOST_MAX_ATTACHMENT_SIZE": "2MiB",
-            "CONNECTOR_SEND_TO_QUEUE": "true",
-            "OPENCTI_URL": "http://opencti:8080",
-            "OPENCTI_TOKEN": "a-real-token",
-            "CONNECTOR_ID": "6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69",
-        },
-        "one RabbitMQ message (CONNECTOR_SPLIT_BUNDLES=false) must hold a post with 5 files of "
-        "MATTERMOST_MAX_ATTACHMENT_SIZE: at least 14243157 bytes, 12579840 available",
+        {"CONNECTOR_QUEUE_MAX_MESSAGE_SIZE": "16 apples"},
+        "CONNECTOR_QUEUE_MAX_MESSAGE_SIZE: must be a size in bytes",
     ),
 ]
 

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pika
 import pytest
 
-from mattermost_connector.config import DEFAULT_MAX_ATTACHMENT, RABBITMQ_MAX_MESSAGE
+from mattermost_connector.config import MIB
 from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
@@ -153,42 +155,136 @@ def drain(queue: str) -> list[bytes]:
     return bodies
 
 
-@pytest.mark.amqp
-def test_five_files_at_the_cap_fit_one_rabbitmq_message(
-    world: World, platform: FakeOpenCTI, push_queue: str
-):
+def heavy_posts(world: World, channel) -> tuple[list[dict], dict[str, bytes]]:
+    """Issue 10's scenario, as the server allows it: a post holds at most 10 files
+    (PostFileidsMaxRunes), so 10 files of 8 MiB on one post, and the 40 MiB file on a reply
+    of its own with an 11 MiB one and two small files sharing one name."""
+    rng = random.Random(10)
+    data: dict[str, bytes] = {}
+
+    def add(name: str, size: int, mime: str = "application/octet-stream"):
+        blob = rng.randbytes(size)
+        info = world.sim.add_file(world.authors[0], name, blob, mime)
+        data[info["id"]] = blob
+        return info
+
+    ten = [add(f"photo-{n}.jpg", 8 * MIB, "image/jpeg") for n in range(10)]
+    root = world.sim.add_post(channel, world.authors[0], "", files=ten)  # files, no text
+    # 11 MiB: over what a 16 MiB message holds once encoded twice (about 9.4 MiB)
+    dump = [add("memory.dmp", 40 * MIB), add("capture.pcap", 11 * MIB)]
+    dump.append(add("notes.txt", 100, "text/plain"))
+    dump.append(add("notes.txt", 200, "text/plain"))
+    reply = world.sim.add_post(channel, world.authors[0], "the dump", root=root, files=dump)
+    return [root, reply], data
+
+
+def expected_names(world: World, post) -> dict[str, str]:
+    """file id -> name as stored: same-named files numbered in the post's order."""
+    names: dict[str, str] = {}
+    for file_id in post["file_ids"]:
+        name = world.sim.state.files[file_id].info["name"]
+        stem, _, ext = name.rpartition(".")
+        number, unique = 1, name
+        while unique in names.values():
+            number += 1
+            unique = f"{stem} ({number}).{ext}"
+        names[file_id] = unique
+    return names
+
+
+def test_ten_large_files_and_a_huge_one_are_all_in_the_directory(world: World):
+    """Directory mode embeds every file byte for byte up to MATTERMOST_MAX_ATTACHMENT_SIZE
+    (100 MiB by default), a post larger than CONNECTOR_BUNDLE_MAX_BYTES alone in its bundle."""
     channel = world.channel("heavy")
-    rng = random.Random(5)
-    text = "".join(
-        rng.choice('é漢字🔥"\\\n') for _ in range(16383)
-    )  # the longest, worst-escaped text
-    posts = []
-    for index in range(3):
-        infos = [
-            world.sim.add_file(
-                world.authors[0],
-                f"f{index}-{n}.bin",
-                rng.randbytes(DEFAULT_MAX_ATTACHMENT),
-                "application/octet-stream",
-            )
-            for n in range(5)
-        ]
-        posts.append(world.sim.add_post(channel, world.authors[0], text, files=infos))
+    posts, data = heavy_posts(world, channel)
+    world.configure([channel])
+    (report,) = world.sync()
+    assert report["status"] == "completed" and report["files"] == 14
+    for post in posts:
+        names = expected_names(world, post)
+        assert files_of(world, channel, post) == {names[f]: data[f] for f in post["file_ids"]}
+    root = objects_by_id(world.bundles())[message_id(world.context(channel), posts[0]["id"])]
+    names = ", ".join(f"photo-{n}.jpg" for n in range(10))  # 128 characters: cut at 120
+    assert root["title"] == names[:117] + "..."
+    rows = StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
+    assert sorted(r["status"] for r in rows) == ["embedded"] * 14
+    assert sorted(r["name"] for r in rows if r["post_id"] == posts[1]["id"]) == [
+        "capture.pcap",
+        "memory.dmp",
+        "notes (2).txt",
+        "notes.txt",
+    ]
+
+
+@pytest.fixture
+def rabbitmq_16mib() -> Iterator[int]:
+    """The broker's max_message_size at RabbitMQ 4's default, 16 MiB, restored after."""
+    import subprocess
+
+    def ctl(expression: str) -> str:
+        done = subprocess.run(
+            ["rabbitmqctl", "eval", expression], capture_output=True, text=True, timeout=60
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    before = ctl("application:get_env(rabbit, max_message_size).")
+    ctl(f"application:set_env(rabbit, max_message_size, {16 * MIB}).")
+    try:
+        yield 16 * MIB
+    finally:
+        if before.startswith("{ok,"):
+            ctl(f"application:set_env(rabbit, max_message_size, {before[4:-1]}).")
+        else:
+            ctl("application:unset_env(rabbit, max_message_size).")
+
+
+@pytest.mark.amqp
+def test_ten_large_files_and_a_huge_one_reach_opencti_through_a_16mib_rabbitmq(
+    world: World, platform: FakeOpenCTI, push_queue: str, rabbitmq_16mib: int
+):
+    """No message over the broker's limit; every file delivered: those that fit with their
+    message, the others each alone in a message as an Artifact with its bytes, the 40 MiB one
+    uploaded (GraphQL multipart) as an Artifact; the messages link every Artifact."""
+    channel = world.channel("heavy")
+    posts, data = heavy_posts(world, channel)
     world.configure([channel], **amqp_env(world, platform))
     (report,) = world.sync()
-    assert report["files"] == 15
+    assert report["status"] == "completed" and report["files"] == 14
     bodies = drain(push_queue)
-    assert max(len(body) for body in bodies) < RABBITMQ_MAX_MESSAGE
-    contents = [json.loads(base64.b64decode(json.loads(b)["content"])) for b in bodies]
-    objects = objects_by_id(contents)
+    assert bodies and max(len(body) for body in bodies) <= rabbitmq_16mib
+    bundles = [json.loads(base64.b64decode(json.loads(b)["content"])) for b in bodies]
+    context = world.context(channel)
+    stored: dict[str, dict[str, bytes]] = {}  # object id -> name -> bytes
+    links: set[tuple[str, str]] = set()
+    for bundle in bundles:
+        for obj in bundle["objects"]:
+            files = stored.setdefault(obj["id"], {})
+            for entry in obj.get("x_opencti_files", []):
+                files[entry["name"]] = base64.b64decode(entry["data"])
+            if obj["type"] == "artifact" and "payload_bin" in obj:
+                files[obj["x_opencti_additional_names"][0]] = base64.b64decode(obj["payload_bin"])
+            if obj["type"] == "relationship":
+                links.add((obj["source_ref"], obj["target_ref"]))
+    for upload in platform.observables:
+        (file,) = upload["Artifact"]["files"]
+        stored.setdefault(upload["stix_id"], {})[file["filename"]] = file["data"]
+        hashes = {h["algorithm"]: h["hash"] for h in upload["Artifact"]["hashes"]}
+        assert hashes["SHA-256"] == hashlib.sha256(file["data"]).hexdigest()
+        assert upload["objectMarking"] == upload["Artifact"]["filesMarkings"][0]
+    uploaded = sorted(len(u["Artifact"]["files"][0]["data"]) for u in platform.observables)
+    assert uploaded == [11 * MIB, 40 * MIB]
     for post in posts:
-        obj = objects[message_id(world.context(channel), post["id"])]
-        assert obj["content"] == text and len(obj["x_opencti_files"]) == 5
-        for entry in obj["x_opencti_files"]:
-            stored = next(
-                f for f in world.sim.state.files.values() if f.info["name"] == entry["name"]
-            )
-            assert base64.b64decode(entry["data"]) == stored.data
+        message = message_id(context, post["id"])
+        names = expected_names(world, post)
+        delivered = dict(stored.get(message, {}))
+        for source, target in links:
+            if source == message and target.startswith("artifact--"):
+                delivered.update(stored[target])
+        assert delivered == {names[f]: data[f] for f in post["file_ids"]}
+    rows = StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
+    statuses = sorted(r["status"] for r in rows)
+    assert statuses.count("uploaded") >= 9 and set(statuses) == {"embedded", "uploaded"}
 
 
 @pytest.mark.amqp

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.mattermost_sim import MattermostSimulator
+from tests.mattermost_sim import AppError, MattermostSimulator
 
 
 @pytest.fixture
@@ -93,3 +93,19 @@ def test_rate_limit_answers_plain_text_with_relative_reset(world):
     limited = next(r for r in statuses if r.status_code == 429)
     assert limited.text == "limit exceeded\n" and int(limited.headers["Retry-After"]) >= 1
     assert int(limited.headers["X-RateLimit-Reset"]) < 1000  # relative seconds, not an epoch
+
+
+def test_a_post_holds_ten_files_and_eleven_are_refused(world):
+    """Like Post.IsValid (PostFileidsMaxRunes = 300 runes of JSON ids): ten files are kept,
+    all served back; an eleventh makes the post invalid, it is not cut to ten."""
+    sim, channel, _, client = world
+    me = next(user for user in sim.state.users.values() if user["username"] == "me")
+    infos = [sim.add_file(me, f"f{i}.txt", f"data {i}".encode(), "text/plain") for i in range(11)]
+    post = sim.add_post(channel, me, "ten", files=infos[:10])
+    served = client.get(f"/posts/{post['id']}").json()
+    assert served["file_ids"] == [f["id"] for f in infos[:10]]
+    assert [f["name"] for f in served["metadata"]["files"]] == [f"f{i}.txt" for i in range(10)]
+    with pytest.raises(AppError) as refused:
+        sim.add_post(channel, me, "eleven", files=infos)
+    assert refused.value.status == 400
+    assert refused.value.error_id == "model.post.is_valid.file_ids.app_error"

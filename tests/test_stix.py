@@ -233,3 +233,80 @@ def test_fast_ids_equal_pycti_and_stix2_generators(text: str):
         message_id(context, "p" * 26)
         == pycti.CustomObservableMediaContent(url=context.permalink("p" * 26)).id
     )
+
+
+def test_files_beyond_one_message_travel_as_artifacts_and_none_exceeds_it(tmp_path: Path):
+    """For OpenCTI every bundle fits `max_bytes` (one queue message): the files that fit go
+    with their message, each other one alone in a bundle as an Artifact with its bytes (ids
+    from its MD5, as OpenCTI's identifier.js), or, larger than any bundle, is to be uploaded;
+    the message's own bundle, last, links every Artifact and completes the post."""
+    import hashlib
+    import random
+
+    from mattermost_connector.stix import artifact_id
+
+    rng = random.Random(3)
+    files, data = [], {}
+    sizes = [60_000] * 10 + [400_000]
+    for index, size in enumerate(sizes):
+        path = tmp_path / f"f{index}"
+        path.write_bytes(rng.randbytes(size))
+        name = "report.pdf" if index in (1, 2) else f"f{index}.bin"
+        files.append(Attachment(f"{index:026d}", name, "application/pdf", size, path, "x"))
+        data[files[-1].file_id] = path.read_bytes()
+    post = {**ROOT, "message": ""}
+    users = {ALICE["id"]: ALICE}
+    max_bytes = 200_000
+    parts = list(
+        iter_bundles(
+            CONTEXT, [post], users, {post["id"]: files}, TLP.AMBER, max_bytes=max_bytes, queue=True
+        )
+    )
+    assert all(len(part.json.encode()) <= max_bytes for part in parts)
+    assert [bool(part.posts) for part in parts] == [False] * (len(parts) - 1) + [True]
+    final = json.loads(parts[-1].json)["objects"]
+    (message,) = [o for o in final if o["type"] == "media-content"]
+    assert all(
+        "media-content" not in part.json for part in parts[:-1]
+    )  # one copy: OpenCTI ignores files on an upsert
+    names = [f.name for _, f in parts[-1].attachments]
+    assert names[:4] == ["f0.bin", "report.pdf", "report (2).pdf", "f3.bin"]
+    assert message["title"] == ", ".join(names)
+    stored = {f["name"]: base64.b64decode(f["data"]) for f in message["x_opencti_files"]}
+    for part in parts[:-1]:
+        (artifact,) = [o for o in json.loads(part.json)["objects"] if o["type"] == "artifact"]
+        stored[artifact["x_opencti_additional_names"][0]] = base64.b64decode(
+            artifact["payload_bin"]
+        )
+    (upload,) = parts[-1].uploads
+    assert upload.size == 400_000 and upload.name == "f10.bin"
+    stored[upload.name] = upload.path.read_bytes()
+    expected = {f.name: data[f.file_id] for _, f in parts[-1].attachments}
+    assert stored == expected and len(stored) == 11
+    linked = {o["target_ref"] for o in final if o["type"] == "relationship"}
+    for _, attachment in parts[-1].attachments:
+        if attachment.status == "uploaded":
+            blob = data[attachment.file_id]
+            assert attachment.md5 == hashlib.md5(blob).hexdigest()
+            assert artifact_id({"MD5": attachment.md5}) in linked
+    uploaded = [a.name for _, a in parts[-1].attachments if a.status == "uploaded"]
+    assert len(uploaded) == len(parts) - 1 + 1 and "f10.bin" in uploaded
+    assert all(name in message["x_opencti_description"] for name in uploaded)
+
+
+def test_a_directory_keeps_every_file_of_a_post_in_its_message(tmp_path: Path):
+    path = tmp_path / "big"
+    path.write_bytes(b"z" * 300_000)
+    files = [
+        Attachment(f"{i:026d}", "same.txt", "text/plain", 300_000, path, "x") for i in range(3)
+    ]
+    (part,) = iter_bundles(
+        CONTEXT, [ROOT], {ALICE["id"]: ALICE}, {ROOT["id"]: files}, TLP.AMBER, max_bytes=100_000
+    )
+    (message,) = [o for o in json.loads(part.json)["objects"] if o["type"] == "media-content"]
+    assert [f["name"] for f in message["x_opencti_files"]] == [
+        "same.txt",
+        "same (2).txt",
+        "same (3).txt",
+    ]
+    assert message["title"] == "root"
