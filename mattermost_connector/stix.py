@@ -53,7 +53,12 @@ _STANDARD_MARKINGS = {
 
 @dataclass(frozen=True)
 class ChannelContext:
-    """What every message of one channel needs: its STIX name and how to build permalinks."""
+    """What every message of one channel needs: its STIX name and how to build permalinks.
+
+    `first_name` and `link_team` are the channel's name and team when it was first imported
+    (state store): the channel's id and every post's URL keep them through renames and moves,
+    so that OpenCTI keeps one Channel and one observable per post. Unset, the current ones.
+    """
 
     channel_id: str
     name: str
@@ -62,10 +67,13 @@ class ChannelContext:
     channel_type: str
     created_ms: int
     server_url: str
+    first_name: str | None = None
+    link_team: str | None = None
 
     def permalink(self, post_id: str) -> str:
-        if self.team_name:
-            return f"{self.server_url}/{self.team_name}/pl/{post_id}"
+        team = self.link_team or self.team_name
+        if team:
+            return f"{self.server_url}/{team}/pl/{post_id}"
         return f"{self.server_url}/_redirect/pl/{post_id}"
 
 
@@ -155,8 +163,21 @@ def _compact(obj: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if value is not None}
 
 
+# Key added to a user's dict (batches.py): the name it had when first imported, its id's source
+FIRST_NAME = "first_name_imported"
+
+
 def identity_name(user: Mapping[str, Any]) -> str:
     return f"@{user.get('username') or user['id']}"
+
+
+def _first_identity_name(user: Mapping[str, Any]) -> str:
+    return user.get(FIRST_NAME) or identity_name(user)
+
+
+def _renamed(first: str | None, current: str) -> bool:
+    """OpenCTI compares names lower-cased and trimmed (identifier.js normalizeName)."""
+    return first is not None and first.lower().strip() != current.lower().strip()
 
 
 def _uuid5(kind: str, canonical: str) -> str:
@@ -176,7 +197,9 @@ def _identity_id(name: str) -> str:
 
 
 def identity_id(user: Mapping[str, Any]) -> str:
-    return _identity_id(identity_name(user))
+    """From the username first imported: OpenCTI finds the Individual by this id even once
+    renamed (the platform then keeps the old name as an alias, whose id it resolves)."""
+    return _identity_id(_first_identity_name(user))
 
 
 @cache
@@ -185,7 +208,9 @@ def _channel_id(name: str) -> str:
 
 
 def channel_id(context: ChannelContext) -> str:
-    return _channel_id(context.name)
+    """From the name first imported (pycti's generator, as the original connector): a
+    renamed or moved channel stays the Channel OpenCTI has."""
+    return _channel_id(context.first_name or context.name)
 
 
 def message_id(context: ChannelContext, post_id: str) -> str:
@@ -220,6 +245,7 @@ def channel_object(context: ChannelContext, tlp: TLP) -> dict[str, Any]:
             "modified": when,
             "name": context.name,
             "description": context.description or None,
+            "aliases": [context.first_name] if _renamed(context.first_name, context.name) else None,
             "channel_types": ["Mattermost"],
             "object_marking_refs": [marking_id(tlp)],
         }
@@ -229,8 +255,11 @@ def channel_object(context: ChannelContext, tlp: TLP) -> dict[str, Any]:
 def identity_object(user: Mapping[str, Any], tlp: TLP) -> dict[str, Any]:
     """An author as an individual named `@username`: emails may be hidden, usernames never."""
     full_name = " ".join(filter(None, (user.get("first_name"), user.get("last_name"))))
+    first = _first_identity_name(user)
+    renamed = _renamed(first, identity_name(user))
     details = [
         f"Mattermost user {identity_name(user)}",
+        f"first imported as {first}" if renamed else None,
         f"name: {full_name}" if full_name else None,
         f"nickname: {user['nickname']}" if user.get("nickname") else None,
         f"email: {user['email']}" if user.get("email") else None,
@@ -250,6 +279,7 @@ def identity_object(user: Mapping[str, Any], tlp: TLP) -> dict[str, Any]:
             "description": "; ".join(filter(None, details)),
             "identity_class": "individual",
             "contact_information": user.get("email") or None,
+            "x_opencti_aliases": [first] if renamed else None,
             "object_marking_refs": [marking_id(tlp)],
         }
     )
@@ -374,6 +404,17 @@ def message_objects(
     return objects
 
 
+def root_copy(
+    post: Post, context: ChannelContext, author: Mapping[str, Any], tlp: TLP
+) -> dict[str, Any]:
+    """A thread root as last delivered, for a reply's bundle that must define what it refers
+    to. Without its files, and without its description (which lists the files' digests):
+    OpenCTI upserts only the properties sent, so both stay as the root's own bundle left them."""
+    message = message_objects(post, context, author, [], tlp)[0]
+    del message["x_opencti_description"]
+    return message
+
+
 def unknown_author(user_id: str) -> dict[str, Any]:
     """A stand-in for an author the server would not return (removed or hidden)."""
     return {"id": user_id}
@@ -408,6 +449,61 @@ def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
+class _References:
+    """What a bundle must define besides its posts and header: their authors, and each
+    reply's thread root as last delivered with the root's author. OpenCTI's workers import
+    bundles in parallel and in any order, so no bundle may count on another one."""
+
+    def __init__(
+        self,
+        context: ChannelContext,
+        posts: list[Post],
+        users: Mapping[str, Mapping[str, Any]],
+        roots: Mapping[str, Post],
+        missing: Iterable[str],
+        tlp: TLP,
+    ) -> None:
+        self._context, self._users, self._tlp = context, users, tlp
+        self._roots = {**roots, **{post["id"]: post for post in posts}}
+        self._missing = set(missing)
+        self._parts: dict[tuple[str, str], str] = {}
+        self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
+
+    def author(self, user_id: str) -> Mapping[str, Any]:
+        return self._users.get(user_id) or unknown_author(user_id)
+
+    def linkable(self, post: Post) -> bool:
+        """A reply links to its root only where the root can be put in the same bundle."""
+        root_id = post.get("root_id")
+        return bool(root_id) and root_id not in self._missing and root_id in self._roots
+
+    def needed(self, post: Post) -> list[tuple[str, str]]:
+        """The keys `post` refers to that the bundle lacks, in dependency order."""
+        keys = []
+        if self.linkable(post) and ("post", post["root_id"]) not in self.present:
+            keys += [("user", self._roots[post["root_id"]]["user_id"]), ("post", post["root_id"])]
+        keys.append(("user", post["user_id"]))
+        return [key for key in dict.fromkeys(keys) if key not in self.present]
+
+    def parts(self, keys: list[tuple[str, str]]) -> list[str]:
+        return [self._part(key) for key in keys]
+
+    def _part(self, key: tuple[str, str]) -> str:
+        if key not in self._parts:
+            kind, object_id = key
+            if kind == "user":
+                obj = identity_object(self.author(object_id), self._tlp)
+            else:
+                root = self._roots[object_id]
+                obj = root_copy(root, self._context, self.author(root["user_id"]), self._tlp)
+            self._parts[key] = serialize(obj)
+        return self._parts[key]
+
+    def took(self, post: Post, keys: list[tuple[str, str]]) -> None:
+        self.present.update(keys)
+        self.present.add(("post", post["id"]))
+
+
 def iter_bundles(
     context: ChannelContext,
     posts: list[Post],
@@ -416,52 +512,50 @@ def iter_bundles(
     tlp: TLP,
     *,
     missing_roots: Iterable[str] = (),
+    roots: Mapping[str, Post] | None = None,
     max_objects: int = 10**9,
     max_bytes: int = 10**15,
     no_trigger_import: bool = True,
 ) -> Iterator[BundlePart]:
     """Bundles of whole posts, each under `max_objects` and `max_bytes` (a single post larger
-    than that still goes alone), each self-contained: marking, channel, and its authors.
+    than that still goes alone), each self-contained: marking, channel, its authors, and the
+    root of each reply it holds (from this batch, or `roots`: as last delivered).
 
     Built one at a time, so only one bundle's files are in memory.
     """
     header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
-    missing = set(missing_roots)
-    identities: dict[str, str] = {}
-    parts, size, carried, authors = list(header), 0, [], set()
+    refs = _References(context, posts, users, roots or {}, missing_roots, tlp)
+    parts, size, carried = list(header), 0, []
 
     def flush() -> BundlePart:
         files = [(post["id"], a) for post in carried for a in attachments.get(post["id"], [])]
         return BundlePart(bundle_json(parts), len(parts), list(carried), files)
 
     for post in posts:
-        author = users.get(post["user_id"]) or unknown_author(post["user_id"])
-        if post["user_id"] not in identities:
-            identities[post["user_id"]] = serialize(identity_object(author, tlp))
         message = [
             serialize(obj)
             for obj in message_objects(
                 post,
                 context,
-                author,
+                refs.author(post["user_id"]),
                 attachments.get(post["id"], []),
                 tlp,
-                root_known=post.get("root_id") not in missing,
+                root_known=refs.linkable(post),
                 no_trigger_import=no_trigger_import,
             )
         ]
-        needs_author = post["user_id"] not in authors
-        added = message + ([identities[post["user_id"]]] if needs_author else [])
+        needed = refs.needed(post)
+        added = refs.parts(needed) + message
         added_size = sum(_size(part) for part in added)
         if carried and (size + added_size > max_bytes or len(parts) + len(added) > max_objects):
             yield flush()
-            parts, size, carried, authors = list(header), 0, [], set()
-            added = [identities[post["user_id"]], *message]
+            parts, size, carried = list(header), 0, []
+            refs.present.clear()
+            needed = refs.needed(post)
+            added = refs.parts(needed) + message
             added_size = sum(_size(part) for part in added)
-        if post["user_id"] not in authors:
-            parts.append(identities[post["user_id"]])
-            authors.add(post["user_id"])
-        parts.extend(message)
+        refs.took(post, needed)
+        parts.extend(added)
         size += added_size
         carried.append(post)
     if carried:

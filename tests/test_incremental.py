@@ -20,6 +20,7 @@ from tasks.extract import BATCH_POSTS
 from tests.checks import (
     assert_channel_complete,
     assert_valid_stix,
+    delivered_messages,
     directory_bundles,
     objects_by_id,
 )
@@ -131,7 +132,9 @@ class World:
         by_id = {
             message_id(context, p["id"]): p["id"] for p in self.sim.channel_rows(channel["id"])
         }
-        return Counter(by_id[o["id"]] for b in bundles for o in b["objects"] if o["id"] in by_id)
+        return Counter(
+            by_id[o["id"]] for b in bundles for o in delivered_messages(b) if o["id"] in by_id
+        )
 
 
 @pytest.fixture

@@ -233,3 +233,101 @@ def test_fast_ids_equal_pycti_and_stix2_generators(text: str):
         message_id(context, "p" * 26)
         == pycti.CustomObservableMediaContent(url=context.permalink("p" * 26)).id
     )
+
+
+REF_KEYS = ("source_ref", "target_ref", "x_opencti_created_by_ref", "created_by_ref")
+
+
+def undefined_refs(bundle_json: str) -> set[str]:
+    """Every id the bundle's objects refer to (any *_ref or *_refs, markings included, and
+    the files' markings) that no object of the same bundle defines."""
+    data = json.loads(bundle_json)
+    defined = {obj["id"] for obj in data["objects"]}
+
+    def refs(value, key="") -> set[str]:
+        if isinstance(value, dict):
+            return set().union(*(refs(v, k) for k, v in value.items()))
+        if isinstance(value, list):
+            return set().union(*(refs(v, key) for v in value)) if value else set()
+        return {value} if key.endswith(("_ref", "_refs")) and isinstance(value, str) else set()
+
+    used = set().union(*(refs({k: v for k, v in o.items() if k != "id"}) for o in data["objects"]))
+    return used - defined
+
+
+def test_every_bundle_defines_what_it_refers_to_with_threads_spread_over_bundles(tmp_path):
+    bob = {"id": "b" * 26, "username": "bob", "create_at": 2}
+    old_root = {**ROOT, "id": "o" * 26, "user_id": bob["id"], "message": "root long ago"}
+    (tmp_path / "f").write_bytes(b"abc")
+    posts, roots = [], [ROOT]
+    for n in range(40):  # replies to a root of this batch, to one delivered before, new roots
+        target = [ROOT, old_root, roots[-1]][n % 3]
+        author = [ALICE, bob][n % 2]
+        post = {**REPLY, "id": f"{n:026d}", "root_id": target["id"], "user_id": author["id"]}
+        if n % 7 == 0:
+            post = {**post, "root_id": ""}
+            roots.append(post)
+        posts.append(post)
+    files = {ROOT["id"]: [Attachment("f" * 26, "a.txt", "text/plain", 3, tmp_path / "f", "x")]}
+    parts = list(
+        iter_bundles(
+            CONTEXT,
+            [ROOT, *posts],
+            {ALICE["id"]: ALICE, bob["id"]: bob},
+            files,
+            TLP.AMBER,
+            roots={old_root["id"]: old_root},
+            max_objects=12,
+        )
+    )
+    assert len(parts) > 5
+    links = 0
+    for part in parts:
+        assert undefined_refs(part.json) == set()
+        objects = json.loads(part.json)["objects"]
+        links += sum(1 for o in objects if o["type"] == "relationship") - len(part.posts)
+        copies = [
+            o
+            for o in objects
+            if o["type"] == "media-content"
+            and o["id"] not in {message_id(CONTEXT, p["id"]) for p in part.posts}
+        ]
+        for copy in copies:  # a root as delivered: text and author, never its files
+            assert "x_opencti_files" not in copy and "x_opencti_description" not in copy
+            assert copy["content"] in {ROOT["message"], old_root["message"], REPLY["message"]}
+    assert links == sum(1 for p in posts if p["root_id"])  # every reply linked to its root
+    assert sum(len(p.posts) for p in parts) == len(posts) + 1  # copies are not deliveries
+
+
+def test_a_reply_whose_root_is_nowhere_is_left_unlinked_not_dangling():
+    (part,) = iter_bundles(CONTEXT, [REPLY], {ALICE["id"]: ALICE}, {}, TLP.AMBER)
+    assert undefined_refs(part.json) == set()
+    reply = next(o for o in json.loads(part.json)["objects"] if o["type"] == "media-content")
+    assert "thread root not available" in reply["x_opencti_description"]
+
+
+def test_renamed_channel_and_user_keep_their_first_ids_and_show_the_new_names():
+    from dataclasses import replace
+
+    import pycti
+
+    from mattermost_connector.stix import FIRST_NAME, channel_object, identity_object
+
+    moved = replace(
+        CONTEXT,
+        name="other-team/renamed",
+        team_name="other-team",
+        first_name=CONTEXT.name,
+        link_team=CONTEXT.team_name,
+    )
+    assert message_id(moved, REPLY["id"]) == message_id(CONTEXT, REPLY["id"])
+    channel = channel_object(moved, TLP.AMBER)
+    assert channel["id"] == pycti.Channel.generate_id(CONTEXT.name)
+    assert (channel["name"], channel["aliases"]) == ("other-team/renamed", [CONTEXT.name])
+    assert "aliases" not in channel_object(replace(CONTEXT, first_name=CONTEXT.name), TLP.AMBER)
+    renamed = {**ALICE, "username": "alice2", FIRST_NAME: "@alice"}
+    identity = identity_object(renamed, TLP.AMBER)
+    assert identity["id"] == pycti.Identity.generate_id("@alice", "individual")
+    assert (identity["name"], identity["x_opencti_aliases"]) == ("@alice2", ["@alice"])
+    assert "first imported as @alice" in identity["description"]
+    assert round_trip(identity) == identity and round_trip(channel) == channel
