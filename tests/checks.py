@@ -132,3 +132,18 @@ def assert_channel_complete(
         if obj["type"] != "marking-definition":
             assert obj.get("object_marking_refs") == [marking], obj["id"]
     return len(posts)
+
+
+def undefined_refs(bundle: STIX) -> set[str]:
+    """The ids a bundle's objects refer to (every *_ref and *_refs, markings and the files'
+    markings included) that no object of the same bundle defines."""
+
+    def refs(value: Any, key: str = "") -> set[str]:
+        if isinstance(value, dict):
+            return set().union(*(refs(v, k) for k, v in value.items() if k != "id"))
+        if isinstance(value, list):
+            return set().union(*(refs(v, key) for v in value))
+        return {value} if key.endswith(("_ref", "_refs")) and isinstance(value, str) else set()
+
+    defined = {obj["id"] for obj in bundle["objects"]}
+    return set().union(*(refs(obj) for obj in bundle["objects"])) - defined
