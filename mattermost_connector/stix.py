@@ -499,9 +499,14 @@ class _References:
             self._parts[key] = serialize(obj)
         return self._parts[key]
 
-    def took(self, post: Post, keys: list[tuple[str, str]]) -> None:
+    def took(self, post: Post, keys: list[tuple[str, str]]) -> str | None:
+        """Record what the bundle now holds; returns the copy of `post` it held already (a
+        reply sharing its root's millisecond may come first), which the post replaces."""
         self.present.update(keys)
-        self.present.add(("post", post["id"]))
+        key = ("post", post["id"])
+        copied = self._parts.get(key) if key in self.present else None
+        self.present.add(key)
+        return copied
 
 
 def iter_bundles(
@@ -554,7 +559,10 @@ def iter_bundles(
             needed = refs.needed(post)
             added = refs.parts(needed) + message
             added_size = sum(_size(part) for part in added)
-        refs.took(post, needed)
+        copied = refs.took(post, needed)
+        if copied is not None:
+            parts.remove(copied)
+            size -= _size(copied)
         parts.extend(added)
         size += added_size
         carried.append(post)

@@ -311,3 +311,15 @@ def test_renamed_channel_and_user_keep_their_first_ids_and_show_the_new_names():
     assert (identity["name"], identity["x_opencti_aliases"]) == ("@alice2", ["@alice"])
     assert "first imported as @alice" in identity["description"]
     assert round_trip(identity) == identity and round_trip(channel) == channel
+
+
+def test_a_reply_listed_before_its_root_gets_no_second_copy_of_it():
+    """Posts sharing a millisecond come in id order: a reply may precede its root."""
+    early = {**REPLY, "create_at": ROOT["create_at"]}
+    (part,) = iter_bundles(CONTEXT, [early, ROOT], {ALICE["id"]: ALICE}, {}, TLP.AMBER)
+    objects = json.loads(part.json)["objects"]
+    ids = [o["id"] for o in objects]
+    assert len(ids) == len(set(ids)) == part.objects
+    root = next(o for o in objects if o["id"] == message_id(CONTEXT, ROOT["id"]))
+    assert "x_opencti_description" in root  # the delivered root, not the copy
+    assert undefined_refs(json.loads(part.json)) == set()
