@@ -95,14 +95,14 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
     still stands before it."""
     ahead = read_ahead.submit(run)
     loading: PrefectFuture[None] | None = None
-    in_flight: list[str] = []  # ids of the batch being loaded
+    in_flight: list[dict] = []  # posts of the batch being loaded
     try:
         while True:
             batch, attachments = ahead.result()
-            current = [post["id"] for post in batch.posts]
+            current = batch.posts
             if not batch.exhausted:
                 # roots in this batch and the one loading count as delivered: they are,
-                # before the next batch is used
+                # before the next batch is used (and its bundles copy them from here)
                 pending = quote(in_flight + current)
                 ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
             if batch.posts:

@@ -49,6 +49,14 @@ def deleted_version(stored: Mapping[str, Any], delete_at: int) -> Post:
     }
 
 
+def delivered_version(stored: Mapping[str, Any]) -> Post:
+    """A post as we last delivered it (deleted or not), e.g. a thread root that a reply's
+    bundle must hold: its text and times, not its files."""
+    post = deleted_version(stored, int(stored.get("delete_at") or 0))
+    post["update_at"] = stored["update_at"]
+    return post
+
+
 def stale(rows: Iterable[Post], delivered: Mapping[str, Mapping[str, Any]]) -> list[Post]:
     """The rows whose delivered version is out of date: edited text, or deleted since.
 

@@ -46,6 +46,8 @@ class Batch:
     updated: int = 0
     deleted: int = 0
     missing_roots: list[str] = field(default_factory=list)
+    # roots of replies in `posts` that are not in it, as last delivered (or being delivered)
+    roots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

@@ -106,6 +106,18 @@ channel_leases = sa.Table(
 )
 
 
+# The name, team and username each Mattermost object had when first imported: STIX ids are
+# derived from them, so that a rename or a move keeps one OpenCTI entity (see stix.py).
+first_names = sa.Table(
+    "first_names",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),  # channel | channel_team | user
+    sa.Column("object_id", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+    sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
 def _create_v1(connection: Connection) -> None:
     metadata.create_all(connection, tables=[channel_cursors, runs])
 
@@ -123,11 +135,16 @@ def _create_v4(connection: Connection) -> None:
     metadata.create_all(connection, tables=[channel_leases])
 
 
+def _create_v5(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[first_names])
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_v1,
     2: _create_v2,
     3: _create_v3,
     4: _create_v4,
+    5: _create_v5,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -420,6 +437,48 @@ class StateStore:
     def version(self) -> int:
         with self._engine.connect() as connection:
             return connection.execute(sa.select(schema_version.c.version)).scalar_one()
+
+    # -- first names -----------------------------------------------------------------------
+
+    def pin_names(self, kind: str, current: dict[str, str]) -> dict[str, str]:
+        """The value first recorded for each object of `kind`, recording `current` for those
+        seen for the first time. Concurrent callers agree: the first insert wins."""
+        if not current:
+            return {}
+        table, now = first_names, _now()
+        ids = list(current)
+        with self._engine.begin() as connection:
+            found = self._names(connection, kind, ids)
+            rows = [
+                {"kind": kind, "object_id": i, "value": current[i], "recorded_at": now}
+                for i in ids
+                if i not in found
+            ]
+            if rows:
+                insert = _insert_construct(connection.dialect.name)
+                if insert is not None:
+                    connection.execute(insert(table).on_conflict_do_nothing(), rows)
+                else:
+                    for row in rows:
+                        try:
+                            with connection.begin_nested():
+                                connection.execute(table.insert(), row)
+                        except IntegrityError:
+                            pass
+                found = self._names(connection, kind, ids)
+        return found
+
+    @staticmethod
+    def _names(connection: Connection, kind: str, ids: list[str]) -> dict[str, str]:
+        table, found = first_names, {}
+        for start in range(0, len(ids), 500):
+            query = (
+                sa.select(table.c.object_id, table.c.value)
+                .where(table.c.kind == kind)
+                .where(table.c.object_id.in_(ids[start : start + 500]))
+            )
+            found.update({row[0]: row[1] for row in connection.execute(query)})
+        return found
 
     # -- cursors ---------------------------------------------------------------------------
 

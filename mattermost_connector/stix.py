@@ -54,7 +54,12 @@ _STANDARD_MARKINGS = {
 
 @dataclass(frozen=True)
 class ChannelContext:
-    """What every message of one channel needs: its STIX name and how to build permalinks."""
+    """What every message of one channel needs: its STIX name and how to build permalinks.
+
+    `first_name` and `link_team` are the channel's name and team when it was first imported
+    (state store): the channel's id and every post's URL keep them through renames and moves,
+    so that OpenCTI keeps one Channel and one observable per post. Unset, the current ones.
+    """
 
     channel_id: str
     name: str
@@ -63,10 +68,13 @@ class ChannelContext:
     channel_type: str
     created_ms: int
     server_url: str
+    first_name: str | None = None
+    link_team: str | None = None
 
     def permalink(self, post_id: str) -> str:
-        if self.team_name:
-            return f"{self.server_url}/{self.team_name}/pl/{post_id}"
+        team = self.link_team or self.team_name
+        if team:
+            return f"{self.server_url}/{team}/pl/{post_id}"
         return f"{self.server_url}/_redirect/pl/{post_id}"
 
 
@@ -158,8 +166,21 @@ def _compact(obj: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in obj.items() if value is not None}
 
 
+# Key added to a user's dict (batches.py): the name it had when first imported, its id's source
+FIRST_NAME = "first_name_imported"
+
+
 def identity_name(user: Mapping[str, Any]) -> str:
     return f"@{user.get('username') or user['id']}"
+
+
+def _first_identity_name(user: Mapping[str, Any]) -> str:
+    return user.get(FIRST_NAME) or identity_name(user)
+
+
+def _renamed(first: str | None, current: str) -> bool:
+    """OpenCTI compares names lower-cased and trimmed (identifier.js normalizeName)."""
+    return first is not None and first.lower().strip() != current.lower().strip()
 
 
 def _uuid5(kind: str, canonical: str) -> str:
@@ -179,7 +200,9 @@ def _identity_id(name: str) -> str:
 
 
 def identity_id(user: Mapping[str, Any]) -> str:
-    return _identity_id(identity_name(user))
+    """From the username first imported: OpenCTI finds the Individual by this id even once
+    renamed (the platform then keeps the old name as an alias, whose id it resolves)."""
+    return _identity_id(_first_identity_name(user))
 
 
 @cache
@@ -188,7 +211,9 @@ def _channel_id(name: str) -> str:
 
 
 def channel_id(context: ChannelContext) -> str:
-    return _channel_id(context.name)
+    """From the name first imported (pycti's generator, as the original connector): a
+    renamed or moved channel stays the Channel OpenCTI has."""
+    return _channel_id(context.first_name or context.name)
 
 
 def message_id(context: ChannelContext, post_id: str) -> str:
@@ -223,6 +248,7 @@ def channel_object(context: ChannelContext, tlp: TLP) -> dict[str, Any]:
             "modified": when,
             "name": context.name,
             "description": context.description or None,
+            "aliases": [context.first_name] if _renamed(context.first_name, context.name) else None,
             "channel_types": ["Mattermost"],
             "object_marking_refs": [marking_id(tlp)],
         }
@@ -232,8 +258,11 @@ def channel_object(context: ChannelContext, tlp: TLP) -> dict[str, Any]:
 def identity_object(user: Mapping[str, Any], tlp: TLP) -> dict[str, Any]:
     """An author as an individual named `@username`: emails may be hidden, usernames never."""
     full_name = " ".join(filter(None, (user.get("first_name"), user.get("last_name"))))
+    first = _first_identity_name(user)
+    renamed = _renamed(first, identity_name(user))
     details = [
         f"Mattermost user {identity_name(user)}",
+        f"first imported as {first}" if renamed else None,
         f"name: {full_name}" if full_name else None,
         f"nickname: {user['nickname']}" if user.get("nickname") else None,
         f"email: {user['email']}" if user.get("email") else None,
@@ -253,6 +282,7 @@ def identity_object(user: Mapping[str, Any], tlp: TLP) -> dict[str, Any]:
             "description": "; ".join(filter(None, details)),
             "identity_class": "individual",
             "contact_information": user.get("email") or None,
+            "x_opencti_aliases": [first] if renamed else None,
             "object_marking_refs": [marking_id(tlp)],
         }
     )
@@ -503,6 +533,17 @@ def message_objects(
     return message, links
 
 
+def root_copy(
+    post: Post, context: ChannelContext, author: Mapping[str, Any], tlp: TLP
+) -> dict[str, Any]:
+    """A thread root as last delivered, for a reply's bundle that must define what it refers
+    to. Without its files, and without its description (which lists the files' digests):
+    OpenCTI upserts only the properties sent, so both stay as the root's own bundle left them."""
+    message = message_objects(post, context, author, [], tlp)[0]
+    del message["x_opencti_description"]
+    return message
+
+
 def unknown_author(user_id: str) -> dict[str, Any]:
     """A stand-in for an author the server would not return (removed or hidden)."""
     return {"id": user_id}
@@ -648,6 +689,68 @@ def _hash_fields(path: Path) -> dict[str, str]:
     return {"md5": hashes["MD5"], "sha1": hashes["SHA-1"], "sha256": hashes["SHA-256"]}
 
 
+class _References:
+    """What a bundle must define besides its posts and header: their authors, and each
+    reply's thread root as last delivered with the root's author. OpenCTI's workers import
+    bundles in parallel and in any order, so no bundle may count on another one."""
+
+    def __init__(
+        self,
+        context: ChannelContext,
+        posts: list[Post],
+        users: Mapping[str, Mapping[str, Any]],
+        roots: Mapping[str, Post],
+        missing: Iterable[str],
+        tlp: TLP,
+    ) -> None:
+        self._context, self._users, self._tlp = context, users, tlp
+        self._roots = {**roots, **{post["id"]: post for post in posts}}
+        self._missing = set(missing)
+        self._parts: dict[tuple[str, str], str] = {}
+        self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
+
+    def author(self, user_id: str) -> Mapping[str, Any]:
+        return self._users.get(user_id) or unknown_author(user_id)
+
+    def linkable(self, post: Post) -> bool:
+        """A reply links to its root only where the root can be put in the same bundle."""
+        root_id = post.get("root_id")
+        return bool(root_id) and root_id not in self._missing and root_id in self._roots
+
+    def needed(self, post: Post, fresh: bool = False) -> list[tuple[str, str]]:
+        """The keys `post` refers to that the bundle lacks (`fresh`: an empty bundle would
+        lack), in dependency order."""
+        present = set() if fresh else self.present
+        keys = []
+        if self.linkable(post) and ("post", post["root_id"]) not in present:
+            keys += [("user", self._roots[post["root_id"]]["user_id"]), ("post", post["root_id"])]
+        keys.append(("user", post["user_id"]))
+        return [key for key in dict.fromkeys(keys) if key not in present]
+
+    def parts(self, keys: list[tuple[str, str]]) -> list[str]:
+        return [self._part(key) for key in keys]
+
+    def _part(self, key: tuple[str, str]) -> str:
+        if key not in self._parts:
+            kind, object_id = key
+            if kind == "user":
+                obj = identity_object(self.author(object_id), self._tlp)
+            else:
+                root = self._roots[object_id]
+                obj = root_copy(root, self._context, self.author(root["user_id"]), self._tlp)
+            self._parts[key] = serialize(obj)
+        return self._parts[key]
+
+    def took(self, post: Post, keys: list[tuple[str, str]]) -> str | None:
+        """Record what the bundle now holds; returns the copy of `post` it held already (a
+        reply sharing its root's millisecond may come first), which the post replaces."""
+        self.present.update(keys)
+        key = ("post", post["id"])
+        copied = self._parts.get(key) if key in self.present else None
+        self.present.add(key)
+        return copied
+
+
 def iter_bundles(
     context: ChannelContext,
     posts: list[Post],
@@ -656,6 +759,7 @@ def iter_bundles(
     tlp: TLP,
     *,
     missing_roots: Iterable[str] = (),
+    roots: Mapping[str, Post] | None = None,
     max_objects: int = 10**9,
     max_bytes: int = 10**15,
     no_trigger_import: bool = True,
@@ -663,7 +767,8 @@ def iter_bundles(
 ) -> Iterator[BundlePart]:
     """Bundles of whole posts, each under `max_objects` and `max_bytes` (for a directory, a
     single post larger than that still goes alone, all its files in it), each
-    self-contained: marking, channel, and its authors. For OpenCTI (`queue`) no bundle ever
+    self-contained: marking, channel, its authors, and the root of each reply it holds (from
+    this batch, or `roots`: as last delivered). For OpenCTI (`queue`) no bundle ever
     exceeds `max_bytes`: a file that does not fit with its post goes before it, alone in
     a bundle as an Artifact with its bytes, or is uploaded (BundlePart.uploads) when even
     that is too large; the post's own bundle links it and completes the post.
@@ -672,10 +777,9 @@ def iter_bundles(
     """
     header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
     base = _BUNDLE_OVERHEAD + sum(_size(part) + 2 for part in header)
-    missing = set(missing_roots)
-    identities: dict[str, str] = {}
+    refs = _References(context, posts, users, roots or {}, missing_roots, tlp)
     objects: list[list[Segment]] = []
-    size, carried, authors = base, [], set()
+    size, carried = base, []
     settled: list[tuple[str, Attachment]] = []
     uploads: list[Upload] = []
 
@@ -687,37 +791,45 @@ def iter_bundles(
             list(settled),
             list(uploads),
         )
-        objects.clear(), carried.clear(), authors.clear(), settled.clear(), uploads.clear()
+        objects.clear(), carried.clear(), settled.clear(), uploads.clear()
+        refs.present.clear()
         return part
 
+    def references(post: Post) -> tuple[list[tuple[str, str]], list[list[Segment]]]:
+        needed = refs.needed(post)
+        return needed, [[part] for part in refs.parts(needed)]
+
     for post in posts:
-        author = users.get(post["user_id"]) or unknown_author(post["user_id"])
-        if post["user_id"] not in identities:
-            identities[post["user_id"]] = serialize(identity_object(author, tlp))
-        identity = identities[post["user_id"]]
+        author = refs.author(post["user_id"])
+        identity = refs.parts([("user", post["user_id"])])[0]
+        alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
         plan = _plan_post(
             post,
             context,
             author,
             attachments.get(post["id"], []),
             tlp,
-            root_known=post.get("root_id") not in missing,
-            room=max_bytes - base - _size(identity) - 2,
+            root_known=refs.linkable(post),
+            room=max_bytes - base - sum(_size(part) + 2 for part in alone),
             queue=queue,
             no_trigger_import=no_trigger_import,
         )
         for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
             yield BundlePart(_bundle([[header[0]], [identity], artifact]), 3, [], [])
-        added = plan.final + ([] if post["user_id"] in authors else [[identity]])
+        needed, extra = references(post)
+        added = extra + plan.final
         added_size = sum(_segments_size(obj) + 2 for obj in added)
         too_many = len(header) + len(objects) + len(added) > max_objects
         if carried and (size + added_size > max_bytes or too_many):
             yield flush()
             size = base
-            added = [[identity], *plan.final]
+            needed, extra = references(post)
+            added = extra + plan.final
             added_size = sum(_segments_size(obj) + 2 for obj in added)
-        if post["user_id"] not in authors:
-            authors.add(post["user_id"])
+        copied = refs.took(post, needed)
+        if copied is not None:  # the post replaces the copy of it a reply brought first
+            objects.remove([copied])
+            size -= _size(copied) + 2
         objects.extend(added)
         size += added_size
         carried.append(post)

@@ -12,7 +12,7 @@ from prefect.runtime import flow_run
 
 from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.delivery import Work
-from mattermost_connector.mattermost.channels import channel_context
+from mattermost_connector.mattermost.channels import channel_context, first_imported
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.window import backfill_key, iso
 from tasks import resources
@@ -51,6 +51,7 @@ def open_channel(
     settings = resources.settings()
     client = resources.client()
     context, channel = channel_context(client, channel_id, settings.mattermost.server_url)
+    context = first_imported(resources.store(), context)
     server_now = client.server_time_ms or int(datetime.now(tz=UTC).timestamp() * 1000)
     if window:
         key, start_ms = backfill_key(channel_id, *window), window[0]

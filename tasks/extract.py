@@ -32,7 +32,7 @@ def completed(run: ChannelRun, posts: list[dict], **kwargs) -> Batch:
     **retrying(2, 10, 30),
 )
 def extract_batch(
-    run: ChannelRun, pending: list[str] | None = None, max_posts: int = BATCH_POSTS
+    run: ChannelRun, pending: list[dict] | None = None, max_posts: int = BATCH_POSTS
 ) -> Batch:
     """About `max_posts` posts after `run.cursor`, oldest first. `pending`: posts being
     delivered meanwhile (the batch before), whose replies need not fetch them as roots."""
@@ -46,5 +46,5 @@ def extract_batch(
         for post in posts:
             cursor = cursor.advance(post)
     return completed(
-        run, posts, cursor=cursor.to_dict(), exhausted=exhausted, pending=set(pending or ())
+        run, posts, cursor=cursor.to_dict(), exhausted=exhausted, pending=pending or ()
     )

@@ -35,6 +35,7 @@ def transform_batch(
             attachments,
             settings.mattermost.tlp,
             missing_roots=batch.missing_roots,
+            roots=batch.roots,
             max_objects=connector.bundle_max_objects,
             max_bytes=connector.bundle_bytes,
             no_trigger_import=connector.no_trigger_import,

@@ -55,11 +55,30 @@ def worker_reports(messages: list[STIX]) -> int:
     )
 
 
+def root_copies(bundle: STIX) -> set[str]:
+    """Media-contents a bundle holds only because a reply refers to them: a thread root as
+    last delivered, without the description a delivered message always has (stix.root_copy).
+    Told apart object by object, as bundles may be split one object per message."""
+    return {
+        o["id"]
+        for o in bundle["objects"]
+        if o["type"] == "media-content" and "x_opencti_description" not in o
+    }
+
+
+def delivered_messages(bundle: STIX) -> list[STIX]:
+    copies = root_copies(bundle)
+    return [o for o in bundle["objects"] if o["type"] == "media-content" and o["id"] not in copies]
+
+
 def objects_by_id(bundles: list[STIX]) -> dict[str, STIX]:
+    """The last delivered version of each object (a root's copy never replaces it)."""
     found: dict[str, STIX] = {}
     for bundle in bundles:
+        copies = root_copies(bundle)
         for obj in bundle["objects"]:
-            found[obj["id"]] = obj
+            if obj["id"] not in copies or obj["id"] not in found:
+                found[obj["id"]] = obj
     return found
 
 
@@ -105,10 +124,7 @@ def assert_channel_complete(
     if bundles is not None:
         in_channel = {source for source, target in relationships if target == channel_ref}
         delivered = Counter(
-            o["id"]
-            for b in bundles
-            for o in b["objects"]
-            if o["type"] == "media-content" and o["id"] in in_channel
+            o["id"] for b in bundles for o in delivered_messages(b) if o["id"] in in_channel
         )
         assert set(delivered) == {message_id(context, p["id"]) for p in posts}, "extra messages"
         assert max(delivered.values(), default=1) == 1, "a message was delivered twice"
@@ -116,3 +132,18 @@ def assert_channel_complete(
         if obj["type"] != "marking-definition":
             assert obj.get("object_marking_refs") == [marking], obj["id"]
     return len(posts)
+
+
+def undefined_refs(bundle: STIX) -> set[str]:
+    """The ids a bundle's objects refer to (every *_ref and *_refs, markings and the files'
+    markings included) that no object of the same bundle defines."""
+
+    def refs(value: Any, key: str = "") -> set[str]:
+        if isinstance(value, dict):
+            return set().union(*(refs(v, k) for k, v in value.items() if k != "id"))
+        if isinstance(value, list):
+            return set().union(*(refs(v, key) for v in value))
+        return {value} if key.endswith(("_ref", "_refs")) and isinstance(value, str) else set()
+
+    defined = {obj["id"] for obj in bundle["objects"]}
+    return set().union(*(refs(obj) for obj in bundle["objects"])) - defined

@@ -192,6 +192,22 @@ class MattermostSimulator:
         self.state.members[channel["id"]] = {m["id"] for m in members}
         return channel
 
+    def rename_channel(self, channel_id: str, name: str) -> None:
+        """`PATCH /channels/{id}/patch` with a new name: same id, same posts."""
+        self.state.channels[channel_id].update(name=name, display_name=name, update_at=self.now())
+
+    def move_channel(self, channel_id: str, team: dict[str, Any]) -> None:
+        """`POST /channels/{id}/move` (MoveChannel): the channel, its id and posts, change team."""
+        self.state.channels[channel_id].update(team_id=team["id"], update_at=self.now())
+
+    def rename_team(self, team_id: str, name: str) -> None:
+        """The team's name (the one in URLs and permalinks) changed; its id stays."""
+        self.state.teams[team_id]["name"] = name
+
+    def rename_user(self, user_id: str, username: str) -> None:
+        """`PUT /users/{id}/patch` with a new username: same id, earlier posts keep it."""
+        self.state.users[user_id].update(username=username, update_at=self.now())
+
     def add_direct_channel(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         name = "__".join(sorted((a["id"], b["id"])))
         return self.add_channel(None, name, type="D", members=[a, b], display_name="")

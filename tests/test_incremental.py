@@ -20,8 +20,10 @@ from tasks.extract import BATCH_POSTS
 from tests.checks import (
     assert_channel_complete,
     assert_valid_stix,
+    delivered_messages,
     directory_bundles,
     objects_by_id,
+    undefined_refs,
 )
 from tests.conftest import apply_env
 from tests.mattermost_sim import MattermostSimulator
@@ -131,7 +133,9 @@ class World:
         by_id = {
             message_id(context, p["id"]): p["id"] for p in self.sim.channel_rows(channel["id"])
         }
-        return Counter(by_id[o["id"]] for b in bundles for o in b["objects"] if o["id"] in by_id)
+        return Counter(
+            by_id[o["id"]] for b in bundles for o in delivered_messages(b) if o["id"] in by_id
+        )
 
 
 @pytest.fixture
@@ -494,3 +498,72 @@ def test_a_lease_the_state_store_refuses_fails_that_channel_in_one_line(
         "(OperationalError: (builtins.Exception) locked)"
     )
     assert done["status"] == "completed" and done["posts"] == 5
+
+
+def test_renames_and_moves_keep_one_entity_each_and_every_bundle_stands_alone(world: World):
+    """A channel renamed then moved to a team that is then renamed, and an author renamed:
+    the Channel, the Individual and every earlier post keep the ids first delivered, edits
+    and deletions land on them, the new names show; and no bundle of either run refers to
+    an object it does not hold, though threads span many bundles."""
+    sim, alice = world.sim, world.authors[0]
+    channel = world.channel("ops")
+    posts = world.populate(channel, 300)
+    world.configure([channel], CONNECTOR_BUNDLE_MAX_OBJECTS="40")
+    world.sync()
+    first = world.context(channel)  # ids as first delivered, before any rename
+    first_ids = {o["id"] for b in world.bundles() for o in b["objects"]}
+    channel_id, alice_id = channel_stix_id(world.bundles()), identity_of(world.bundles(), "@alice")
+
+    other = sim.add_team("other")
+    sim.rename_channel(channel["id"], "ops-renamed")
+    sim.move_channel(channel["id"], other)
+    sim.rename_team(other["id"], "other-renamed")
+    sim.rename_user(alice["id"], "alice2")
+    root = next(p for p in posts if not p["root_id"] and p["user_id"] == alice["id"])
+    doomed = next(p for p in posts if p["root_id"] and p["id"] != root["id"])
+    sim.edit_post(root["id"], "root, edited after the renames")
+    sim.delete_post(doomed["id"])
+    world.clock += 1000
+    reply = sim.add_post(
+        channel, alice, "a reply after the renames", root=root, create_at=world.clock
+    )
+    world.sync()
+
+    latest = world.bundles(latest_run_only=True)
+    assert latest and all(undefined_refs(b) == set() for b in world.bundles())
+    assert {channel_stix_id([b]) for b in latest} == {channel_id}
+    channels = [o for b in latest for o in b["objects"] if o["type"] == "channel"]
+    assert {(c["name"], tuple(c["aliases"])) for c in channels} == {
+        ("other-renamed/ops-renamed", ("cti/ops",))
+    }
+    alice_now = [o for b in latest for o in b["objects"] if o.get("name") == "@alice2"]
+    assert alice_now and {o["id"] for o in alice_now} == {alice_id}
+    assert alice_now[0]["x_opencti_aliases"] == ["@alice"]
+    objects = objects_by_id(world.bundles())
+    edited, deleted = (
+        objects[message_id(first, root["id"])],
+        objects[message_id(first, doomed["id"])],
+    )
+    assert edited["content"] == "root, edited after the renames"
+    assert deleted.get("x_opencti_labels") == ["deleted"]
+    new = objects[message_id(first, reply["id"])]
+    assert new["x_opencti_created_by_ref"] == alice_id
+    links = {
+        (o["source_ref"], o["target_ref"]) for o in objects.values() if o["type"] == "relationship"
+    }
+    assert (new["id"], message_id(first, root["id"])) in links
+    assert (new["id"], channel_id) in links
+    # nothing but the new reply got an id the first run had not delivered
+    delivered_now = {o["id"] for b in latest for o in delivered_messages(b)}
+    assert delivered_now - first_ids == {new["id"]}
+    assert new["url"].startswith(first.permalink("")[: -len("pl/")])
+
+
+def channel_stix_id(bundles: list[dict[str, Any]]) -> str:
+    (found,) = {o["id"] for b in bundles for o in b["objects"] if o["type"] == "channel"}
+    return found
+
+
+def identity_of(bundles: list[dict[str, Any]], name: str) -> str:
+    (found,) = {o["id"] for b in bundles for o in b["objects"] if o.get("name") == name}
+    return found

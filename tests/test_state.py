@@ -100,7 +100,7 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
         'INSERT INTO channel_cursors VALUES (\'c1\', \'{"boundary_ms": 7, "boundary_ids": [], "anchor_id": "a"}\', 3, \'2026-01-01\')',
     )
     store = StateStore(url)
-    assert store.version() == SCHEMA_VERSION == 4
+    assert store.version() == SCHEMA_VERSION == 5
     assert store.cursor("c1")["anchor_id"] == "a"
     store.record_attachments(
         "c1",
@@ -191,3 +191,17 @@ def test_a_new_store_opened_by_many_at_once_is_migrated_once(store_url: str):
     assert {store.version() for store in stores} == {SCHEMA_VERSION}
     with stores[0]._engine.connect() as connection:
         assert connection.execute(sa.text("SELECT count(*) FROM schema_version")).scalar() == 1
+
+
+def test_first_names_are_kept_whatever_is_offered_later(tmp_path: Path):
+    store = StateStore(f"sqlite:///{tmp_path / 'names.db'}")
+    assert store.pin_names("channel", {"c1": "team/old"}) == {"c1": "team/old"}
+    assert store.pin_names("channel", {"c1": "team/new", "c2": "team/other"}) == {
+        "c1": "team/old",
+        "c2": "team/other",
+    }
+    # kinds are separate: a user and a channel may share an id space
+    assert store.pin_names("user", {"c1": "@someone"}) == {"c1": "@someone"}
+    assert StateStore(f"sqlite:///{tmp_path / 'names.db'}").pin_names("channel", {"c1": "x"}) == {
+        "c1": "team/old"
+    }

@@ -17,7 +17,7 @@ from mattermost_connector.stix import (
     message_id,
     safe_file_name,
 )
-from tests.checks import assert_valid_stix
+from tests.checks import assert_valid_stix, undefined_refs
 
 CONTEXT = ChannelContext(
     channel_id="c" * 26,
@@ -310,3 +310,93 @@ def test_a_directory_keeps_every_file_of_a_post_in_its_message(tmp_path: Path):
         "same (3).txt",
     ]
     assert message["title"] == "root"
+
+
+def test_every_bundle_defines_what_it_refers_to_with_threads_spread_over_bundles(tmp_path):
+    bob = {"id": "b" * 26, "username": "bob", "create_at": 2}
+    old_root = {**ROOT, "id": "o" * 26, "user_id": bob["id"], "message": "root long ago"}
+    (tmp_path / "f").write_bytes(b"abc")
+    posts, roots = [], [ROOT]
+    for n in range(40):  # replies to a root of this batch, to one delivered before, new roots
+        target = [ROOT, old_root, roots[-1]][n % 3]
+        author = [ALICE, bob][n % 2]
+        post = {**REPLY, "id": f"{n:026d}", "root_id": target["id"], "user_id": author["id"]}
+        if n % 7 == 0:
+            post = {**post, "root_id": ""}
+            roots.append(post)
+        posts.append(post)
+    files = {ROOT["id"]: [Attachment("f" * 26, "a.txt", "text/plain", 3, tmp_path / "f", "x")]}
+    parts = list(
+        iter_bundles(
+            CONTEXT,
+            [ROOT, *posts],
+            {ALICE["id"]: ALICE, bob["id"]: bob},
+            files,
+            TLP.AMBER,
+            roots={old_root["id"]: old_root},
+            max_objects=12,
+        )
+    )
+    assert len(parts) > 5
+    links = 0
+    for part in parts:
+        assert undefined_refs(json.loads(part.json)) == set()
+        objects = json.loads(part.json)["objects"]
+        links += sum(1 for o in objects if o["type"] == "relationship") - len(part.posts)
+        copies = [
+            o
+            for o in objects
+            if o["type"] == "media-content"
+            and o["id"] not in {message_id(CONTEXT, p["id"]) for p in part.posts}
+        ]
+        for copy in copies:  # a root as delivered: text and author, never its files
+            assert "x_opencti_files" not in copy and "x_opencti_description" not in copy
+            assert copy["content"] in {ROOT["message"], old_root["message"], REPLY["message"]}
+    assert links == sum(1 for p in posts if p["root_id"])  # every reply linked to its root
+    assert sum(len(p.posts) for p in parts) == len(posts) + 1  # copies are not deliveries
+
+
+def test_a_reply_whose_root_is_nowhere_is_left_unlinked_not_dangling():
+    (part,) = iter_bundles(CONTEXT, [REPLY], {ALICE["id"]: ALICE}, {}, TLP.AMBER)
+    assert undefined_refs(json.loads(part.json)) == set()
+    reply = next(o for o in json.loads(part.json)["objects"] if o["type"] == "media-content")
+    assert "thread root not available" in reply["x_opencti_description"]
+
+
+def test_renamed_channel_and_user_keep_their_first_ids_and_show_the_new_names():
+    from dataclasses import replace
+
+    import pycti
+
+    from mattermost_connector.stix import FIRST_NAME, channel_object, identity_object
+
+    moved = replace(
+        CONTEXT,
+        name="other-team/renamed",
+        team_name="other-team",
+        first_name=CONTEXT.name,
+        link_team=CONTEXT.team_name,
+    )
+    assert message_id(moved, REPLY["id"]) == message_id(CONTEXT, REPLY["id"])
+    channel = channel_object(moved, TLP.AMBER)
+    assert channel["id"] == pycti.Channel.generate_id(CONTEXT.name)
+    assert (channel["name"], channel["aliases"]) == ("other-team/renamed", [CONTEXT.name])
+    assert "aliases" not in channel_object(replace(CONTEXT, first_name=CONTEXT.name), TLP.AMBER)
+    renamed = {**ALICE, "username": "alice2", FIRST_NAME: "@alice"}
+    identity = identity_object(renamed, TLP.AMBER)
+    assert identity["id"] == pycti.Identity.generate_id("@alice", "individual")
+    assert (identity["name"], identity["x_opencti_aliases"]) == ("@alice2", ["@alice"])
+    assert "first imported as @alice" in identity["description"]
+    assert round_trip(identity) == identity and round_trip(channel) == channel
+
+
+def test_a_reply_listed_before_its_root_gets_no_second_copy_of_it():
+    """Posts sharing a millisecond come in id order: a reply may precede its root."""
+    early = {**REPLY, "create_at": ROOT["create_at"]}
+    (part,) = iter_bundles(CONTEXT, [early, ROOT], {ALICE["id"]: ALICE}, {}, TLP.AMBER)
+    objects = json.loads(part.json)["objects"]
+    ids = [o["id"] for o in objects]
+    assert len(ids) == len(set(ids)) == part.objects
+    root = next(o for o in objects if o["id"] == message_id(CONTEXT, ROOT["id"]))
+    assert "x_opencti_description" in root  # the delivered root, not the copy
+    assert undefined_refs(json.loads(part.json)) == set()

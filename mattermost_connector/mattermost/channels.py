@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from mattermost_connector.errors import ChannelNotAccessible, MattermostError
 from mattermost_connector.mattermost.client import MattermostClient
+from mattermost_connector.state import StateStore
 from mattermost_connector.stix import ChannelContext
 
 DIRECT, GROUP = "D", "G"
@@ -61,3 +63,12 @@ def channel_context(
         server_url=server_url,
     )
     return context, channel
+
+
+def first_imported(store: StateStore, context: ChannelContext) -> ChannelContext:
+    """The context with the channel's name and team as first imported (recorded now if this
+    is the first time): its STIX id and its posts' URLs keep them through renames and moves."""
+    key = context.channel_id
+    name = store.pin_names("channel", {key: context.name})[key]
+    team = store.pin_names("channel_team", {key: context.team_name or ""})[key]
+    return replace(context, first_name=name, link_team=team or None)
