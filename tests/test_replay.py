@@ -130,7 +130,7 @@ def test_replayed_bundles_store_every_message_as_the_simulator_has_it(demo, bund
             channel.internal_id
         )
     assert assert_files_stored(demo, platform) == 6
-    assert_replies_related_to_their_root(demo, platform, bundles)
+    assert_replies_related_to_their_root(demo, platform)
     # every id we wrote is the one the platform computes itself: no second identity
     assert [e.stix_ids for e in [*platform.entities, *platform.relationships]] == [
         [] for _ in [*platform.entities, *platform.relationships]
@@ -142,56 +142,27 @@ def test_replayed_bundles_store_every_message_as_the_simulator_has_it(demo, bund
     assert "@alice" in direct and "@octi-reader" in direct
 
 
-ROOT_NOT_IN_BUNDLE = (
-    "a reply's bundle refers to its thread root without carrying it: imported before the "
-    "root's bundle, the reply's related-to misses its target and pycti gives it up after "
-    "its retries; being "
-    "fixed elsewhere: every object a bundle refers to is in that bundle"
-)
-
-
-def first_bundle(bundles: list[str]) -> dict[str, int]:
-    """Where each object first comes, by position in the import order."""
-    where: dict[str, int] = {}
-    for index, text in enumerate(bundles):
-        for obj in json.loads(text)["objects"]:
-            where.setdefault(obj["id"], index)
-    return where
-
-
-def assert_replies_related_to_their_root(
-    demo: Demo, platform: ReplayPlatform, imported: list[str]
-) -> None:
-    """Each reply related-to its thread's root, or refused (MISSING_REFERENCE_ERROR, then
-    given up by pycti) only because the root came in a later message."""
-    given_up = {m.stix_id: m.unresolved for m in platform.missing_references}
-    where = first_bundle(imported)
+def assert_replies_related_to_their_root(demo: Demo, platform: ReplayPlatform) -> None:
+    """Each reply related-to its thread's root, whatever order the messages came in: every
+    bundle carries the roots its replies refer to, so nothing is refused or given up."""
+    assert platform.missing_references == []
     by_url = {e.attributes["url"]: e for e in platform.of_type("Media-Content")}
-    replies = stored = 0
+    replies = 0
     for post, message in message_entities(demo, platform):
         roots = [e for e in platform.related(message) if e.entity_type == "Media-Content"]
         if not post["root_id"]:
             assert roots == []
             continue
         replies += 1
-        root_entity = by_url[permalink(demo, demo.sim.state.posts[post["root_id"]])]
-        if roots:
-            assert roots == [root_entity]
-            stored += 1
-            continue
-        missing = [ids for ids in given_up.values() if root_entity.standard_id in ids]
-        assert missing, f"reply {post['id']} lost its root without a missing reference"
-        assert where[root_entity.standard_id] > where[message.standard_id]
+        assert roots == [by_url[permalink(demo, demo.sim.state.posts[post["root_id"]])]]
     assert replies > 20
-    assert len(platform.relationships) == 134 + stored
-    assert len(given_up) == replies - stored
+    assert len(platform.relationships) == 134 + replies
 
 
-@pytest.mark.xfail(strict=True, reason=ROOT_NOT_IN_BUNDLE)
 def test_bundles_imported_in_reverse_order_miss_no_reference(demo, bundles):
     imported = bundles[::-1]
     platform = replay(imported)
-    assert_replies_related_to_their_root(demo, platform, imported)
+    assert_replies_related_to_their_root(demo, platform)
     assert [m.unresolved for m in platform.missing_references] == []
 
 
