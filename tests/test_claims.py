@@ -191,9 +191,7 @@ def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_over
     assert not backfill.schedules and backfill.concurrency_limit is None
     declared = {
         d["name"]: d
-        for d in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())[
-            "deployments"
-        ]
+        for d in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
     }
     default_every = ConnectorSettings.model_fields["run_every"].default
     assert declared["sync"]["schedules"] == [{"interval": int(default_every.total_seconds())}]
@@ -213,9 +211,7 @@ def readme_configuration() -> dict[str, str]:
     return defaults
 
 
-def test_the_readme_configuration_table_holds_the_settings_and_their_defaults(
-    workdir, monkeypatch
-):
+def test_the_readme_configuration_table_holds_the_settings_and_their_defaults(workdir, monkeypatch):
     from mattermost_connector import config
 
     required = {"MATTERMOST_DOMAIN": "chat.example.org", "MATTERMOST_TOKEN": "t"}
