@@ -11,6 +11,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import INTERRUPTED, StateStore
 from tasks.extract import BATCH_POSTS
@@ -19,6 +21,7 @@ from tests.conftest import clean_environ, run_cli
 from tests.mattermost_sim import MattermostSimulator
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_loses_nothing(
     prefect_api: str, sim: MattermostSimulator, workdir: Path
 ):
