@@ -3,8 +3,10 @@
 It follows docs/mattermost-api.md: the four post-listing modes with their exact
 selection and ordering (`since` capped at 1000 rows picked in no order, edit-history and deleted
 rows included; `after`/`before` strict on create_at; an unknown anchor answers an empty list),
-context posts outside `order`, AppError bodies, hidden emails, and faults on demand: rate limits
-with Retry-After, 5xx answers, dropped connections and slow answers.
+context posts outside `order`, AppError bodies, hidden emails, and faults on demand: the
+server's own GCRA rate limiter with its exact headers (see `rate_limit`), 429s from a shared
+budget that hold until their wait is over (some without Retry-After), 5xx answers as AppErrors
+or as the reverse proxy's HTML pages, dropped connections and slow answers.
 
 Run it alone with sample data:  python -m tests.mattermost_sim --port 8065 --demo
 """
@@ -15,6 +17,7 @@ import argparse
 import bisect
 import hashlib
 import json
+import math
 import random
 import string
 import threading
@@ -48,6 +51,9 @@ class Faults:
     drop_rate: float = 0.0
     throttle_rate: float = 0.0  # 429s caused by other clients sharing the budget (same IP)
     retry_after: int = 1
+    # share of injected 429s that carry Retry-After; the others give only X-RateLimit-Reset,
+    # as a limiter in front of the server may (the client must fall back on it)
+    retry_after_share: float = 0.5
     failing_paths: dict[str, int] = field(default_factory=dict)  # path -> status, every time
     latency: float = 0.0
     rate_limit_per_sec: float | None = None  # None: RateLimitSettings.Enable = false
@@ -106,7 +112,8 @@ class MattermostSimulator:
         self._fault_rng = random.Random(self.faults.seed)
         self._lock = threading.RLock()
         self._clock_ms = 1_700_000_000_000
-        self._bucket = (0.0, 0.0)  # tokens, last refill
+        self._tat: float | None = None  # GCRA theoretical arrival time (monotonic s)
+        self._throttled_until = 0.0  # an injected 429 holds until then (monotonic s)
         self._version = 0  # bumped by every change to posts: invalidates the listing cache
         self._listing: dict[str, tuple[int, list[dict[str, Any]], list[int]]] = {}
         self._server: ThreadingHTTPServer | None = None
@@ -384,27 +391,54 @@ class MattermostSimulator:
     # -- request handling ------------------------------------------------------------------
 
     def rate_limit(self) -> tuple[bool, dict[str, str]]:
-        """A token bucket like the server's throttled store, keyed by (our only) client."""
+        """The server's limiter, step for step: Mattermost's RateLimiter (server/channels/app/
+        ratelimit.go) is throttled's GCRARateLimiter with MaxRate PerSec and MaxBurst, keyed
+        by client; throttled's rate.go (RateLimitCtx) and http.go (setRateLimitHeaders) give
+        the headers. X-RateLimit-Limit is MaxBurst + 1; X-RateLimit-Remaining is how many more
+        requests would pass now; X-RateLimit-Reset is ceil(seconds until the bucket is FULL
+        again), not until the next request may pass; Retry-After (on a 429 only) is ceil(seconds
+        until one request may pass). A request refused does not move the state, so a retry
+        before Retry-After is refused again."""
         if self.faults.rate_limit_per_sec is None:
             return True, {}
         with self._lock:
-            rate, burst = self.faults.rate_limit_per_sec, self.faults.rate_limit_burst
-            tokens, last = self._bucket
+            interval = 1.0 / self.faults.rate_limit_per_sec  # emissionInterval
+            limit = self.faults.rate_limit_burst + 1
+            tolerance = interval * limit  # delayVariationTolerance
             now = time.monotonic()
-            tokens = burst + 1 if last == 0 else min(burst + 1, tokens + (now - last) * rate)
-            allowed = tokens >= 1
-            if allowed:
-                tokens -= 1
-            self._bucket = (tokens, now)
-            reset = max(1, int((1 - tokens) / rate + 0.999)) if tokens < 1 else 0
+            tat = now if self._tat is None else self._tat
+            new_tat = max(now, tat) + interval
+            allow_at = new_tat - tolerance
+            retry_after: float | None = None
+            if now < allow_at:
+                retry_after, ttl = allow_at - now, tat - now
+            else:
+                self._tat, ttl = new_tat, new_tat - now
+            spare = tolerance - ttl
             headers = {
-                "X-RateLimit-Limit": str(burst + 1),
-                "X-RateLimit-Remaining": str(int(tokens)),
-                "X-RateLimit-Reset": str(reset),
+                "X-RateLimit-Limit": str(limit),
+                "X-RateLimit-Remaining": str(int(spare / interval) if spare > -interval else 0),
+                "X-RateLimit-Reset": str(math.ceil(ttl)),
             }
-            if not allowed:
-                headers["Retry-After"] = str(reset)
-            return allowed, headers
+            if retry_after is not None:
+                headers["Retry-After"] = str(math.ceil(retry_after))
+            return retry_after is None, headers
+
+    def injected_throttle(self, fault: str | None) -> dict[str, str] | None:
+        """429 headers while an injected throttle holds (a retry before its wait is over is
+        refused again, as the real limiter does), or for a new one; None otherwise."""
+        with self._lock:
+            now = time.monotonic()
+            wait = self._throttled_until - now
+            if wait <= 0:
+                if fault != "throttle":
+                    return None
+                wait = float(self.faults.retry_after)
+                self._throttled_until = now + wait
+            headers = {"X-RateLimit-Reset": str(math.ceil(wait))}
+            if self._fault_rng.random() < self.faults.retry_after_share:
+                headers["Retry-After"] = str(math.ceil(wait))
+            return headers
 
     def fault(self) -> str | None:
         with self._lock:
@@ -605,6 +639,21 @@ class MattermostSimulator:
         }
 
 
+PROXY_REASONS = {502: "Bad Gateway", 504: "Gateway Time-out"}
+
+
+def proxy_page(status: int) -> bytes:
+    """The page nginx (the reverse proxy Mattermost's deployment guide puts in front) sends
+    when the server behind it is down or slow: HTML, not an AppError (nginx's
+    ngx_http_special_response.c)."""
+    title = f"{status} {PROXY_REASONS[status]}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>nginx</center>\r\n"
+        "</body>\r\n</html>\r\n"
+    ).encode()
+
+
 def _valid(identifier: str) -> str:
     if len(identifier) != 26 or any(ch not in ID_CHARS for ch in identifier):
         raise AppError(
@@ -663,14 +712,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        if fault == "throttle":
+        throttle = sim.injected_throttle(fault) if split.path.startswith(API) else None
+        if throttle is not None:
             self._log(method, split.path, query, 429)
-            headers = {**limit_headers, "Retry-After": str(sim.faults.retry_after)}
+            headers = {**limit_headers, **throttle}
+            if "Retry-After" not in throttle:
+                headers.pop("Retry-After", None)
             self._send(429, b"limit exceeded\n", "text/plain; charset=utf-8", headers)
             return
         if fault == "error":
-            status = sim._fault_rng.choice([500, 502, 503])
+            status = sim._fault_rng.choice([500, 502, 503, 504])
             self._log(method, split.path, query, status)
+            if status in (502, 504):  # from the reverse proxy: its HTML page, no AppError
+                self._send(status, proxy_page(status), "text/html", {})
+                return
             self._app_error(
                 AppError(status, "app.fault.injected", "Injected fault"), request_id, limit_headers
             )

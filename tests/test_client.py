@@ -99,19 +99,44 @@ def test_app_errors_carry_status_and_id(demo: Demo, status: int, error_id: str):
     assert (caught.value.status, caught.value.error_id) == (status, error_id)
 
 
-def test_429_waits_for_retry_after(demo: Demo):
-    demo.sim.faults.rate_limit_per_sec = 5
-    demo.sim.faults.rate_limit_burst = 2
+@pytest.mark.parametrize("share", [1.0, 0.0], ids=["retry-after", "x-ratelimit-reset-only"])
+def test_429_waits_for_retry_after_or_else_x_ratelimit_reset(demo: Demo, share: float):
+    """429s from a budget shared with other clients: each is retried only once its wait is
+    over, read from Retry-After or, when a 429 lacks it, from X-RateLimit-Reset (the
+    simulator refuses any earlier retry again)."""
+    faults = demo.sim.faults
+    faults.retry_after, faults.retry_after_share = 2, share
+    calls: list[str] = []
+
+    def throttle_the_first_and_fourth(path: str, query: dict) -> None:
+        calls.append(path)
+        faults.throttle_rate = 1.0 if len(calls) in (1, 4) else 0.0
+
+    demo.sim.on_request = throttle_the_first_and_fourth
     client = make_client(demo.sim, demo.token)
     channel_id = demo.channels[0]["id"]
-    for _ in range(12):
+    for _ in range(4):
         client.posts(channel_id, per_page=10)
-    statuses = [r.status for r in demo.sim.requests]
-    assert statuses.count(200) == 12
-    # after each 429, the next request waited at least Retry-After (1 s here)
-    for index, request in enumerate(demo.sim.requests[:-1]):
-        if request.status == 429:
-            assert demo.sim.requests[index + 1].at - request.at >= 0.95
+    requests = demo.sim.requests
+    assert [r.status for r in requests] == [429, 200, 200, 429, 200, 200]
+    for index, request in enumerate(requests[:-1]):
+        if request.status == 429:  # 2 s to wait: the 1 s default would come too soon
+            assert requests[index + 1].at - request.at >= 1.95
+
+
+def test_pacing_on_x_ratelimit_remaining_avoids_every_429(demo: Demo):
+    """With the server's limiter on, the client spends the budget, then waits X-RateLimit-Reset
+    (until the bucket is full again) before the server has to refuse anything."""
+    demo.sim.faults.rate_limit_per_sec, demo.sim.faults.rate_limit_burst = 4, 3
+    client = make_client(demo.sim, demo.token)
+    channel_id = demo.channels[0]["id"]
+    started = time.monotonic()
+    for _ in range(10):
+        client.posts(channel_id, per_page=10)
+    elapsed = time.monotonic() - started
+    assert [r.status for r in demo.sim.requests] == [200] * 10
+    # what the server's budget costs (10 requests, 4 at once, 4 a second), and not much more
+    assert 1.5 <= elapsed < 5
 
 
 def test_5xx_and_dropped_connections_are_retried(demo: Demo):

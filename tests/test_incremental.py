@@ -391,9 +391,11 @@ def test_system_messages_are_skipped_unless_asked(world: World):
 
 
 def test_a_channel_added_later_starts_from_the_start_timestamp(world: World):
+    """Every post of the second channel is older than the first channel's cursor: a new
+    channel starting where the others stand would take none of them."""
     first, second = world.channel("first"), world.channel("second")
-    world.populate(first, 30)
     world.populate(second, 30)
+    world.populate(first, 30)
     world.configure([first])
     world.sync()
     world.populate(first, 5)

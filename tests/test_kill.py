@@ -6,23 +6,30 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import INTERRUPTED, StateStore
+from tasks.extract import BATCH_POSTS
 from tests.checks import directory_bundles
 from tests.conftest import clean_environ, run_cli
 from tests.mattermost_sim import MattermostSimulator
 
 
+@pytest.mark.slow
 def test_kill_9_mid_run_then_rerun_loses_nothing(
     prefect_api: str, sim: MattermostSimulator, workdir: Path
 ):
     reader = sim.add_user("reader", token="kill-test-token")
     author = sim.add_user("alice")
     channel = sim.add_channel(sim.add_team("t"), "c", members=[reader, author])
-    for index in range(3000):
+    total = BATCH_POSTS + 400  # two batches: the second is read while the first is delivered
+    for index in range(total):
         sim.add_post(channel, author, f"message {index}", create_at=1_700_000_000_000 + index // 3)
     env = {
         "MATTERMOST_DOMAIN": "127.0.0.1",
@@ -36,7 +43,19 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(
         "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
         "PREFECT_API_URL": prefect_api,
     }
-    sim.faults.latency = 0.05  # slow enough to be killed mid-way
+    # The server holds every page of the second batch until the process is dead: the kill
+    # lands mid-run whatever the machine's speed, never after a run that finished first.
+    held, dead = threading.Event(), threading.Event()
+    pages: list[str] = []
+
+    def hold_the_second_batch(path: str, query: dict) -> None:
+        if path.endswith("/posts") and "after" in query:
+            pages.append(path)
+            if len(pages) > BATCH_POSTS // PER_PAGE:
+                held.set()
+                dead.wait(120)
+
+    sim.on_request = hold_the_second_batch
     with open(workdir / "killed.log", "w") as log:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "mattermost-connector"), "sync"],
@@ -46,15 +65,18 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 180
-        while len(list((workdir / "bundles").glob("*.json"))) < 4:
+        while not (held.is_set() and list((workdir / "bundles").glob("*.json"))):
             assert process.poll() is None, (workdir / "killed.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "no bundle delivered in time"
-            time.sleep(0.02)
+            assert time.monotonic() < deadline, "the first batch was not delivered in time"
+            time.sleep(0.05)
+        assert process.poll() is None
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+    dead.set()
+    sim.on_request = None
     killed_bundles = directory_bundles(workdir / "bundles")
-    assert len(killed_bundles) < 15, "the run finished before it could be killed"
-    sim.faults.latency = 0
+    killed_messages = {text for bundle in killed_bundles for text in messages(bundle)}
+    assert 0 < len(killed_messages) <= BATCH_POSTS  # nothing of the held batch went out
     started = time.monotonic()
     result = run_cli(["sync"], env, workdir, prefect_api)
     # the killed run's channel lock was not released: the rerun waited for its lease to end
@@ -63,7 +85,7 @@ def test_kill_9_mid_run_then_rerun_loses_nothing(
     delivered = Counter(
         text for bundle in directory_bundles(workdir / "bundles") for text in messages(bundle)
     )
-    assert set(delivered) == {f"message {i}" for i in range(3000)}
+    assert set(delivered) == {f"message {i}" for i in range(total)}
     # at most the bundles in flight when the process died (written, not yet recorded: up to
     # CONNECTOR_DELIVERY_CONCURRENCY of them) are delivered a second time, under the same ids
     again = {text for text, count in delivered.items() if count > 1}

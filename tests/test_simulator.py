@@ -109,3 +109,65 @@ def test_a_post_holds_ten_files_and_eleven_are_refused(world):
         sim.add_post(channel, me, "eleven", files=infos)
     assert refused.value.status == 400
     assert refused.value.error_id == "model.post.is_valid.file_ids.app_error"
+
+
+def test_rate_limit_headers_follow_throttled_gcra(world):
+    """throttled's GCRA (rate.go): Limit = burst + 1, Remaining = requests that would pass
+    now, Reset = seconds until the bucket is full again, Retry-After = until one may pass."""
+    sim, channel, _, client = world
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 0.5, 3  # one request per 2 s
+    answers = [listing(client, channel) for _ in range(5)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 200, 429]
+    assert [r.headers["X-RateLimit-Limit"] for r in answers] == ["4"] * 5
+    assert [int(r.headers["X-RateLimit-Remaining"]) for r in answers] == [3, 2, 1, 0, 0]
+    # Reset counts to a full bucket: 2 s per request spent, not 2 s to the next one
+    assert [int(r.headers["X-RateLimit-Reset"]) for r in answers] == [2, 4, 6, 8, 8]
+    assert "Retry-After" not in answers[0].headers
+    assert answers[4].headers["Retry-After"] == "2"
+    # a retry before Retry-After is refused again, and does not spend anything
+    again = listing(client, channel)
+    assert again.status_code == 429 and again.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_rate_limit_pacing_on_remaining_costs_the_full_reset(world):
+    """A client that waits X-RateLimit-Reset when Remaining runs out finds the bucket full:
+    it gets Limit requests through at once, never a 429."""
+    import time
+
+    sim, channel, _, client = world
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 2, 3
+    spent = [listing(client, channel) for _ in range(4)]
+    assert spent[-1].headers["X-RateLimit-Remaining"] == "0"
+    time.sleep(int(spent[-1].headers["X-RateLimit-Reset"]))
+    assert [listing(client, channel).status_code for _ in range(4)] == [200] * 4
+
+
+def test_injected_429s_hold_until_their_wait_and_some_lack_retry_after(world):
+    import time
+
+    sim, channel, _, client = world
+    sim.faults.throttle_rate, sim.faults.retry_after = 1.0, 1
+    first = listing(client, channel)
+    assert first.status_code == 429 and first.headers["X-RateLimit-Reset"] == "1"
+    sim.faults.throttle_rate = 0.0
+    # retried at once: still refused, whatever the retry's own fault roll
+    early = [listing(client, channel) for _ in range(20)]
+    assert {r.status_code for r in early} == {429}
+    with_retry_after = [r for r in [first, *early] if "Retry-After" in r.headers]
+    assert 0 < len(with_retry_after) < 21  # some carry only X-RateLimit-Reset
+    time.sleep(1.05)
+    assert listing(client, channel).status_code == 200
+
+
+def test_5xx_also_come_as_the_reverse_proxy_html_pages(world):
+    sim, channel, _, client = world
+    sim.faults.error_rate = 1.0
+    answers = [listing(client, channel) for _ in range(40)]
+    by_status = {r.status_code: r for r in answers}
+    assert set(by_status) == {500, 502, 503, 504}
+    for status in (502, 504):
+        page = by_status[status]
+        assert page.headers["Content-Type"] == "text/html"
+        assert page.text.startswith("<html>") and f"<h1>{status} " in page.text
+        assert "X-Request-ID" not in page.headers
+    assert by_status[503].json()["status_code"] == 503  # the server's own: an AppError

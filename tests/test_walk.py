@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 from mattermost_connector.mattermost.posts import Cursor, walk_posts
@@ -67,15 +68,18 @@ def test_resume_takes_only_new_posts_including_same_millisecond(sim: MattermostS
     assert sorted(second) == sorted(late)
 
 
-def test_start_timestamp_is_inclusive_and_bounded(sim: MattermostSimulator):
-    stamps = [5_000_000_000 + i * 1000 for i in range(1000)]
+def test_start_timestamp_is_inclusive_and_found_by_bisection(sim: MattermostSimulator):
+    before, after, per_page = 20_000, 600, 50
+    stamps = [5_000_000_000 + i * 1000 for i in range(before + after)]
     _, channel = channel_with(sim, stamps)
-    start_seconds = (5_000_000_000 + 400 * 1000) // 1000
-    taken, _ = walk_all(sim, channel, Cursor.start_at(start_seconds), per_page=50)
-    assert len(taken) == 600
+    start_seconds = (5_000_000_000 + before * 1000) // 1000
+    taken, _ = walk_all(sim, channel, Cursor.start_at(start_seconds), per_page=per_page)
+    assert len(taken) == after
     assert min(sim.state.posts[i]["create_at"] for i in taken) == start_seconds * 1000
-    # the start is found by bisection, not by reading everything before it
-    assert len(sim.requests) < 12 + 600 // 50 + 2
+    # reading the pages from the start on costs after/per_page + 1 requests; finding the start
+    # costs about 2*log2 of that, whatever lies before it (reading it: before/per_page = 400)
+    reading = after // per_page + 1
+    assert len(sim.requests) <= reading + 2 * math.ceil(math.log2(reading)) + 2
 
 
 def test_deleted_posts_are_not_listed_and_do_not_shift_pages(sim: MattermostSimulator):
