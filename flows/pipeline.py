@@ -12,7 +12,7 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
-from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.errors import AuthenticationError, ChannelArchived
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import Attachment
 from tasks.attachments import fetch_attachments, posts_missing_files
@@ -56,6 +56,8 @@ def _run_locked(
     except AuthenticationError as error:
         close_channel(channel_id, run_id, run, kind, describe(error))
         raise
+    except ChannelArchived as error:  # skipped, not failed: nothing to retry until allowed
+        return close_channel(channel_id, run_id, run, kind, None, archived=describe(error))
     except Exception as error:
         return close_channel(channel_id, run_id, run, kind, describe(error))
     return close_channel(channel_id, run_id, run, kind, None)

@@ -60,6 +60,9 @@ class BundleFile:
     cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
 
 
+ARCHIVED = "archived"  # a channel the server refuses to read because it is archived: skipped
+
+
 @dataclass(frozen=True)
 class ChannelResult:
     channel_id: str
@@ -78,10 +81,13 @@ class ChannelResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "completed"
+        """Nothing for the operator to fix: done, or archived and refused (`error` says why)."""
+        return self.status in ("completed", ARCHIVED)
 
     def summary(self) -> str:
         label = f"channel {self.channel_id}" + (f" ({self.name})" if self.name else "")
+        if self.status == ARCHIVED:
+            return f"{label}: {self.error}"
         if not self.ok:
             return f"{label}: FAILED: {self.error}"
         return f"{label}: ok, {self.posts} posts, {self.files} files, {self.objects} objects" + (
