@@ -25,6 +25,8 @@ class ChannelRun:
     cursor_key: str = ""  # the channel id for a sync; a backfill keeps its own per window
     end_ms: int | None = None  # a backfill stops before this creation time
     cursor_before: dict[str, Any] = field(default_factory=dict)
+    msg_count: int = 0  # the channel's total_msg_count when this run opened it
+    listed: int = 0  # posts listed by the new-posts pass that this count grew by (see changes)
     posts: int = 0
     files: int = 0
     objects: int = 0
@@ -45,6 +47,9 @@ class Batch:
     skipped: int = 0
     updated: int = 0
     deleted: int = 0
+    added: int = 0  # posts never delivered before, found behind the cursor
+    listed: int = 0  # new posts the channel's message count grew by (changes.listed_since)
+    seen: list[str] = field(default_factory=list)  # to mark as listed once delivered
     missing_roots: list[str] = field(default_factory=list)
 
 

@@ -72,6 +72,7 @@ def open_channel(
         cursor=cursor,
         cursor_before=cursor,
         last_post_at=int(channel.get("last_post_at") or 0),
+        msg_count=int(channel.get("total_msg_count") or 0),
         work=work,
         spool=Path(tempfile.mkdtemp(prefix=f"mattermost-{channel_id}-")),
         start_ms=start_ms,
