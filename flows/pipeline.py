@@ -119,7 +119,10 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
                 advance_cursor(run, batch.cursor)
                 run = replace(run, cursor=batch.cursor)
             run = replace(
-                run, skipped=run.skipped + batch.skipped, listed=run.listed + batch.listed
+                run,
+                skipped=run.skipped + batch.skipped,
+                listed=run.listed + batch.listed,
+                ahead=run.ahead + batch.ahead,
             )
             if batch.exhausted:
                 _landed(loading)

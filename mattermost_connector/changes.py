@@ -64,14 +64,23 @@ def counted(post: Mapping[str, Any]) -> bool:
     return (post.get("type") or "") not in JOIN_LEAVE_TYPES
 
 
-def listed_since(posts: Iterable[Post], checked: tuple[int, int] | None, last_post_at: int) -> int:
-    """Of the posts a run listed, those the channel's count grew by since it was `checked`
-    (total, last_post_at): counted, and created after that last_post_at and no later than the
-    one read when this run opened the channel (a later post is not in the count it read)."""
-    if checked is None:
-        return 0
-    after = checked[1]
-    return sum(1 for p in posts if after < p["create_at"] <= last_post_at and counted(p))
+def listed_since(
+    posts: Iterable[Post], checked: tuple[int, int, int] | None, last_post_at: int
+) -> tuple[int, int]:
+    """Of the posts a run listed that the server counts: those created after the last_post_at
+    of the last check and no later than the one this run read when it opened the channel (the
+    count it read grew by them), and those created after it (the next run's count will have
+    them, though that run will not list them)."""
+    after = checked[1] if checked else None
+    within = ahead = 0
+    for post in posts:
+        if counted(post):
+            created = post["create_at"]
+            if created > last_post_at:
+                ahead += 1
+            elif after is not None and created > after:
+                within += 1
+    return within, ahead
 
 
 @dataclass
@@ -93,7 +102,7 @@ def examine_since(
     opened_at: Cursor,
     start_ms: int,
     include_system: bool,
-    checked: tuple[int, int] | None,
+    checked: tuple[int, int, int] | None,
     last_post_at: int,
 ) -> SinceFindings:
     """Sort out `since`'s rows. Only rows changed after `since_ms` count (the others are roots
@@ -120,12 +129,13 @@ def examine_since(
     return SinceFindings(stale(rows, delivered), behind, unlisted)
 
 
-def unaccounted(checked: tuple[int, int] | None, total_msg_count: int, seen: int) -> int:
-    """How many posts the channel's count grew by, beyond the `seen` ones, since it was
-    `checked`: more than zero means some came in where no listing looked."""
+def unaccounted(checked: tuple[int, int, int] | None, total_msg_count: int, seen: int) -> int:
+    """How many posts the channel's count grew by since it was `checked`, beyond the `seen`
+    ones and those the checking run listed ahead: more than zero means some came in where no
+    listing looked."""
     if checked is None:
         return 0
-    return total_msg_count - checked[0] - seen
+    return total_msg_count - checked[0] - checked[2] - seen
 
 
 def deleted_version(stored: Mapping[str, Any], delete_at: int) -> Post:

@@ -27,6 +27,7 @@ class ChannelRun:
     cursor_before: dict[str, Any] = field(default_factory=dict)
     msg_count: int = 0  # the channel's total_msg_count when this run opened it
     listed: int = 0  # posts listed by the new-posts pass that this count grew by (see changes)
+    ahead: int = 0  # and those listed that it does not have yet: the next run's count will
     posts: int = 0
     files: int = 0
     objects: int = 0
@@ -49,6 +50,7 @@ class Batch:
     deleted: int = 0
     added: int = 0  # posts never delivered before, found behind the cursor
     listed: int = 0  # new posts the channel's message count grew by (changes.listed_since)
+    ahead: int = 0  # new posts created after the count was read
     seen: list[str] = field(default_factory=list)  # to mark as listed once delivered
     missing_roots: list[str] = field(default_factory=list)
 

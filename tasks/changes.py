@@ -140,7 +140,7 @@ def commit_changes(run: ChannelRun) -> dict:
         cursor.boundary_ids,
         cursor.anchor_id,
         changes_ms=max(run.server_start_ms - CHANGES_MARGIN_MS, cursor.changes_ms or 0),
-        messages=(run.msg_count, run.last_post_at),
+        messages=(run.msg_count, run.last_post_at, run.ahead),
     ).to_dict()
     resources.store().save_cursor(run.channel_id, cursor)
     publish_state(run.channel_id, cursor)

@@ -50,5 +50,5 @@ def extract_batch(
         run, posts, cursor=cursor.to_dict(), exhausted=exhausted, pending=set(pending or ())
     )
     checked = Cursor.from_dict(run.cursor_before).messages if run.cursor_before else None
-    batch.listed = listed_since(posts, checked, run.last_post_at)
+    batch.listed, batch.ahead = listed_since(posts, checked, run.last_post_at)
     return batch

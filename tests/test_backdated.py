@@ -112,6 +112,29 @@ def test_posts_created_and_deleted_between_runs_call_for_no_complete_check(world
     assert world.deliveries(channel, world.bundles())[kept["id"]] == 1
 
 
+def test_posts_created_while_a_run_lists_call_for_no_complete_check(world: World):
+    """They are listed by that run, after it read the count: the next run's count has them,
+    though it does not list them again."""
+    channel = world.channel("live")
+    world.populate(channel, 300)
+    world.configure([channel])
+    added: list[str] = []
+
+    def write_while_reading(path: str, query: dict) -> None:
+        if path.endswith("/posts") and "after" in query and not added:
+            added.extend(
+                world.sim.add_post(channel, world.authors[0], f"live {i}")["id"] for i in range(3)
+            )
+
+    world.sim.on_request = write_while_reading
+    (report,) = world.sync()
+    world.sim.on_request = None
+    assert report["posts"] == 303
+    mark = len(world.sim.requests)
+    (report,) = world.sync()
+    assert report["posts"] == 0 and full_checks(world, channel, mark) == 0
+
+
 # -- the domain rules, without Prefect -------------------------------------------------------
 
 
@@ -152,7 +175,7 @@ def test_examine_since_sorts_rows_behind_the_cursor_and_counts_the_unlisted():
         opened_at=opened,
         start_ms=60,
         include_system=False,
-        checked=(10, 600),
+        checked=(10, 600, 0),
         last_post_at=700,
     )
     assert [p["id"] for p in found.behind] == ["behind"]
@@ -167,8 +190,9 @@ def test_the_count_needs_every_post_it_grew_by_to_be_seen():
         post("c", 600),  # at the last check's last_post_at: counted then
         post("d", 710),  # after this run read the count: not in it
     ]
-    assert listed_since(listed, (10, 600), 700) == 1
-    assert listed_since(listed, None, 700) == 0  # no check yet: nothing to compare
-    assert unaccounted((10, 600), 13, 1 + 2) == 0
-    assert unaccounted((10, 600), 14, 1 + 2) == 1
+    assert listed_since(listed, (10, 600, 0), 700) == (1, 1)
+    assert listed_since(listed, None, 700) == (0, 1)  # no check yet: only what is ahead
+    assert unaccounted((10, 600, 0), 13, 1 + 2) == 0
+    assert unaccounted((10, 600, 0), 14, 1 + 2) == 1
+    assert unaccounted((10, 600, 1), 14, 1 + 2) == 0  # one listed ahead by the last run
     assert unaccounted(None, 14, 0) == 0

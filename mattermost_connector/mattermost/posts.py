@@ -30,9 +30,10 @@ class Cursor:
     anchor_id: str | None = None
     # edits and deletions made after this time (server ms) are still to be looked for
     changes_ms: int | None = None
-    # the channel's (total_msg_count, last_post_at) when changes were last checked: a count
-    # that grew by more than the posts seen since means some came in behind the cursor
-    messages: tuple[int, int] | None = None
+    # when changes were last checked: the channel's total_msg_count and last_post_at, and how
+    # many posts that run listed after that last_post_at. A count that grew by more than the
+    # posts seen since means some came in behind the cursor (see changes.py).
+    messages: tuple[int, int, int] | None = None
 
     @classmethod
     def start_at(cls, epoch_seconds: int) -> Cursor:
@@ -77,7 +78,7 @@ class Cursor:
             boundary_ids=tuple(data.get("boundary_ids") or ()),
             anchor_id=data.get("anchor_id"),
             changes_ms=data.get("changes_ms"),
-            messages=(int(messages[0]), int(messages[1])) if messages else None,
+            messages=(int(messages[0]), int(messages[1]), int(messages[2])) if messages else None,
         )
 
 
