@@ -101,3 +101,23 @@ def test_cli_reports_a_refused_archived_channel_in_one_line_and_succeeds(
     )
     assert second.endswith("(threat-intel/ioc-sharing): ok, 1500 posts, 42 files, 3394 objects")
     assert REFUSED not in result.stdout
+
+
+def test_a_post_by_a_user_the_account_may_not_see_is_imported_with_its_author_unnamed(
+    world: World,
+):
+    """POST /users/ids leaves such users out (the simulator, like the server): the post
+    still comes in, its author an identity that says it could not be seen."""
+    channel = world.channel("restricted")
+    stranger = world.sim.add_user("stranger")
+    world.sim.state.members[channel["id"]].add(stranger["id"])
+    world.sim.hide_user(stranger["id"])
+    post = world.sim.add_post(channel, stranger, "from someone hidden")
+    world.configure([channel])
+    (report,) = world.sync()
+    assert report["status"] == "completed" and report["posts"] == 1
+    identities = [o for o in objects_by_id(world.bundles()).values() if o["type"] == "identity"]
+    (author,) = identities
+    assert "not visible to the connector's account" in author["description"]
+    assert stranger["username"] not in author["name"]
+    assert world.deliveries(channel, world.bundles())[post["id"]] == 1
