@@ -12,11 +12,11 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
-from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.errors import AuthenticationError, ChannelArchived
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import Attachment
 from tasks.attachments import fetch_attachments, posts_missing_files
-from tasks.changes import commit_changes, reconcile_batch, scan_changes, sweep_batch
+from tasks.changes import commit_changes, mark_listed, reconcile_batch, scan_changes, sweep_batch
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.load import advance_cursor, configured_load
 from tasks.locks import LeaseError, channel_lock
@@ -56,6 +56,8 @@ def _run_locked(
     except AuthenticationError as error:
         close_channel(channel_id, run_id, run, kind, describe(error))
         raise
+    except ChannelArchived as error:  # skipped, not failed: nothing to retry until allowed
+        return close_channel(channel_id, run_id, run, kind, None, archived=describe(error))
     except Exception as error:
         return close_channel(channel_id, run_id, run, kind, describe(error))
     return close_channel(channel_id, run_id, run, kind, None)
@@ -116,7 +118,12 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
                 loading = None
                 advance_cursor(run, batch.cursor)
                 run = replace(run, cursor=batch.cursor)
-            run = replace(run, skipped=run.skipped + batch.skipped)
+            run = replace(
+                run,
+                skipped=run.skipped + batch.skipped,
+                listed=run.listed + batch.listed,
+                ahead=run.ahead + batch.ahead,
+            )
             if batch.exhausted:
                 _landed(loading)
                 return run
@@ -139,10 +146,12 @@ def take_missing_files(run: ChannelRun) -> ChannelRun:
 
 
 def take_changes(run: ChannelRun) -> ChannelRun:
-    """Re-deliver edited and deleted posts, then move the change watermark to this run."""
+    """Re-deliver edited and deleted posts, deliver posts found behind the cursor, then move
+    the change watermark to this run."""
     if run.cursor.get("changes_ms") is not None:
         batch = scan_changes(run)
-        # None: `since` was cut at 1000 rows, so every post is checked instead
+        # None: `since` was cut at 1000 rows, or the channel counts posts no listing returned:
+        # every post is checked instead
         run = reconcile(run) if batch is None else deliver_changes(run, batch)
     return replace(run, cursor=commit_changes(run))
 
@@ -152,6 +161,8 @@ def reconcile(run: ChannelRun) -> ChannelRun:
     while True:
         batch = reconcile_batch(run, position)
         run = deliver_changes(run, batch)
+        if batch.seen:  # delivered for the first time: listed, so no sweep calls them deleted
+            mark_listed(run, batch.seen)
         position = batch.cursor
         if batch.exhausted:
             break
@@ -168,6 +179,7 @@ def deliver_changes(run: ChannelRun, batch: Batch) -> ChannelRun:
         run = deliver(run, replace(batch, cursor=None))
     return replace(
         run,
+        posts=run.posts + batch.added,
         updated=run.updated + batch.updated,
         deleted=run.deleted + batch.deleted,
     )

@@ -1,8 +1,16 @@
-"""Edits and deletions of posts already delivered.
+"""Edits and deletions of posts already delivered, and posts that appeared behind the cursor.
 
 `since` finds what changed, but stops at 1000 rows picked in no order: when it may have been
 cut, the caller falls back to a complete listing compared with what was delivered, then to a
 sweep of the delivered posts that listing no longer returns.
+
+A post can also appear with a `create_at` older than what was delivered (an integration or an
+admin setting it, `mmctl import`, shared channels): the server keeps that time and sets
+`update_at` to it (model/post.go PreSave), so the cursor is past it, and `since` sees it only if
+that time is after its watermark. The channel's `total_msg_count` still grows by one for it
+(post_store.go SaveMultiple), while `last_post_at` does not move (GREATEST): a count that grew by
+more than the posts seen since the last check calls for the complete listing, which imports
+every live post never delivered.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mattermost_connector.mattermost.client import MattermostClient
+from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import message_digest
 
 SINCE_CAP = 1000
@@ -28,8 +37,105 @@ class ChangeScan:
     capped: bool
 
 
+# Posts the server leaves out of a channel's total_msg_count (model/post.go IsJoinLeaveMessage,
+# used by post_store.go SaveMultiple).
+JOIN_LEAVE_TYPES = frozenset(
+    {
+        "system_join_leave",
+        "system_add_remove",
+        "system_join_channel",
+        "system_leave_channel",
+        "system_join_team",
+        "system_leave_team",
+        "system_add_to_channel",
+        "system_remove_from_channel",
+        "system_add_to_team",
+        "system_remove_from_team",
+    }
+)
+
+
 def is_system(post: Mapping[str, Any]) -> bool:
     return str(post.get("type") or "").startswith("system_")
+
+
+def counted(post: Mapping[str, Any]) -> bool:
+    """Whether the server counted this post in its channel's total_msg_count."""
+    return (post.get("type") or "") not in JOIN_LEAVE_TYPES
+
+
+def listed_since(
+    posts: Iterable[Post], checked: tuple[int, int, int] | None, last_post_at: int
+) -> tuple[int, int]:
+    """Of the posts a run listed that the server counts: those created after the last_post_at
+    of the last check and no later than the one this run read when it opened the channel (the
+    count it read grew by them), and those created after it (the next run's count will have
+    them, though that run will not list them)."""
+    after = checked[1] if checked else None
+    within = ahead = 0
+    for post in posts:
+        if counted(post):
+            created = post["create_at"]
+            if created > last_post_at:
+                ahead += 1
+            elif after is not None and created > after:
+                within += 1
+    return within, ahead
+
+
+@dataclass
+class SinceFindings:
+    """What the rows `since` returned tell: posts to deliver again (edited, deleted), posts
+    never delivered that lie behind the cursor (`behind`), and how many posts the server
+    counted that the new-posts listing could not have returned (`unlisted`)."""
+
+    stale: list[Post]
+    behind: list[Post]
+    unlisted: int
+
+
+def examine_since(
+    rows: list[Post],
+    delivered: Mapping[str, Mapping[str, Any]],
+    since_ms: int,
+    *,
+    opened_at: Cursor,
+    start_ms: int,
+    include_system: bool,
+    checked: tuple[int, int, int] | None,
+    last_post_at: int,
+) -> SinceFindings:
+    """Sort out `since`'s rows. Only rows changed after `since_ms` count (the others are roots
+    sent along). A live row never delivered that the cursor the run `opened_at` did not want
+    was created behind it: delivered now if not before `start_ms`. A deleted row never
+    delivered, created after the last check, was created and deleted between two runs: the
+    listing never showed it, but the count has it. System messages left out of the import are
+    left out here too (the listing saw them and the count has them already)."""
+    behind: list[Post] = []
+    unlisted = 0
+    after = checked[1] if checked else last_post_at
+    for row in rows:
+        if row["update_at"] <= since_ms or row.get("original_id") or row["id"] in delivered:
+            continue
+        if is_system(row) and not include_system:
+            continue
+        if row.get("delete_at"):
+            unlisted += counted(row) and after < row["create_at"] <= last_post_at
+        elif not opened_at.wants(row):
+            unlisted += counted(row)
+            if row["create_at"] >= start_ms:
+                behind.append(row)
+    behind.sort(key=lambda post: (post["create_at"], post["id"]))
+    return SinceFindings(stale(rows, delivered), behind, unlisted)
+
+
+def unaccounted(checked: tuple[int, int, int] | None, total_msg_count: int, seen: int) -> int:
+    """How many posts the channel's count grew by since it was `checked`, beyond the `seen`
+    ones and those the checking run listed ahead: more than zero means some came in where no
+    listing looked."""
+    if checked is None:
+        return 0
+    return total_msg_count - checked[0] - checked[2] - seen
 
 
 def deleted_version(stored: Mapping[str, Any], delete_at: int) -> Post:

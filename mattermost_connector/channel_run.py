@@ -25,6 +25,9 @@ class ChannelRun:
     cursor_key: str = ""  # the channel id for a sync; a backfill keeps its own per window
     end_ms: int | None = None  # a backfill stops before this creation time
     cursor_before: dict[str, Any] = field(default_factory=dict)
+    msg_count: int = 0  # the channel's total_msg_count when this run opened it
+    listed: int = 0  # posts listed by the new-posts pass that this count grew by (see changes)
+    ahead: int = 0  # and those listed that it does not have yet: the next run's count will
     posts: int = 0
     files: int = 0
     objects: int = 0
@@ -45,6 +48,10 @@ class Batch:
     skipped: int = 0
     updated: int = 0
     deleted: int = 0
+    added: int = 0  # posts never delivered before, found behind the cursor
+    listed: int = 0  # new posts the channel's message count grew by (changes.listed_since)
+    ahead: int = 0  # new posts created after the count was read
+    seen: list[str] = field(default_factory=list)  # to mark as listed once delivered
     missing_roots: list[str] = field(default_factory=list)
     # roots of replies in `posts` that are not in it, as last delivered (or being delivered)
     roots: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -61,6 +68,9 @@ class BundleFile:
     attachments: list[dict[str, Any]]  # attachments rows (embedded, too large, failed)
     cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
     uploads: list[Upload] = field(default_factory=list)  # sent to the platform before it
+
+
+ARCHIVED = "archived"  # a channel the server refuses to read because it is archived: skipped
 
 
 @dataclass(frozen=True)
@@ -81,10 +91,13 @@ class ChannelResult:
 
     @property
     def ok(self) -> bool:
-        return self.status == "completed"
+        """Nothing for the operator to fix: done, or archived and refused (`error` says why)."""
+        return self.status in ("completed", ARCHIVED)
 
     def summary(self) -> str:
         label = f"channel {self.channel_id}" + (f" ({self.name})" if self.name else "")
+        if self.status == ARCHIVED:
+            return f"{label}: {self.error}"
         if not self.ok:
             return f"{label}: FAILED: {self.error}"
         return f"{label}: ok, {self.posts} posts, {self.files} files, {self.objects} objects" + (

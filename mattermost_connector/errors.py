@@ -35,5 +35,12 @@ class ChannelNotAccessible(MattermostError):
     """403 or 404 on a channel: unknown, or the token's user may not read it."""
 
 
+class ChannelArchived(ChannelNotAccessible):
+    """403 `api.user.view_archived_channels.*`: the channel is archived and the server does not
+    let anyone read archived channels (TeamSettings.ExperimentalViewArchivedChannels off, on
+    servers up to v10; api4/post.go getPostsForChannel). Skipped, not failed: nothing to import
+    until an administrator allows it or unarchives the channel."""
+
+
 class DeliveryError(ConnectorError):
     """A bundle could not be delivered to OpenCTI or written to the directory."""

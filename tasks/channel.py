@@ -10,7 +10,7 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from mattermost_connector.channel_run import ChannelResult, ChannelRun
+from mattermost_connector.channel_run import ARCHIVED, ChannelResult, ChannelRun
 from mattermost_connector.delivery import Work
 from mattermost_connector.mattermost.channels import channel_context, first_imported
 from mattermost_connector.mattermost.posts import Cursor
@@ -73,6 +73,7 @@ def open_channel(
         cursor=cursor,
         cursor_before=cursor,
         last_post_at=int(channel.get("last_post_at") or 0),
+        msg_count=int(channel.get("total_msg_count") or 0),
         work=work,
         spool=Path(tempfile.mkdtemp(prefix=f"mattermost-{channel_id}-")),
         start_ms=start_ms,
@@ -84,10 +85,16 @@ def open_channel(
 
 @task(name="close-channel", task_run_name="close-{channel_id}", **TASK_DEFAULTS)
 def close_channel(
-    channel_id: str, run_id: int, run: ChannelRun | None, kind: str, error: str | None
+    channel_id: str,
+    run_id: int,
+    run: ChannelRun | None,
+    kind: str,
+    error: str | None,
+    archived: str | None = None,
 ) -> ChannelResult:
-    """Record the outcome everywhere it is shown: run history, OpenCTI work, logs."""
-    status = "failed" if error else "completed"
+    """Record the outcome everywhere it is shown: run history, OpenCTI work, logs. `archived`:
+    why an archived channel the server refuses to read was left alone, without failing."""
+    status = "failed" if error else ARCHIVED if archived else "completed"
     counts = {"posts": 0, "files": 0, "objects": 0}
     if run is not None:
         counts = {"posts": run.posts, "files": run.files, "objects": run.objects}
@@ -100,9 +107,9 @@ def close_channel(
             )
         )
         for destination in resources.outputs():
-            destination.close_work(run.work, error or message, in_error=bool(error))
+            destination.close_work(run.work, error or archived or message, in_error=bool(error))
         shutil.rmtree(run.spool, ignore_errors=True)
-    resources.store().finish_run(run_id, status, error=error, **counts)
+    resources.store().finish_run(run_id, status, error=error or archived, **counts)
     result = ChannelResult(
         channel_id=channel_id,
         name=run.context.name if run else None,
@@ -111,7 +118,7 @@ def close_channel(
         skipped=run.skipped if run else 0,
         updated=run.updated if run else 0,
         deleted=run.deleted if run else 0,
-        error=error,
+        error=error or archived,
         cursor_before=run.cursor_before if run else None,
         cursor_after=run.cursor if run else None,
         **counts,

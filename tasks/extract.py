@@ -6,6 +6,7 @@ from prefect import task
 from prefect.runtime import flow_run
 
 from mattermost_connector.batches import complete_batch
+from mattermost_connector.changes import listed_since
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.mattermost.posts import Cursor, read_batch
 from tasks import resources
@@ -45,6 +46,9 @@ def extract_batch(
         cursor, exhausted = start, True  # the window's end: nothing after it is taken
         for post in posts:
             cursor = cursor.advance(post)
-    return completed(
+    batch = completed(
         run, posts, cursor=cursor.to_dict(), exhausted=exhausted, pending=pending or ()
     )
+    checked = Cursor.from_dict(run.cursor_before).messages if run.cursor_before else None
+    batch.listed, batch.ahead = listed_since(posts, checked, run.last_post_at)
+    return batch

@@ -11,10 +11,13 @@ from mattermost_connector.errors import (
     ChannelNotAccessible,
     ConfigError,
     MalformedPost,
+    MattermostError,
 )
 from mattermost_connector.redact import redact
 
 FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError, MalformedPost)
+# Answers that asking again cannot change: a malformed request, refused access, nothing there.
+FINAL_STATUSES = frozenset({400, 403, 404})
 
 # Tasks take pages of posts and bundles: hashing them for a cache key would cost more than the
 # work, and results are never reused across runs. See docs/prefect.md.
@@ -32,11 +35,14 @@ def retrying(*delays: float) -> dict[str, Any]:
 
 
 def retryable(task: Any, task_run: Any, state: Any) -> bool:
-    """Prefect retry condition: a bad token or an inaccessible channel fails at once."""
+    """Prefect retry condition: a bad token, an inaccessible channel or any 400/403/404 fails
+    at once (the client already retried what may pass: 5xx, 429, dropped connections)."""
     try:
         state.result()
     except FINAL_ERRORS:
         return False
+    except MattermostError as error:
+        return error.status not in FINAL_STATUSES
     except Exception:
         return True
     return True

@@ -6,7 +6,9 @@ rows included; `after`/`before` strict on create_at; an unknown anchor answers a
 context posts outside `order`, AppError bodies, hidden emails, and faults on demand: the
 server's own GCRA rate limiter with its exact headers (see `rate_limit`), 429s from a shared
 budget that hold until their wait is over (some without Retry-After), 5xx answers as AppErrors
-or as the reverse proxy's HTML pages, dropped connections and slow answers.
+or as the reverse proxy's HTML pages, dropped connections and slow answers. Also: posts created
+with an old `create_at` and the channel counters they move, archived channels (readable or
+refused), a deleted post's files, users the account may not see.
 
 Run it alone with sample data:  python -m tests.mattermost_sim --port 8065 --demo
 """
@@ -35,6 +37,23 @@ SINCE_LIMIT = 1000
 # model.PostFileidsMaxRunes: Post.IsValid refuses a post whose file ids, as a JSON array, exceed
 # 300 runes (server/public/model/post.go): ten 26-character ids fit (291), eleven do not.
 POST_FILEIDS_MAX_RUNES = 300
+
+# Posts the server leaves out of Channels.TotalMsgCount (model/post.go, IsJoinLeaveMessage;
+# store/sqlstore/post_store.go, SaveMultiple).
+JOIN_LEAVE_TYPES = frozenset(
+    {
+        "system_join_leave",
+        "system_add_remove",
+        "system_join_channel",
+        "system_leave_channel",
+        "system_join_team",
+        "system_leave_team",
+        "system_add_to_channel",
+        "system_remove_from_channel",
+        "system_add_to_team",
+        "system_remove_from_team",
+    }
+)
 
 
 class AppError(Exception):
@@ -99,6 +118,7 @@ class MattermostSimulator:
         show_email: bool = True,
         show_full_name: bool = True,
         old_server: bool = False,
+        view_archived_channels: bool = True,
         seed: int = 1,
     ) -> None:
         self.state = State()
@@ -106,6 +126,10 @@ class MattermostSimulator:
         self.show_email = show_email
         self.show_full_name = show_full_name
         self.old_server = old_server  # answers 403 instead of 404 for unknown channels
+        # TeamSettings.ExperimentalViewArchivedChannels: true by default (model/config.go);
+        # false makes servers up to v10 refuse an archived channel's posts (v11 forces true)
+        self.view_archived_channels = view_archived_channels
+        self.hidden_users: set[str] = set()  # users the token's account may not see
         self.requests: list[RequestLog] = []
         self.on_request: Callable[[str, dict[str, list[str]]], None] | None = None
         self._rng = random.Random(seed)
@@ -193,7 +217,9 @@ class MattermostSimulator:
             "update_at": at,
             "delete_at": 0,
             "last_post_at": 0,
+            "last_root_post_at": 0,
             "total_msg_count": 0,
+            "total_msg_count_root": 0,
         }
         self.state.channels[channel["id"]] = channel
         self.state.members[channel["id"]] = {m["id"] for m in members}
@@ -290,12 +316,24 @@ class MattermostSimulator:
             if root:
                 self.state.replies.setdefault(root["id"], []).append(post["id"])
                 stored_root = self.state.posts[root["id"]]
-                stored_root["update_at"] = max(stored_root["update_at"], at)
+                # SaveMultiple: "UPDATE Posts SET UpdateAt = <the reply's CreateAt>" on the
+                # root, unconditionally: an old reply moves its root's update_at back
+                stored_root["update_at"] = at
                 stored_root["reply_count"] += 1
                 stored_root["last_reply_at"] = at
-            channel["last_post_at"] = max(channel["last_post_at"], at)
-            channel["total_msg_count"] += 1
+            self._count(channel, post)
             return post
+
+    def _count(self, channel: dict[str, Any], post: dict[str, Any]) -> None:
+        """The channel's counters as SaveMultiple moves them: LastPostAt = GREATEST(...) (an
+        old create_at leaves it), TotalMsgCount + 1 unless a join/leave message, and the
+        same for root posts (post_store.go)."""
+        at, counted = post["create_at"], post["type"] not in JOIN_LEAVE_TYPES
+        channel["last_post_at"] = max(channel["last_post_at"], at)
+        channel["total_msg_count"] += counted
+        if not post["root_id"]:
+            channel["last_root_post_at"] = max(channel["last_root_post_at"], at)
+            channel["total_msg_count_root"] += counted
 
     def edit_post(self, post_id: str, message: str) -> dict[str, Any]:
         """Edit like the server: a history row (new id, original_id set, deleted) is inserted."""
@@ -308,6 +346,9 @@ class MattermostSimulator:
             self._index(history)
             post.update(message=message, edit_at=at, update_at=at)
             self._bump_root(post, at)
+            # SqlPostStore.Update: "UPDATE Channels SET LastPostAt = now WHERE LastPostAt < now"
+            channel = self.state.channels[post["channel_id"]]
+            channel["last_post_at"] = max(channel["last_post_at"], at)
             return post
 
     def _index(self, post: dict[str, Any]) -> None:
@@ -344,6 +385,13 @@ class MattermostSimulator:
                 target.update(delete_at=at, update_at=at)
                 target["props"] = {**target["props"], "deleteBy": post["user_id"]}
             self._bump_root(post, at)
+            # App.DeletePost then deletes the files of that post (not of its replies):
+            # FileInfo.DeleteForPost sets their DeleteAt, and GET /files/{id} answers 404
+            # (app/post.go, file_info_store.go). SqlPostStore.Delete updates Posts only: the
+            # channel's TotalMsgCount and LastPostAt stay as they were.
+            for file_id in post["file_ids"]:
+                if file_id in self.state.files:
+                    self.state.files[file_id].info["delete_at"] = at
 
     def purge_post(self, post_id: str) -> None:
         """Hard delete (data retention): the row is gone, as if it never existed."""
@@ -357,6 +405,28 @@ class MattermostSimulator:
         if post["root_id"] and post["root_id"] in self.state.posts:
             root = self.state.posts[post["root_id"]]
             root["update_at"] = max(root["update_at"], at)
+
+    def archive_channel(self, channel_id: str, by: dict[str, Any]) -> dict[str, Any]:
+        """App.DeleteChannel: a "has archived the channel." system post, then the channel's
+        DeleteAt (and UpdateAt) set; members and posts are kept (app/channel.go)."""
+        with self._lock:
+            channel = self.state.channels[channel_id]
+            self.add_post(
+                channel,
+                by,
+                f"{by['username']} has archived the channel.",
+                type="system_channel_deleted",
+            )
+            at = self.now()
+            channel.update(delete_at=at, update_at=at)
+            return channel
+
+    def hide_user(self, user_id: str) -> None:
+        """The account may not see this user (view restrictions: no shared team or channel
+        and no view_members permission, App.GetViewUsersRestrictions)."""
+        if user_id not in self.state.users:
+            raise KeyError(user_id)
+        self.hidden_users.add(user_id)
 
     def live_posts(self, channel_id: str) -> list[dict[str, Any]]:
         """What a user sees: non-deleted, non-history posts of the channel."""
@@ -479,7 +549,11 @@ class MattermostSimulator:
                     if c["team_id"] == _valid(team_id) and me["id"] in self.state.members[c["id"]]
                 ]
             case "GET", ["users", user_id]:
-                user = self.state.users.get(_valid(user_id))
+                # api4/user.go getUser: UserCanSeeOtherUser is asked first (403), then the
+                # user is loaded (404)
+                if _valid(user_id) in self.hidden_users and user_id != me["id"]:
+                    raise AppError(403, "api.context.permissions.app_error")
+                user = self.state.users.get(user_id)
                 if not user:
                     raise AppError(404, "app.user.missing_account.const")
                 return self.visible_user(user, me)
@@ -487,8 +561,12 @@ class MattermostSimulator:
                 ids = json.loads(body or b"[]")
                 if not isinstance(ids, list) or not ids:
                     raise AppError(400, "api.context.invalid_body_param.app_error")
+                # getUsersByIds passes the view restrictions to the store: users the account
+                # may not see are left out, silently
                 return [
-                    self.visible_user(self.state.users[i], me) for i in ids if i in self.state.users
+                    self.visible_user(self.state.users[i], me)
+                    for i in ids
+                    if i in self.state.users and (i not in self.hidden_users or i == me["id"])
                 ]
             case "GET", ["channels", channel_id]:
                 return self.readable_channel(channel_id, me)
@@ -499,6 +577,12 @@ class MattermostSimulator:
                 return team
             case "GET", ["channels", channel_id, "posts"]:
                 channel = self.readable_channel(channel_id, me)
+                # api4/post.go getPostsForChannel (servers up to v10), after the permission
+                # check; GET /channels/{id} itself answers an archived channel (delete_at > 0)
+                if channel["delete_at"] and not self.view_archived_channels:
+                    raise AppError(
+                        403, "api.user.view_archived_channels.get_posts_for_channel.app_error"
+                    )
                 return self.list_posts(channel["id"], query, me)
             case "GET", ["posts", post_id]:
                 post = self.state.posts.get(_valid(post_id))

@@ -171,3 +171,68 @@ def test_5xx_also_come_as_the_reverse_proxy_html_pages(world):
         assert page.text.startswith("<html>") and f"<h1>{status} " in page.text
         assert "X-Request-ID" not in page.headers
     assert by_status[503].json()["status_code"] == 503  # the server's own: an AppError
+
+
+def test_an_old_create_at_is_kept_and_counted_but_does_not_move_last_post_at(world):
+    """post.go PreSave keeps a set create_at and sets update_at to it; SaveMultiple adds one
+    to total_msg_count (not for join/leave messages) and takes GREATEST for last_post_at."""
+    sim, channel, posts, client = world
+    me = sim.state.users[posts[0]["user_id"]]
+    before = client.get(f"/channels/{channel['id']}").json()
+    old = sim.add_post(channel, me, "imported", create_at=500)
+    sim.add_post(channel, me, "joined", type="system_join_channel")
+    after = client.get(f"/channels/{channel['id']}").json()
+    assert after["total_msg_count"] == before["total_msg_count"] + 1
+    assert after["total_msg_count_root"] == before["total_msg_count_root"] + 1
+    assert after["last_post_at"] > before["last_post_at"]  # the join message, not the old one
+    sim.add_post(channel, me, "imported too", create_at=600)
+    unmoved = client.get(f"/channels/{channel['id']}").json()["last_post_at"]
+    assert unmoved == after["last_post_at"]
+    shown = client.get(f"/posts/{old['id']}").json()
+    assert shown["create_at"] == shown["update_at"] == 500
+    since = listing(client, channel, since=after["last_post_at"] - 1).json()["order"]
+    assert old["id"] not in since  # behind a `since` watermark: never listed by it
+    reply = sim.add_post(channel, me, "old reply", root=posts[9], create_at=700)
+    assert sim.state.posts[posts[9]["id"]]["update_at"] == reply["create_at"] == 700
+
+
+def test_deleting_a_post_deletes_its_files_not_its_count(world):
+    sim, channel, posts, client = world
+    me = sim.state.users[posts[0]["user_id"]]
+    info = sim.add_file(me, "x.txt", b"data", "text/plain")
+    post = sim.add_post(channel, me, "with a file", files=[info])
+    assert client.get(f"/files/{info['id']}").content == b"data"
+    count = client.get(f"/channels/{channel['id']}").json()["total_msg_count"]
+    sim.delete_post(post["id"])
+    for path in (f"/files/{info['id']}", f"/files/{info['id']}/info"):
+        gone = client.get(path)
+        assert gone.status_code == 404 and gone.json()["id"] == "app.file_info.get.app_error"
+    assert client.get(f"/channels/{channel['id']}").json()["total_msg_count"] == count
+
+
+def test_archived_channels_readable_or_refused(world):
+    sim, channel, posts, client = world
+    me = sim.state.users[posts[0]["user_id"]]
+    sim.archive_channel(channel["id"], me)
+    shown = client.get(f"/channels/{channel['id']}").json()
+    assert shown["delete_at"] > 0  # the channel itself is still answered
+    rows = listing(client, channel, per_page=200).json()
+    assert len(rows["order"]) == 11  # readable (the default), with the archive message
+    assert rows["posts"][rows["order"][0]]["type"] == "system_channel_deleted"
+    sim.view_archived_channels = False
+    refused = listing(client, channel)
+    assert refused.status_code == 403
+    assert refused.json()["id"] == "api.user.view_archived_channels.get_posts_for_channel.app_error"
+
+
+def test_users_the_account_may_not_see(world):
+    sim, _, posts, client = world
+    me = sim.state.users[posts[0]["user_id"]]
+    other = sim.add_user("hidden")
+    sim.hide_user(other["id"])
+    refused = client.get(f"/users/{other['id']}")
+    assert (
+        refused.status_code == 403 and refused.json()["id"] == "api.context.permissions.app_error"
+    )
+    found = client.post("/users/ids", json=[me["id"], other["id"]]).json()
+    assert [user["id"] for user in found] == [me["id"]]  # left out, without an error

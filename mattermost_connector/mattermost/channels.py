@@ -9,14 +9,18 @@ from mattermost_connector.errors import ChannelNotAccessible, MattermostError
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import ChannelContext
+from mattermost_connector.window import iso
 
 DIRECT, GROUP = "D", "G"
 
 
 def describe_channel(channel: dict[str, Any]) -> str | None:
+    """Purpose and header, and whether the channel is archived (`delete_at` > 0: archiving
+    keeps the channel and its posts, api4/channel.go getChannel still answers it)."""
     parts = [
         f"Purpose: {channel['purpose']}" if channel.get("purpose") else None,
         f"Header: {channel['header']}" if channel.get("header") else None,
+        f"Archived on {iso(int(channel['delete_at']))}" if channel.get("delete_at") else None,
     ]
     return "\n".join(filter(None, parts)) or None
 

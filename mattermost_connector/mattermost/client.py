@@ -19,13 +19,19 @@ import httpx
 import orjson
 
 from mattermost_connector.config import MattermostSettings
-from mattermost_connector.errors import AuthenticationError, MalformedPost, MattermostError
+from mattermost_connector.errors import (
+    AuthenticationError,
+    ChannelArchived,
+    MalformedPost,
+    MattermostError,
+)
 
 log = logging.getLogger("mattermost_connector.mattermost")
 
 PER_PAGE = 200  # the server's silent cap
 USERS_BATCH = 100
 _RETRY_STATUSES = {500, 502, 503, 504}
+ARCHIVED_REFUSED = "api.user.view_archived_channels."  # the id of every such 403, any endpoint
 T = TypeVar("T")
 
 
@@ -220,6 +226,13 @@ class MattermostClient:
         if status == 401:
             raise AuthenticationError(
                 f"Mattermost refused the token ({status} {error_id}): check MATTERMOST_TOKEN",
+                status=status,
+                error_id=error_id,
+            )
+        if status == 403 and (error_id or "").startswith(ARCHIVED_REFUSED):
+            raise ChannelArchived(
+                "archived, and the server lets no one read archived channels "
+                "(TeamSettings.ExperimentalViewArchivedChannels is off): skipped",
                 status=status,
                 error_id=error_id,
             )
