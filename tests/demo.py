@@ -42,7 +42,9 @@ def main() -> int:
     if new:
         print(f"{new} new STIX bundle files in data/bundles/ ({len(bundles)} in all)")
     else:
-        print(f"nothing new since the last run: no bundle written ({len(bundles)} in data/bundles/)")
+        print(
+            f"nothing new since the last run: no bundle written ({len(bundles)} in data/bundles/)"
+        )
     print("State in data/state.db: `.venv/bin/mattermost-connector status` shows it.")
     return code
 
