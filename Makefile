@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install
+.PHONY: demo test lint install metadata
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,3 +22,7 @@ lint: $(BIN)/.installed
 
 test: lint
 	$(BIN)/pytest
+
+# OpenCTI's __metadata__/ files and config.yml.sample, from the settings and the README's table
+metadata: $(BIN)/.installed
+	$(BIN)/python -m mattermost_connector.metadata

@@ -22,6 +22,7 @@ from tasks.load import advance_cursor, configured_load
 from tasks.locks import LeaseError, channel_lock
 from tasks.policy import describe
 from tasks.prefetch import read_ahead
+from tasks.report import channel_progress
 from tasks.transform import transform_batch
 
 
@@ -113,6 +114,7 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
                 loading = configured_load().submit(run, quote(bundles))
                 in_flight = current
                 run = replace(after, posts=run.posts + len(batch.posts))
+                channel_progress(run)
             elif batch.cursor != run.cursor:
                 _landed(loading)  # nothing moves past what is still in flight
                 loading = None

@@ -43,7 +43,7 @@ def mattermost_sync(
         return Failed(message=str(error))
     results: list[ChannelResult] = []
     refused: str | None = None
-    progress = start_progress("sync")
+    progress = start_progress("sync", len(channels))
     for channel_id in channels:
         try:
             results.append(run_channel(channel_id, "sync", start_timestamp=start_timestamp))

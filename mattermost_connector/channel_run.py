@@ -35,6 +35,8 @@ class ChannelRun:
     updated: int = 0
     deleted: int = 0
     bundles: int = 0
+    total_posts: int = 0  # the channel's total_msg_count when the run began: an estimate
+    posts_before: int = 0  # delivered by earlier runs (of this cursor)
 
 
 @dataclass

@@ -1,17 +1,28 @@
-"""`mattermost-connector check`: can this configuration work? Each part tried, none changed."""
+"""`mattermost-connector check`: can this configuration work? Each part tried, none changed.
+
+Every finding is one sentence. The platform is asked its version over plain HTTP rather than
+through pycti, whose client retries an unreachable platform while logging "Waiting for
+OpenCTI API to start" and costs a second of imports.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+
+import httpx
 
 from mattermost_connector.config import Settings
 from mattermost_connector.errors import MattermostError
-from mattermost_connector.mattermost.channels import channel_context
-from mattermost_connector.mattermost.client import MattermostClient
+from mattermost_connector.mattermost.channels import named_channel
+from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
 from mattermost_connector.redact import redact
 from mattermost_connector.state import StateStore
 
 Finding = tuple[bool, str]
+# A check is interactive: one retry, soon, rather than a sync's patient backoff.
+CHECK_RETRY = RetryPolicy(attempts=2, base_delay=0.5, max_delay=1.0)
+PLATFORM_TIMEOUT = 15.0
 
 
 def run_checks(settings: Settings) -> Iterator[Finding]:
@@ -24,7 +35,7 @@ def run_checks(settings: Settings) -> Iterator[Finding]:
 
 
 def _mattermost(settings: Settings) -> Iterator[Finding]:
-    with MattermostClient(settings.mattermost) as client:
+    with MattermostClient(settings.mattermost, retry=CHECK_RETRY) as client:
         try:
             me = client.me()
         except MattermostError as error:
@@ -33,12 +44,12 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
         yield True, f"Mattermost token: valid, acting as @{me.get('username')}"
         for channel_id in settings.mattermost.channel_ids:
             try:
-                context, _ = channel_context(client, channel_id, settings.mattermost.server_url)
+                _, name, _ = named_channel(client, channel_id)
                 client.posts(channel_id, per_page=1)
             except MattermostError as error:
                 yield False, f"channel {channel_id}: {error}"
             else:
-                yield True, f"channel {channel_id} ({context.name}): readable"
+                yield True, f"channel {channel_id} ({name}): readable"
 
 
 def _state_store(settings: Settings) -> Finding:
@@ -66,15 +77,57 @@ def _directory(settings: Settings) -> Finding:
 
 def _platform(settings: Settings) -> Finding:
     """Ask the platform its version with the connector's token; registers nothing."""
-    from pycti import OpenCTIApiClient
-
     url = settings.opencti.url
     token = settings.opencti.token.get_secret_value() if settings.opencti.token else ""
+    # pycti's helper verifies the platform's certificate only with OPENCTI_SSL_VERIFY=true
+    verify = os.environ.get("OPENCTI_SSL_VERIFY", "false").strip().lower() in {"true", "1", "yes"}
     try:
-        client = OpenCTIApiClient(url, token, log_level="error", perform_health_check=False)
-        version = client.query("query healthCheck { about { version } }")["data"]["about"][
-            "version"
-        ]
-    except Exception as error:
-        return False, f"OpenCTI at {url}: {redact(str(error), settings.secrets)[:200]}"
+        response = httpx.post(
+            f"{url}/graphql",
+            json={"query": "query healthCheck { about { version } }"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=PLATFORM_TIMEOUT,
+            verify=verify,
+        )
+    except httpx.HTTPError as error:
+        return False, f"OpenCTI at {url}: {_unreachable(error)}"
+    problem = _platform_problem(response)
+    if problem:
+        return False, f"OpenCTI at {url}: {redact(problem, settings.secrets)}"
+    version = response.json()["data"]["about"]["version"]
     return True, f"OpenCTI at {url}: reachable, version {version}"
+
+
+def _unreachable(error: httpx.HTTPError) -> str:
+    reason = {
+        httpx.ConnectTimeout: "no answer within the connection timeout",
+        httpx.ReadTimeout: f"no answer within {PLATFORM_TIMEOUT:.0f} s",
+    }.get(type(error))
+    if reason is None:
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        detail = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(error)
+        reason = f"cannot connect ({detail or type(error).__name__})"
+    return f"not reachable: {reason}; check OPENCTI_URL and that the platform is up"
+
+
+def _platform_problem(response: httpx.Response) -> str | None:
+    """None when the answer holds a version; else what is wrong, in one sentence."""
+    if response.status_code != 200:
+        return f"answered HTTP {response.status_code} on /graphql: is OPENCTI_URL the platform's?"
+    try:
+        body = response.json()
+    except ValueError:
+        return "answered something that is not JSON on /graphql: is OPENCTI_URL the platform's?"
+    errors = body.get("errors") if isinstance(body, dict) else None
+    if errors:
+        message = str(errors[0].get("message", "")) if isinstance(errors[0], dict) else ""
+        if "logged in" in message.lower() or "auth" in message.lower():
+            return "the token was refused; check OPENCTI_TOKEN"
+        return f"refused the query: {' '.join(message.split())[:200]}"
+    try:
+        body["data"]["about"]["version"]
+    except (KeyError, TypeError):
+        return "answered without a version: is OPENCTI_URL the platform's?"
+    return None

@@ -27,29 +27,104 @@ _PREFECT_DEFAULTS = {
 }
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of 1 or more (got {text!r})")
+    return value
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("opencti-mattermost-prefect")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+CONFIG_NOTE = (
+    "Configuration: environment variables, then .env, then config.yml in the working "
+    "directory (see the README's configuration table)."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mattermost-connector",
         description="Import Mattermost channels into OpenCTI as STIX 2.1, with Prefect.",
+        epilog="Exit codes: 0 done, 1 a channel or the run failed, 2 bad configuration or "
+        "arguments. Run `mattermost-connector COMMAND --help` for a command's options.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sync = commands.add_parser("sync", help="sync the configured channels once, then exit")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=description, epilog=CONFIG_NOTE)
+
+    sync = command(
+        "sync",
+        "sync the configured channels once, then exit",
+        "Sync each channel from its cursor once: new posts, files missed before, then edits "
+        "and deletions. Runs the flow on $PREFECT_API_URL, or on a temporary local Prefect "
+        "server when it is unset (7-16 s to start).",
+    )
     sync.add_argument(
         "--channel",
         action="append",
         metavar="ID",
         help="sync only this channel (repeatable); default: MATTERMOST_CHANNEL_IDS",
     )
-    backfill = commands.add_parser(
-        "backfill", help="import one channel's posts created in [since, until), then exit"
+    backfill = command(
+        "backfill",
+        "import one channel's posts created in [since, until), then exit",
+        "Import the posts of one channel created in [since, until), under the same ids as a "
+        "sync; the sync cursor does not move. Rerunning the same window continues it.",
     )
-    backfill.add_argument("--channel", required=True, metavar="ID")
-    backfill.add_argument("--since", required=True, metavar="TIME", help="ISO 8601 or epoch s")
-    backfill.add_argument("--until", required=True, metavar="TIME", help="ISO 8601 or epoch s")
-    commands.add_parser("serve", help="serve the sync (scheduled) and backfill deployments")
-    status = commands.add_parser("status", help="cursors and recent runs from the state store")
-    status.add_argument("--runs", type=int, default=10, metavar="N", help="how many runs")
-    commands.add_parser("check", help="check the token, channels, platform and state store")
+    backfill.add_argument(
+        "--channel", required=True, metavar="ID", help="the channel's 26-character id"
+    )
+    backfill.add_argument(
+        "--since",
+        required=True,
+        metavar="TIME",
+        help="first creation time included: ISO 8601 (2024-01-31, 2024-01-31T12:00:00Z) "
+        "or epoch seconds",
+    )
+    backfill.add_argument(
+        "--until",
+        required=True,
+        metavar="TIME",
+        help="first creation time excluded, in the same forms",
+    )
+    command(
+        "serve",
+        "serve the sync (scheduled) and backfill deployments",
+        "Serve the mattermost-sync/sync deployment (every CONNECTOR_DURATION_PERIOD or "
+        "CONNECTOR_RUN_EVERY) and the mattermost-backfill/backfill deployment from this "
+        "process, until interrupted. Set PREFECT_API_URL to a Prefect server to see and "
+        "trigger them in its UI.",
+    )
+    status = command(
+        "status",
+        "cursors and recent runs from the state store",
+        "Show where each channel and backfill window stands and how the last runs went. "
+        "Reads only the state store: CONNECTOR_STATE_DATABASE_URL (default "
+        "sqlite:///data/state.db), nothing else is needed.",
+    )
+    status.add_argument(
+        "--runs", type=_positive, default=10, metavar="N", help="how many runs (default 10)"
+    )
+    command(
+        "check",
+        "check the token, channels, platform and state store",
+        "Try the configuration without changing anything: the Mattermost token, every "
+        "channel, the state store, the bundle directory and the OpenCTI platform (without "
+        "registering the connector). Exit 0 if all answer, 1 otherwise.",
+    )
     return parser
 
 
@@ -68,6 +143,21 @@ def _configure_logging(level: str, debug: bool) -> None:
         console._mattermost_console = True  # type: ignore[attr-defined]
         logger.addHandler(console)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's own API calls
+    quiet_completed_task_runs()
+
+
+class _CompletedTaskRuns(logging.Filter):
+    """Drops Prefect's `Finished in state Completed()` line, logged at INFO for every task
+    run (a run has hundreds). Failures, retries and crashes keep their lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Finished in state Completed(")
+
+
+def quiet_completed_task_runs() -> None:
+    logger = logging.getLogger("prefect.task_runs")
+    if not any(isinstance(f, _CompletedTaskRuns) for f in logger.filters):
+        logger.addFilter(_CompletedTaskRuns())
 
 
 def _print_report(report: Sequence[dict[str, Any]]) -> None:
@@ -143,19 +233,31 @@ def _serve(_: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """The state store alone: no Mattermost, OpenCTI or output settings, no Prefect."""
+    from mattermost_connector.config import load_state_database_url
+    from mattermost_connector.state import StateStore
     from mattermost_connector.status import report
-    from tasks import resources
 
-    print(report(resources.store(), runs=args.runs))
+    store = StateStore(load_state_database_url())
+    try:
+        print(report(store, runs=args.runs))
+    finally:
+        store.close()
     return EXIT_OK
 
 
 def _check(_: argparse.Namespace) -> int:
+    """Without Prefect or pycti unless a Secret block is configured: a check stays quick."""
     from mattermost_connector.check import run_checks
-    from tasks import resources
+    from mattermost_connector.config import load_settings
+    from mattermost_connector.redact import mask_secrets_in_logs
 
+    settings = load_settings()
+    mask_secrets_in_logs(settings.secrets)
+    # each finding says what failed; the client's retry warnings would only repeat it
+    logging.getLogger("mattermost_connector.mattermost").setLevel(logging.ERROR)
     healthy = True
-    for ok, finding in run_checks(resources.settings()):
+    for ok, finding in run_checks(settings):
         healthy &= ok
         print(f"{'ok  ' if ok else 'FAIL'}  {finding}")
     return EXIT_OK if healthy else EXIT_FAILED

@@ -16,8 +16,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from mattermost_connector.errors import ConfigError
 
@@ -91,10 +97,48 @@ def parse_channel_ids(value: object) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+CONFIG_YML = "config.yml"  # in the working directory, like .env
+
+
+def _yaml_section(section: str) -> dict[str, object]:
+    """The `section:` mapping of config.yml (OpenCTI connectors' file layout), or nothing."""
+    path = Path(CONFIG_YML)
+    if not path.is_file():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        where = getattr(error, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{CONFIG_YML}: not valid YAML{line}") from None
+    values = data.get(section) if isinstance(data, dict) else None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{CONFIG_YML}: `{section}:` must be a mapping of settings")
+    return values
+
+
 class _Group(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment first, then `.env`, then config.yml's section for the group's prefix."""
+        section = str(settings_cls.model_config.get("env_prefix", "")).rstrip("_").lower()
+        yaml_source = InitSettingsSource(settings_cls, init_kwargs=_yaml_section(section))
+        return init_settings, env_settings, dotenv_settings, yaml_source, file_secret_settings
 
 
 class OpenCTISettings(_Group):
@@ -102,6 +146,7 @@ class OpenCTISettings(_Group):
 
     url: str | None = None
     token: SecretStr | None = None
+    token_block: str | None = None  # a Prefect Secret block holding the token
 
     @field_validator("url")
     @classmethod
@@ -122,6 +167,7 @@ class ConnectorSettings(_Group):
     confidence_level: int = Field(50, ge=0, le=100)
     log_level: Literal["debug", "info", "warn", "warning", "error"] = "info"
     run_every: Annotated[timedelta, NoDecode] = timedelta(hours=1)
+    duration_period: timedelta | None = None  # OpenCTI's name for the schedule (ISO 8601)
     state_database_url: str = "sqlite:///data/state.db"
     send_to_queue: bool = True
     send_to_directory: bool = False
@@ -168,9 +214,58 @@ class ConnectorSettings(_Group):
     @field_validator("state_database_url")
     @classmethod
     def _db_url(cls, value: str) -> str:
-        if "://" not in value:
-            raise ValueError("must be a SQLAlchemy URL, like sqlite:///data/state.db")
+        return check_database_url(value)
+
+    @field_validator("duration_period", mode="before")
+    @classmethod
+    def _empty_period(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("duration_period")
+    @classmethod
+    def _positive_period(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be greater than zero, like PT1H")
         return value
+
+    @model_validator(mode="after")
+    def _one_schedule(self) -> ConnectorSettings:
+        """CONNECTOR_DURATION_PERIOD (OpenCTI's name) and CONNECTOR_RUN_EVERY (the original
+        connector's) set the same schedule: either may be given, both only if they agree."""
+        if self.duration_period is None:
+            return self
+        if "run_every" in self.model_fields_set and self.run_every != self.duration_period:
+            raise ValueError(
+                f"CONNECTOR_DURATION_PERIOD ({_iso_duration(self.duration_period)}) and "
+                f"CONNECTOR_RUN_EVERY ({_iso_duration(self.run_every)}) disagree: set only one"
+            )
+        self.run_every = self.duration_period
+        return self
+
+
+def check_database_url(value: str) -> str:
+    if "://" not in value:
+        raise ValueError("must be a SQLAlchemy URL, like sqlite:///data/state.db")
+    return value
+
+
+def _iso_duration(delta: timedelta) -> str:
+    from pydantic import TypeAdapter
+
+    return str(TypeAdapter(timedelta).dump_python(delta, mode="json"))
+
+
+class StateStoreSettings(_Group):
+    """CONNECTOR_STATE_DATABASE_URL alone: all `status` needs."""
+
+    model_config = SettingsConfigDict(env_prefix="CONNECTOR_")
+
+    state_database_url: str = "sqlite:///data/state.db"
+
+    @field_validator("state_database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        return check_database_url(value)
 
 
 class MattermostSettings(_Group):
@@ -180,7 +275,8 @@ class MattermostSettings(_Group):
     port: int = Field(8065, ge=1, le=65535)
     protocol: Literal["http", "https"] = "https"
     basepath: str = "/api/v4"
-    token: SecretStr
+    token: SecretStr | None = None  # required, unless token_block names where it is
+    token_block: str | None = None  # a Prefect Secret block holding the token
     channel_ids: Annotated[list[str], NoDecode]
     start_timestamp: int = Field(0, ge=0)
     tlp: TLP = TLP.AMBER
@@ -209,8 +305,8 @@ class MattermostSettings(_Group):
 
     @field_validator("token")
     @classmethod
-    def _token(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty: set a personal access token or bot token")
         return value
 
@@ -260,6 +356,7 @@ _PREFIXES = {
     OpenCTISettings: "OPENCTI_",
     ConnectorSettings: "CONNECTOR_",
     MattermostSettings: "MATTERMOST_",
+    StateStoreSettings: "CONNECTOR_",
 }
 _SECRET_FIELDS = {"token"}
 
@@ -269,6 +366,9 @@ def _describe(group: type[_Group], error: ValidationError) -> str:
     clauses = []
     for item in error.errors():
         field = str(item["loc"][0]) if item["loc"] else ""
+        if not field:  # a check across fields: its message names them
+            clauses.append(item["msg"].removeprefix("Value error, "))
+            continue
         variable = _PREFIXES[group] + field.upper()
         if item["type"] == "missing":
             clauses.append(f"{variable} is required")
@@ -278,6 +378,8 @@ def _describe(group: type[_Group], error: ValidationError) -> str:
             message = "must be a number"
         elif item["type"] == "bool_parsing":
             message = "must be true or false"
+        elif item["type"] in {"time_delta_parsing", "time_delta_type"}:
+            message = "must be an ISO 8601 duration, like PT1H, PT30M or P1D"
         elif item["type"] == "uuid_parsing":
             message = "must be a UUID, like 3f1c2a9e-5b7d-4c1e-9a0b-2d4e6f8a1c3b"
         elif item["type"] == "literal_error":
@@ -306,7 +408,7 @@ class Settings:
     @cached_property
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for the log filter that masks them."""
-        values = [self.mattermost.token.get_secret_value()]
+        values = [self.mattermost.token.get_secret_value()] if self.mattermost.token else []
         if self.opencti.token is not None:
             values.append(self.opencti.token.get_secret_value())
         return tuple(v for v in values if v)
@@ -328,8 +430,57 @@ def load_settings(env_file: str | None = ".env") -> Settings:
         connector=groups[ConnectorSettings],  # type: ignore[arg-type]
         mattermost=groups[MattermostSettings],  # type: ignore[arg-type]
     )
+    _tokens_from_blocks(settings)
     _cross_check(settings)
     return settings
+
+
+def load_state_database_url(env_file: str | None = ".env") -> str:
+    """CONNECTOR_STATE_DATABASE_URL (or its default), without asking for anything else."""
+    return _load(StateStoreSettings, env_file).state_database_url  # type: ignore[attr-defined]
+
+
+def _tokens_from_blocks(settings: Settings) -> None:
+    """Fill MATTERMOST_TOKEN / OPENCTI_TOKEN from the Prefect Secret blocks named by
+    MATTERMOST_TOKEN_BLOCK / OPENCTI_TOKEN_BLOCK, for users who keep secrets in Prefect."""
+    for group, prefix in ((settings.mattermost, "MATTERMOST_"), (settings.opencti, "OPENCTI_")):
+        if group.token_block is None or not group.token_block.strip():
+            continue
+        if group.token is not None:
+            raise ConfigError(
+                f"{prefix}TOKEN and {prefix}TOKEN_BLOCK are both set: keep one of them"
+            )
+        name = group.token_block.strip()
+        group.token = SecretStr(load_secret_block(name, f"{prefix}TOKEN_BLOCK"))
+    if settings.mattermost.token is None:
+        raise ConfigError(
+            "MATTERMOST_TOKEN is required (or MATTERMOST_TOKEN_BLOCK, the name of a Prefect "
+            "Secret block holding it)"
+        )
+
+
+def load_secret_block(name: str, variable: str) -> str:
+    """The value of the Prefect Secret block `name`, from the configured Prefect API. Only
+    the block's name and the failure's kind are ever reported, never its value."""
+    try:
+        from prefect.blocks.system import Secret
+
+        value = Secret.load(name).get()
+    except ValueError as error:
+        if "Unable to find block document" in str(error):
+            raise ConfigError(
+                f"{variable}: no Secret block named {name!r} on the Prefect API "
+                "(create it with `Secret(value=...).save(name)` or in the UI, under Blocks)"
+            ) from None
+        raise ConfigError(f"{variable}: cannot load {name!r}: {type(error).__name__}") from None
+    except Exception as error:
+        raise ConfigError(
+            f"{variable}: cannot load the Secret block {name!r} from the Prefect API "
+            f"({type(error).__name__})"
+        ) from None
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{variable}: the Secret block {name!r} must hold a non-empty string")
+    return value.strip()
 
 
 def _cross_check(settings: Settings) -> None:

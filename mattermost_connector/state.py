@@ -105,6 +105,15 @@ channel_leases = sa.Table(
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+# Channel names as last resolved (`<team>/<channel>`), for `status`, which reads only the store.
+channel_names = sa.Table(
+    "channel_names",
+    metadata,
+    sa.Column("channel_id", sa.String(64), primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 # The name, team and username each Mattermost object had when first imported: STIX ids are
 # derived from them, so that a rename or a move keeps one OpenCTI entity (see stix.py).
@@ -139,12 +148,17 @@ def _create_v5(connection: Connection) -> None:
     metadata.create_all(connection, tables=[first_names])
 
 
+def _create_v6(connection: Connection) -> None:
+    metadata.create_all(connection, tables=[channel_names])
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_v1,
     2: _create_v2,
     3: _create_v3,
     4: _create_v4,
     5: _create_v5,
+    6: _create_v6,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -727,3 +741,30 @@ class StateStore:
                 RunRecord(**{k: v for k, v in row.items() if k in RunRecord.__dataclass_fields__})
                 for row in connection.execute(query).mappings()
             ]
+
+    # -- channel names -----------------------------------------------------------------------
+
+    def posts_delivered(self, key: str) -> int:
+        """How many posts runs of this cursor (a channel, or a backfill window) delivered."""
+        with self._engine.connect() as connection:
+            count = connection.execute(
+                sa.select(channel_cursors.c.posts_delivered).where(
+                    channel_cursors.c.channel_id == key
+                )
+            ).scalar()
+        return int(count or 0)
+
+    def remember_name(self, channel_id: str, name: str) -> None:
+        with self._engine.begin() as connection:
+            _upsert(
+                connection,
+                channel_names,
+                "channel_id",
+                [{"channel_id": channel_id, "name": name, "updated_at": _now()}],
+                ("name", "updated_at"),
+            )
+
+    def channel_names(self) -> dict[str, str]:
+        with self._engine.connect() as connection:
+            rows = connection.execute(sa.select(channel_names.c.channel_id, channel_names.c.name))
+            return {channel_id: name for channel_id, name in rows}

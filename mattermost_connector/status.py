@@ -27,17 +27,49 @@ def _when(moment: datetime | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
+def _day_or_time(epoch_ms: int) -> str:
+    """A window bound as given: `2024-01-31` for a midnight, the full time otherwise."""
+    text = iso(epoch_ms)
+    return text.removesuffix("T00:00:00Z")
+
+
+def parse_backfill_key(key: str) -> tuple[str, int, int] | None:
+    """(channel id, start ms, end ms) of a backfill window's cursor key, else None."""
+    parts = key.split(":")
+    if len(parts) == 4 and parts[0] == "backfill" and parts[2].isdigit() and parts[3].isdigit():
+        return parts[1], int(parts[2]), int(parts[3])
+    return None
+
+
 def report(store: StateStore, runs: int = 10) -> str:
-    cursors = [
-        (
-            row["channel_id"],
-            iso(row["cursor"]["boundary_ms"]),
-            row["posts_delivered"],
-            iso(row["cursor"]["changes_ms"]) if row["cursor"].get("changes_ms") else "",
-            _when(row["updated_at"]),
+    names = store.channel_names()
+    cursors, windows = [], []
+    for row in store.cursors():
+        cursor = row["cursor"]
+        window = parse_backfill_key(row["channel_id"])
+        if window:
+            channel_id, start_ms, end_ms = window
+            windows.append(
+                (
+                    channel_id,
+                    names.get(channel_id, ""),
+                    f"{_day_or_time(start_ms)} to {_day_or_time(end_ms)}",
+                    iso(min(cursor["boundary_ms"], end_ms)),
+                    row["posts_delivered"],
+                    _when(row["updated_at"]),
+                )
+            )
+            continue
+        cursors.append(
+            (
+                row["channel_id"],
+                names.get(row["channel_id"], ""),
+                iso(cursor["boundary_ms"]),
+                row["posts_delivered"],
+                iso(cursor["changes_ms"]) if cursor.get("changes_ms") else "",
+                _when(row["updated_at"]),
+            )
         )
-        for row in store.cursors()
-    ]
     recent = []
     for run in store.runs(limit=runs):
         seconds = (run.ended_at - run.started_at).total_seconds() if run.ended_at else None
@@ -46,6 +78,7 @@ def report(store: StateStore, runs: int = 10) -> str:
                 run.id,
                 run.kind,
                 run.channel_id,
+                names.get(run.channel_id, ""),
                 _when(run.started_at),
                 f"{seconds:.0f}s" if seconds is not None else "",
                 run.status,
@@ -57,16 +90,25 @@ def report(store: StateStore, runs: int = 10) -> str:
         )
     parts = [
         "Channels (cursor: every post created before it is delivered)",
-        table(["channel", "cursor", "posts", "edits checked from", "updated"], cursors)
+        table(["channel", "name", "cursor", "posts", "edits checked from", "updated"], cursors)
         if cursors
         else "  none synced yet",
+    ]
+    if windows:
+        parts += [
+            "",
+            "Backfill windows (each keeps its own cursor; reached: delivered up to)",
+            table(["channel", "name", "window", "reached", "posts", "updated"], windows),
+        ]
+    parts += [
         "",
-        f"Last {runs} runs",
+        f"Last {runs} run{'s' if runs != 1 else ''}",
         table(
             [
                 "run",
                 "kind",
                 "channel",
+                "name",
                 "started",
                 "took",
                 "status",

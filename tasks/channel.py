@@ -52,6 +52,7 @@ def open_channel(
     client = resources.client()
     context, channel = channel_context(client, channel_id, settings.mattermost.server_url)
     context = first_imported(resources.store(), context)
+    resources.store().remember_name(channel_id, context.name)  # for `status`
     server_now = client.server_time_ms or int(datetime.now(tz=UTC).timestamp() * 1000)
     if window:
         key, start_ms = backfill_key(channel_id, *window), window[0]
@@ -80,6 +81,8 @@ def open_channel(
         server_start_ms=server_now,
         cursor_key=key,
         end_ms=window[1] if window else None,
+        total_posts=int(channel.get("total_msg_count") or 0),
+        posts_before=resources.store().posts_delivered(key),
     )
 
 

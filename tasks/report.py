@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from uuid import UUID
 
@@ -11,7 +12,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.runtime import flow_run
 
+from mattermost_connector import progress
+from mattermost_connector.channel_run import ChannelRun
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.window import iso
@@ -29,16 +33,39 @@ def channel_ids_to_sync(requested: list[str] | None) -> list[str]:
         raise ConfigError(f"channel_ids: {error}") from None
 
 
+log = logging.getLogger("mattermost_connector.progress")
+# flow run id -> [progress artifact id, channels done, channels in the run]
+_runs: dict[str, list[Any]] = {}
+
+
 @task(name="start-progress", **TASK_DEFAULTS)
-def start_progress(kind: str) -> UUID:
-    return create_progress_artifact(
+def start_progress(kind: str, channels: int = 1) -> UUID:
+    artifact = create_progress_artifact(
         0.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
     )
+    _runs[flow_run.get_id() or ""] = [artifact, 0, channels]
+    return artifact
 
 
 @task(name="update-progress", **TASK_DEFAULTS)
 def update_progress(artifact_id: UUID, done: int, total: int) -> None:
-    update_progress_artifact(artifact_id, 100.0 * done / max(total, 1))
+    _runs.get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
+    update_progress_artifact(artifact_id, progress.overall(done, total, 0.0))
+
+
+def channel_progress(run: ChannelRun) -> None:
+    """Within a channel: posts done of about how many, in the log and the run's progress
+    artifact. A plain call, not a task: a task run per batch would only add noise."""
+    done = run.posts_before + run.posts
+    text = progress.describe(run.context.name, run.kind, run.posts, done, run.total_posts)
+    log.info(text)
+    entry = _runs.get(flow_run.get_id() or "")
+    if entry is not None:
+        artifact, channels_done, channels = entry
+        current = progress.share(done, run.total_posts) if run.kind == "sync" else 0.0
+        update_progress_artifact(
+            artifact, progress.overall(channels_done, channels, current), description=text
+        )
 
 
 def _position(cursor: dict[str, Any] | None) -> str:
@@ -68,6 +95,7 @@ def publish_report(report: list[dict[str, Any]], kind: str) -> None:
         }
         for row in report
     ]
+    _runs.pop(flow_run.get_id() or "", None)
     if rows:
         create_table_artifact(
             rows, key=f"mattermost-{kind}-report", description=f"Mattermost {kind}, per channel"

@@ -32,12 +32,20 @@ def main() -> int:
         "CONNECTOR_SEND_TO_DIRECTORY": "true",
     }
     command = [str(Path(sys.executable).parent / "mattermost-connector"), "sync"]
+    before = set(Path("data/bundles").glob("*.json"))
     try:
         code = subprocess.call(command, env=env)
     finally:
         sim.stop()
-    bundles = sorted(Path("data/bundles").glob("*.json"))
-    print(f"{len(bundles)} STIX bundle files in data/bundles/, state in data/state.db")
+    bundles = set(Path("data/bundles").glob("*.json"))
+    new = len(bundles - before)
+    if new:
+        print(f"{new} new STIX bundle files in data/bundles/ ({len(bundles)} in all)")
+    else:
+        print(
+            f"nothing new since the last run: no bundle written ({len(bundles)} in data/bundles/)"
+        )
+    print("State in data/state.db: `.venv/bin/mattermost-connector status` shows it.")
     return code
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mattermost_connector.errors import ChannelNotAccessible, MattermostError
 from mattermost_connector.mattermost.client import MattermostClient
-from mattermost_connector.state import StateStore
-from mattermost_connector.stix import ChannelContext
 from mattermost_connector.window import iso
+
+if TYPE_CHECKING:  # stix imports pycti and stix2 (a second): `check` names channels without
+    from mattermost_connector.state import StateStore
+    from mattermost_connector.stix import ChannelContext
 
 DIRECT, GROUP = "D", "G"
 
@@ -40,7 +42,27 @@ def _conversation_name(client: MattermostClient, channel: dict[str, Any]) -> str
 def channel_context(
     client: MattermostClient, channel_id: str, server_url: str
 ) -> tuple[ChannelContext, dict[str, Any]]:
-    """Fetch the channel (and its team): 403 and 404 both mean "not accessible"."""
+    """What a channel's messages need: its stable name, description and permalink base."""
+    from mattermost_connector.stix import ChannelContext
+
+    channel, name, team_name = named_channel(client, channel_id)
+    context = ChannelContext(
+        channel_id=channel_id,
+        name=name,
+        description=describe_channel(channel),
+        team_name=team_name,
+        channel_type=channel.get("type", "O"),
+        created_ms=int(channel.get("create_at") or 0),
+        server_url=server_url,
+    )
+    return context, channel
+
+
+def named_channel(
+    client: MattermostClient, channel_id: str
+) -> tuple[dict[str, Any], str, str | None]:
+    """The channel, its name (`<team>/<channel>`, `direct/@a,@b`, `group/...`) and team.
+    403 and 404 both mean "not accessible"."""
     try:
         channel = client.channel(channel_id)
     except MattermostError as error:
@@ -57,16 +79,7 @@ def channel_context(
         name = f"{team_name}/{channel['name']}"
     else:
         name = _conversation_name(client, channel)
-    context = ChannelContext(
-        channel_id=channel_id,
-        name=name,
-        description=describe_channel(channel),
-        team_name=team_name,
-        channel_type=channel.get("type", "O"),
-        created_ms=int(channel.get("create_at") or 0),
-        server_url=server_url,
-    )
-    return context, channel
+    return channel, name, team_name
 
 
 def first_imported(store: StateStore, context: ChannelContext) -> ChannelContext:
