@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from mattermost_connector.state import StateStore
-from tests.checks import objects_by_id
+from tests.checks import directory_bundles, expected_line, objects_by_id
 from tests.conftest import mattermost_env, run_cli
 from tests.mattermost_sim import MattermostSimulator
 from tests.test_incremental import World
@@ -99,7 +99,14 @@ def test_cli_reports_a_refused_archived_channel_in_one_line_and_succeeds(
         "no one read archived channels (TeamSettings.ExperimentalViewArchivedChannels is off): "
         "skipped"
     )
-    assert second.endswith("(threat-intel/ioc-sharing): ok, 1500 posts, 42 files, 3394 objects")
+    bundles = [
+        b
+        for b in directory_bundles(workdir / "bundles")
+        if any(o.get("name") == "threat-intel/ioc-sharing" for o in b["objects"])
+    ]
+    assert second.endswith(
+        f"(threat-intel/ioc-sharing): {expected_line(demo.sim, sharing, bundles)}"
+    )
     assert REFUSED not in result.stdout
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,8 @@ from mattermost_connector.stix import marking_id
 from tests.checks import (
     assert_channel_complete,
     assert_valid_stix,
-    delivered_messages,
     directory_bundles,
+    expected_line,
     objects_by_id,
     queue_messages,
     worker_reports,
@@ -83,30 +82,6 @@ def test_sync_flow_to_directory_then_rerun_adds_only_new_posts(
     delivered = [o for o in json.loads(only.read_text())["objects"] if o["type"] == "media-content"]
     assert [o["content"] for o in delivered] == [new["message"]]
     assert_demo_complete(demo, directory_bundles(workdir / "bundles"), (1501, 2, 2))
-
-
-def expected_line(sim, channel: dict, bundles: list | None = None) -> str:
-    """A channel's line in `sync`'s output, counted from the server's data and the bundle cap
-    rather than copied from a run: per post its media-content and its link to the channel,
-    plus a link to the root for a reply; per bundle the marking, the channel and its authors
-    (the demo's authors alternate: every bundle holds all of them); and per bundle a copy of
-    each thread root its replies refer to that it does not deliver itself (`bundles`: which
-    posts each written bundle delivers; the root's author is already there)."""
-    from mattermost_connector.config import ConnectorSettings
-
-    posts = sim.live_posts(channel["id"])
-    files = sum(len(p["file_ids"]) for p in posts)
-    per_posts = 2 * len(posts) + sum(1 for p in posts if p["root_id"])
-    header = 2 + len({p["user_id"] for p in posts})
-    cap = ConnectorSettings.model_fields["bundle_max_objects"].default
-    count = math.ceil(per_posts / (cap - header - 2))  # whole posts: at most 2 left unused
-    copies = 0
-    for bundle in bundles or []:
-        carried = {m["url"].rsplit("/", 1)[-1] for m in delivered_messages(bundle)}
-        roots = {sim.state.posts[i]["root_id"] for i in carried} - {""}
-        copies += len(roots - carried)
-    objects = per_posts + count * header + copies
-    return f"ok, {len(posts)} posts, {files} files, {objects} objects"
 
 
 def test_inaccessible_channels_fail_alone(prefect_api, workdir, demo, monkeypatch):
