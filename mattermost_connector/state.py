@@ -588,6 +588,21 @@ class StateStore:
                 for row in connection.execute(query.order_by(attachments.c.file_id)).mappings()
             ]
 
+    def attachments_of(self, post_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The attachments rows of these posts, by post id, in file id order."""
+        ids = sorted(set(post_ids))
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self._engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                query = (
+                    sa.select(attachments)
+                    .where(attachments.c.post_id.in_(ids[start : start + 500]))
+                    .order_by(attachments.c.file_id)
+                )
+                for row in connection.execute(query).mappings():
+                    found.setdefault(row["post_id"], []).append(dict(row))
+        return found
+
     def posts_with_missing_files(
         self, channel_id: str, max_size: int, limit: int = 200
     ) -> list[str]:

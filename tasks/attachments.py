@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from prefect import task
 
-from mattermost_connector.attachments import GONE, download_attachments
+from mattermost_connector.attachments import (
+    GONE,
+    download_attachments,
+    first_embedded_files,
+    redelivery_files,
+)
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.stix import Attachment
@@ -21,6 +26,31 @@ from tasks.policy import retrying
 def fetch_attachments(run: ChannelRun, posts: list[dict]) -> dict[str, list[Attachment]]:
     cap = resources.settings().mattermost.max_attachment_size
     return download_attachments(resources.client(), posts, run.spool, cap)
+
+
+@task(
+    name="files-as-delivered",
+    task_run_name="files-as-delivered-{run.channel_id}",
+    **retrying(2, 10),
+)
+def files_as_delivered(
+    run: ChannelRun,
+    batch: Batch,
+    attachments: dict[str, list[Attachment]],
+    recent: list[dict] | None = None,
+) -> dict[str, list[Attachment]]:
+    """The batch's files as its bundles must carry them, given what earlier deliveries did
+    (the state store, and `recent`: the rows of bundles still being loaded): files of posts
+    delivered before (redelivery_files), and the files each thread root's first delivery
+    embedded, downloaded again for the copies of it that replies' bundles hold."""
+    posts = {post["id"] for post in batch.posts}
+    rows = resources.store().attachments_of(posts | batch.roots.keys())
+    for post_id in {row["post_id"] for row in recent or ()}:
+        rows[post_id] = [row for row in recent or () if row["post_id"] == post_id]
+    settled = redelivery_files(attachments, {p: r for p, r in rows.items() if p in posts})
+    cap = resources.settings().mattermost.max_attachment_size
+    roots = {root_id: rows[root_id] for root_id in batch.roots if root_id in rows}
+    return {**settled, **first_embedded_files(resources.client(), roots, run.spool, cap)}
 
 
 @task(
