@@ -48,10 +48,43 @@ def files_of(world: World, channel, post) -> dict[str, bytes]:
     return {f["name"]: base64.b64decode(f["data"]) for f in obj.get("x_opencti_files", [])}
 
 
+def artifact_files(world: World, channel, post) -> dict[str, bytes]:
+    """Files delivered as Artifacts (payload_bin) linked from the post's message."""
+    bundles = world.bundles()
+    message = message_id(world.context(channel), post["id"])
+    linked = {
+        o["target_ref"]
+        for b in bundles
+        for o in b["objects"]
+        if o["type"] == "relationship" and o["source_ref"] == message
+    }
+    return {
+        o["x_opencti_additional_names"][0]: base64.b64decode(o["payload_bin"])
+        for b in bundles
+        for o in b["objects"]
+        if o["type"] == "artifact" and o["id"] in linked and "payload_bin" in o
+    }
+
+
+def assert_replayed_on_an_artifact(world: World, channel, post, name: str, data: bytes) -> None:
+    """Through pycti's import, in bundle order and reversed: the file ends on an Artifact
+    related to the message (OpenCTI would ignore it sent again with the message)."""
+    from tests.replay_platform import bundle_texts, replay
+
+    url = world.context(channel).permalink(post["id"])
+    for reverse in (False, True):
+        platform = replay(bundle_texts(world.workdir / "bundles"), reverse=reverse)
+        (message,) = [e for e in platform.of_type("Media-Content") if e.attributes["url"] == url]
+        (artifact,) = [e for e in platform.related(message) if e.entity_type == "Artifact"]
+        assert [(f.name, f.data) for f in artifact.files.values()] == [(name, data)]
+        assert platform.marking_definitions(artifact.markings) == {"TLP:AMBER"}
+        assert name not in {f.name for f in message.files.values()}
+
+
 def test_size_cap_and_sanitised_names_are_recorded(world: World):
     channel = world.channel("files")
     small, small_data = attach(world, channel, "../../reports/q3\x07 report.pdf", 1000)
-    big, _ = attach(world, channel, "dump.bin", 300_000)
+    big, big_data = attach(world, channel, "dump.bin", 300_000)
     world.configure([channel], MATTERMOST_MAX_ATTACHMENT_SIZE="200k")
     (report,) = world.sync()
     assert report["files"] == 1
@@ -74,7 +107,12 @@ def test_size_cap_and_sanitised_names_are_recorded(world: World):
     # raising the cap fetches what was skipped for size, on the next run
     world.configure([channel], MATTERMOST_MAX_ATTACHMENT_SIZE="1MiB")
     (report,) = world.sync()
-    assert report["files"] == 1 and "dump.bin" in files_of(world, channel, big)
+    # the message was delivered: the file goes as an Artifact linked to it
+    assert report["files"] == 1 and "dump.bin" not in files_of(world, channel, big)
+    assert artifact_files(world, channel, big)["dump.bin"] == big_data
+    assert_replayed_on_an_artifact(world, channel, big, "dump.bin", big_data)
+    rows = StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
+    assert {r["name"]: r["status"] for r in rows}["dump.bin"] == "uploaded"
 
 
 def test_a_file_that_fails_is_fetched_again_on_the_next_run(world: World):
@@ -93,8 +131,10 @@ def test_a_file_that_fails_is_fetched_again_on_the_next_run(world: World):
     assert store.attachments(channel["id"])[0]["status"] == "failed"
     del world.sim.faults.failing_paths[path]
     (report,) = world.sync()
-    assert report["files"] == 1 and files_of(world, channel, post) == {"evidence.zip": data}
-    assert store.attachments(channel["id"])[0]["status"] == "embedded"
+    assert report["files"] == 1 and files_of(world, channel, post) == {}
+    assert artifact_files(world, channel, post) == {"evidence.zip": data}
+    assert_replayed_on_an_artifact(world, channel, post, "evidence.zip", data)
+    assert store.attachments(channel["id"])[0]["status"] == "uploaded"
     (report,) = world.sync()  # settled: nothing fetched again
     assert report["files"] == 0 and report["updated"] == 0
 
