@@ -63,6 +63,12 @@ class BundleFile:
     uploads: list[Upload] = field(default_factory=list)  # sent to the platform before it
 
 
+# What becomes of a file: in its message, an Artifact linked to it (its bytes in a message
+# of their own, or uploaded), over MATTERMOST_MAX_ATTACHMENT_SIZE, not fetched or not
+# uploaded after retries (tried again next run), or gone with its post.
+FATES = ("embedded", "uploaded", "too_large", "failed", "gone")
+
+
 @dataclass(frozen=True)
 class ChannelResult:
     channel_id: str
@@ -78,15 +84,24 @@ class ChannelResult:
     error: str | None = None
     cursor_before: dict[str, Any] | None = None
     cursor_after: dict[str, Any] | None = None
+    fates: dict[str, int] = field(default_factory=dict)  # files by fate (FATES)
 
     @property
     def ok(self) -> bool:
         return self.status == "completed"
 
+    def fates_text(self) -> str:
+        """`3 embedded, 1 uploaded, 1 failed`: every fate a file of the run met."""
+        return ", ".join(
+            f"{self.fates[f]} {f.replace('_', ' ')}" for f in FATES if self.fates.get(f)
+        )
+
     def summary(self) -> str:
         label = f"channel {self.channel_id}" + (f" ({self.name})" if self.name else "")
+        fates = f" ({self.fates_text()})" if self.fates else ""
         if not self.ok:
-            return f"{label}: FAILED: {self.error}"
-        return f"{label}: ok, {self.posts} posts, {self.files} files, {self.objects} objects" + (
-            f", {self.skipped} skipped" if self.skipped else ""
+            return f"{label}: FAILED: {self.error}" + (f"; files{fates}" if fates else "")
+        return (
+            f"{label}: ok, {self.posts} posts, {self.files} files{fates}, {self.objects} objects"
+            + (f", {self.skipped} skipped" if self.skipped else "")
         )

@@ -588,6 +588,17 @@ class StateStore:
                 for row in connection.execute(query.order_by(attachments.c.file_id)).mappings()
             ]
 
+    def file_fates(self, run_id: int) -> dict[str, int]:
+        """How many files this run settled, by fate (embedded, uploaded, too_large, failed,
+        gone): the rows it recorded last."""
+        query = (
+            sa.select(attachments.c.status, sa.func.count())
+            .where(attachments.c.run_id == run_id)
+            .group_by(attachments.c.status)
+        )
+        with self._engine.connect() as connection:
+            return {status: int(count) for status, count in connection.execute(query)}
+
     def attachments_of(self, post_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
         """The attachments rows of these posts, by post id, in file id order."""
         ids = sorted(set(post_ids))

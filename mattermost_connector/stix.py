@@ -425,6 +425,7 @@ class Upload:
     mime_type: str
     size: int
     artifact: dict[str, Any]
+    file_id: str = ""
 
 
 def _artifact_object(
@@ -713,6 +714,7 @@ def _plan_post(
                     attachment.mime_type,
                     attachment.size,
                     artifact,
+                    attachment.file_id,
                 )
             )
     return _PostPlan(artifacts, final, files, uploads, embedded)

@@ -78,7 +78,9 @@ def posts_missing_files(run: ChannelRun) -> Batch:
         reasons = dict(gone)
         rows = [a for a in store.attachments(run.channel_id) if a["post_id"] in reasons]
         store.record_attachments(
-            run.channel_id, [{**a, "status": GONE, "error": reasons[a["post_id"]]} for a in rows]
+            run.channel_id,
+            [{**a, "status": GONE, "error": reasons[a["post_id"]]} for a in rows],
+            run.run_id,
         )
     batch = completed(run, posts)
     batch.updated = len(posts)

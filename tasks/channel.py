@@ -89,10 +89,13 @@ def close_channel(
     """Record the outcome everywhere it is shown: run history, OpenCTI work, logs."""
     status = "failed" if error else "completed"
     counts = {"posts": 0, "files": 0, "objects": 0}
+    fates = resources.store().file_fates(run_id)
     if run is not None:
         counts = {"posts": run.posts, "files": run.files, "objects": run.objects}
+        by_fate = ChannelResult(channel_id, None, kind, status, fates=fates).fates_text()
         message = (
             f"{run.posts} posts, {run.files} files, {run.objects} objects in {run.bundles} bundles"
+            + (f"; files: {by_fate}" if by_fate else "")
             + (
                 f"; {run.updated} updated, {run.deleted} deleted"
                 if run.updated or run.deleted
@@ -114,6 +117,7 @@ def close_channel(
         error=error,
         cursor_before=run.cursor_before if run else None,
         cursor_after=run.cursor if run else None,
+        fates=fates,
         **counts,
     )
     logger = get_run_logger()

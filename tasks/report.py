@@ -12,6 +12,7 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 
+from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.window import iso
@@ -58,6 +59,7 @@ def publish_report(report: list[dict[str, Any]], kind: str) -> None:
             "status": row["status"],
             "posts": row["posts"],
             "files": row["files"],
+            "files by fate": ChannelResult(**row).fates_text(),
             "objects": row["objects"],
             "updated": row["updated"],
             "deleted": row["deleted"],

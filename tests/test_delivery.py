@@ -306,13 +306,13 @@ def test_ten_large_files_and_a_huge_one_reach_opencti_through_a_16mib_rabbitmq(
                 files[obj["x_opencti_additional_names"][0]] = base64.b64decode(obj["payload_bin"])
             if obj["type"] == "relationship":
                 links.add((obj["source_ref"], obj["target_ref"]))
-    for upload in platform.observables:
-        (file,) = upload["Artifact"]["files"]
+    for push in platform.pushed_files:  # created, then its file pushed (importPush)
+        upload, file = push["observable"], push["file"]
         stored.setdefault(upload["stix_id"], {})[file["filename"]] = file["data"]
         hashes = {h["algorithm"]: h["hash"] for h in upload["Artifact"]["hashes"]}
         assert hashes["SHA-256"] == hashlib.sha256(file["data"]).hexdigest()
-        assert upload["objectMarking"] == upload["Artifact"]["filesMarkings"][0]
-    uploaded = sorted(len(u["Artifact"]["files"][0]["data"]) for u in platform.observables)
+        assert push["fileMarkings"] == upload["objectMarking"]
+    uploaded = sorted(len(p["file"]["data"]) for p in platform.pushed_files)
     assert uploaded == [11 * MIB, 40 * MIB]
     for post in posts:
         message = message_id(context, post["id"])
@@ -496,3 +496,52 @@ def test_a_failed_delivery_leaves_no_spooled_files_behind(world: World, platform
     state = mattermost_sync(return_state=True)
     assert state.is_failed()
     assert set(Path(tempfile.gettempdir()).glob(spools)) == before
+
+
+@pytest.mark.amqp
+def test_every_file_fate_is_reported_and_a_failed_upload_is_tried_again(
+    world: World, platform: FakeOpenCTI, push_queue: str
+):
+    """One queue message holds about 786,000 bundle bytes here: a small file goes with its
+    message, a 500 KB one alone in a message as an Artifact, a 700 KB one would be uploaded
+    but the platform refuses it, a 3 MB one is over the cap, one download fails. Every fate
+    is in the report; the refused upload is not the channel's failure, and the next run
+    uploads it; the post whose file failed is deleted meanwhile: its file is gone."""
+    channel = world.channel("fates")
+    attach(world, channel, "small.txt", 1000, "text/plain")
+    attach(world, channel, "mid.bin", 500_000)
+    _, refused_data = attach(world, channel, "refused.bin", 700_000)
+    attach(world, channel, "huge.iso", 3_000_000)
+    flaky, _ = attach(world, channel, "flaky.zip", 2000, "application/zip")
+    world.sim.faults.failing_paths[f"/api/v4/files/{flaky['file_ids'][0]}"] = 503
+    platform.fail_operations.add("StixCyberObservableEdit")
+    world.configure(
+        [channel],
+        **amqp_env(
+            world,
+            platform,
+            CONNECTOR_QUEUE_MAX_MESSAGE_SIZE="1MiB",
+            MATTERMOST_MAX_ATTACHMENT_SIZE="2MiB",
+        ),
+    )
+    (report,) = world.sync()
+    assert report["status"] == "completed", report["error"]
+    assert report["fates"] == {"embedded": 1, "uploaded": 1, "too_large": 1, "failed": 2}
+    from mattermost_connector.channel_run import ChannelResult
+
+    assert "(1 embedded, 1 uploaded, 1 too large, 2 failed)" in ChannelResult(**report).summary()
+    rows = {
+        r["name"]: r
+        for r in StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
+    }
+    assert rows["refused.bin"]["status"] == "failed"
+    assert "StixCyberObservableEdit refused" in rows["refused.bin"]["error"]
+    platform.fail_operations.clear()
+    world.sim.delete_post(flaky["id"])
+    drain(push_queue)
+    (report,) = world.sync()
+    assert report["status"] == "completed", report["error"]
+    assert report["fates"] == {"uploaded": 1, "gone": 1}
+    (push,) = platform.pushed_files
+    assert push["file"]["data"] == refused_data and push["file"]["filename"] == "refused.bin"
+    assert platform.observables[-1]["stix_id"] == push["observable"]["stix_id"]
