@@ -84,9 +84,11 @@ def redelivery_files(
     """The files of posts delivered before (`before`: their attachments rows), as delivering
     them again must carry them. OpenCTI stores a message's files only with its first import
     (an upsert ignores them), and that import may be this one or the first: a file the first
-    delivery embedded is embedded again; any other file fetched now (it failed, or was over
-    a cap since raised) goes as an Artifact linked to the message; a file stored before that
-    cannot be fetched now keeps its fate, described but not sent."""
+    delivery embedded is embedded again; a file stored as an Artifact before is not sent
+    again (its Artifact and link stay; pycti would only upsert them); any other file fetched
+    now (it failed, or was over a cap since raised) goes as an Artifact linked to the
+    message; a file stored before that cannot be fetched now keeps its fate, described but
+    not sent."""
     settled: dict[str, list[Attachment]] = {}
     for post_id, files in found.items():
         rows = {row["file_id"]: row for row in before.get(post_id, [])}
@@ -97,7 +99,10 @@ def redelivery_files(
         for attachment in files:
             row = rows.get(attachment.file_id) or {}
             fate = row.get("status")
-            if attachment.path is not None and fate != EMBEDDED:
+            if attachment.path is not None and fate == UPLOADED:
+                attachment.path.unlink(missing_ok=True)
+                attachment = replace(attachment, path=None, status=UPLOADED, sha256=row["sha256"])
+            elif attachment.path is not None and fate != EMBEDDED:
                 attachment = with_hashes(replace(attachment, status=UPLOADED))
             elif attachment.path is None and fate in (EMBEDDED, UPLOADED):
                 attachment = replace(attachment, status=fate, sha256=row["sha256"], error=None)

@@ -615,10 +615,11 @@ class StateStore:
         return found
 
     def posts_with_missing_files(
-        self, channel_id: str, max_size: int, limit: int = 200
+        self, channel_id: str, max_size: int, limit: int = 200, before_run: int | None = None
     ) -> list[str]:
         """Posts delivered without a file that may be fetched now: it failed, or was over a
-        size cap that has since been raised."""
+        size cap that has since been raised. `before_run`: only files settled by an earlier
+        run (one that failed in this run was just tried, with retries)."""
         table = attachments
         query = (
             sa.select(table.c.post_id)
@@ -633,6 +634,8 @@ class StateStore:
             .order_by(table.c.post_id)
             .limit(limit)
         )
+        if before_run is not None:
+            query = query.where(sa.or_(table.c.run_id.is_(None), table.c.run_id != before_run))
         with self._engine.connect() as connection:
             return list(connection.execute(query).scalars())
 

@@ -65,7 +65,7 @@ def posts_missing_files(run: ChannelRun) -> Batch:
     cap = resources.settings().mattermost.max_attachment_size
     client = resources.client()
     posts, gone = [], []
-    for post_id in store.posts_with_missing_files(run.channel_id, cap):
+    for post_id in store.posts_with_missing_files(run.channel_id, cap, before_run=run.run_id):
         try:
             posts.append(client.post(post_id))
         except AuthenticationError:

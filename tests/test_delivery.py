@@ -545,3 +545,107 @@ def test_every_file_fate_is_reported_and_a_failed_upload_is_tried_again(
     (push,) = platform.pushed_files
     assert push["file"]["data"] == refused_data and push["file"]["filename"] == "refused.bin"
     assert platform.observables[-1]["stix_id"] == push["observable"]["stix_id"]
+
+
+def replay_queue(bodies: list[bytes], platform: FakeOpenCTI, order: str):  # -> ReplayPlatform
+    """What OpenCTI stores of a queue-mode run: its uploads as pycti sent them (each before
+    any bundle naming its Artifact was published), then every queued bundle through pycti's
+    own import (tests/replay_platform.py): in `order` "forward", "reverse", or "copies
+    first" (bundles holding a reply's copy of its root, then the others reversed)."""
+    from tests.checks import root_copies
+    from tests.replay_platform import ReplayPlatform
+
+    replayed = ReplayPlatform().start()
+    try:
+        for push in platform.pushed_files:
+            created = replayed.answer("StixCyberObservableAdd", push["observable"])
+            internal = created["data"]["stixCyberObservableAdd"]["id"]
+            replayed.answer("StixCyberObservableEdit", {**push, "id": internal})
+        texts = [base64.b64decode(json.loads(body)["content"]).decode() for body in bodies]
+        if order != "forward":
+            texts = texts[::-1]
+        if order == "copies first":
+            texts.sort(key=lambda text: not root_copies(json.loads(text)))
+        replayed.rejected = replayed.import_bundles(texts)
+    finally:
+        replayed.stop()
+    return replayed
+
+
+@pytest.mark.amqp
+def test_queue_mode_files_of_every_size_reach_the_platform_through_pycti_in_any_order(
+    world: World, platform: FakeOpenCTI, push_queue: str
+):
+    """Issue 10's scenario at a 1 MiB message (about 786,000 bundle bytes): a root with ten
+    files of 300 KiB (one fits beside its message, the others go alone as Artifacts with
+    their bytes), a reply with a 3 MiB and an 800 KiB file (uploaded) and two small files
+    sharing a name; one of the root's files fails at first and is fetched by the next run,
+    which also brings a reply (its bundle holds a copy of the root). The bundles of both
+    runs, through pycti's import in order and reversed: every file's bytes are on the
+    message or on an Artifact related to it, with its name, MIME type, hashes and marking."""
+    from tests.replay_platform import Entity, ReplayPlatform
+
+    channel = world.channel("heavy-replay")
+    rng = random.Random(4)
+    data: dict[str, bytes] = {}
+
+    def add(name: str, size: int, mime: str = "application/octet-stream"):
+        blob = rng.randbytes(size)
+        info = world.sim.add_file(world.authors[0], name, blob, mime)
+        data[info["id"]] = blob
+        return info
+
+    ten = [add(f"photo-{n}.jpg", 300 * 1024, "image/jpeg") for n in range(10)]
+    root = world.sim.add_post(channel, world.authors[0], "", files=ten)
+    dump = [add("memory.dmp", 3 * MIB), add("capture.pcap", 800 * 1024)]
+    dump += [add("notes.txt", 100, "text/plain"), add("notes.txt", 200, "text/plain")]
+    reply = world.sim.add_post(channel, world.authors[0], "the dump", root=root, files=dump)
+    flaky = f"/api/v4/files/{ten[3]['id']}"
+    world.sim.faults.failing_paths[flaky] = 503
+    world.configure([channel], **amqp_env(world, platform, CONNECTOR_QUEUE_MAX_MESSAGE_SIZE="1MiB"))
+    (report,) = world.sync()
+    assert report["fates"]["failed"] == 1
+    del world.sim.faults.failing_paths[flaky]
+    late = world.sim.add_post(channel, world.authors[1], "seen it", root=root)
+    (report,) = world.sync()
+    # the root again: the file its first delivery embedded, and the one fetched now
+    assert report["fates"] == {"embedded": 1, "uploaded": 1}
+    bodies = drain(push_queue)
+    assert max(len(body) for body in bodies) <= MIB
+    assert sorted(len(p["file"]["data"]) for p in platform.pushed_files) == [800 * 1024, 3 * MIB]
+    context = world.context(channel)
+
+    def stored(replayed: ReplayPlatform, message: Entity) -> dict[str, bytes]:
+        found = {}
+        for file in message.files.values():
+            assert replayed.marking_definitions(file.markings) == {"TLP:AMBER"}
+            found[file.name] = (file.data, file.mime_type)
+        for artifact in replayed.related(message):
+            if artifact.entity_type != "Artifact":
+                continue
+            assert replayed.marking_definitions(artifact.markings) == {"TLP:AMBER"}
+            (file,) = artifact.files.values()
+            hashes = {h["algorithm"]: h["hash"] for h in artifact.attributes["hashes"]}
+            assert hashes == {
+                "MD5": hashlib.md5(file.data).hexdigest(),
+                "SHA-1": hashlib.sha1(file.data).hexdigest(),
+                "SHA-256": hashlib.sha256(file.data).hexdigest(),
+            }
+            assert artifact.attributes["x_opencti_additional_names"] == [file.name]
+            assert artifact.attributes["mime_type"] == file.mime_type
+            if file.markings:  # uploaded: the file marked as its Artifact
+                assert replayed.marking_definitions(file.markings) == {"TLP:AMBER"}
+            found[file.name] = (file.data, file.mime_type)
+        return found
+
+    for order in ("forward", "reverse", "copies first"):
+        replayed = replay_queue(bodies, platform, order)
+        assert replayed.rejected == [] and replayed.missing_references == []
+        messages = {e.attributes["url"]: e for e in replayed.of_type("Media-Content")}
+        for post in (root, reply, late):
+            names = expected_names(world, post)
+            message = messages[context.permalink(post["id"])]
+            assert stored(replayed, message) == {
+                names[f]: (data[f], world.sim.state.files[f].info["mime_type"])
+                for f in post["file_ids"]
+            }, (post["message"], order)
