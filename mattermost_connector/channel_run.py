@@ -61,6 +61,7 @@ class BundleFile:
     attachments: list[dict[str, Any]]  # attachments rows (embedded, too large, failed)
     cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
     uploads: list[Upload] = field(default_factory=list)  # sent to the platform before it
+    sequence: int | None = None  # its place among the channel run's bundles, from 1
 
 
 # What becomes of a file: in its message, an Artifact linked to it (its bytes in a message

@@ -76,7 +76,7 @@ def _send(run: ChannelRun, bundle: BundleFile) -> None:
                             row.update(status="failed", error=str(error))
     text = bundle.path.read_text(encoding="utf-8")
     for destination in resources.outputs():
-        destination.send(run.work, text, bundle.objects)
+        destination.send(run.work, text, bundle.objects, bundle.sequence)
 
 
 def _record(run: ChannelRun, bundle: BundleFile) -> None:

@@ -48,7 +48,8 @@ def transform_batch(
         for part in parts:
             for post in part.posts:
                 cursor = cursor.advance(post)
-            path = run.spool / f"bundle-{run.bundles + len(written) + 1:06d}.json"
+            sequence = run.bundles + len(written) + 1
+            path = run.spool / f"bundle-{sequence:06d}.json"
             with open(path, "w", encoding="utf-8") as handle:
                 part.write(handle)
             keep.update(upload.path for upload in part.uploads)
@@ -66,6 +67,7 @@ def transform_batch(
                     ],
                     cursor=cursor.to_dict() if batch.cursor is not None else None,
                     uploads=part.uploads,
+                    sequence=sequence,
                 )
             )
     finally:

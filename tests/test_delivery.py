@@ -649,3 +649,44 @@ def test_queue_mode_files_of_every_size_reach_the_platform_through_pycti_in_any_
                 names[f]: (data[f], world.sim.state.files[f].info["mime_type"])
                 for f in post["file_ids"]
             }, (post["message"], order)
+
+
+def test_directory_file_names_sort_in_bundle_order_with_concurrent_sends(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Bundles are sent CONNECTOR_DELIVERY_CONCURRENCY at once, so they land in any order
+    (here the first one is held back while the others are written): names still sort in
+    the run's bundle order, which is the posts' order, and a later run's after them."""
+    from mattermost_connector.delivery import DirectoryDestination
+
+    channel = world.channel("ordered")
+    world.populate(channel, 300)
+    send, calls = DirectoryDestination.send, []
+
+    def late_first(self, work, bundle, objects, sequence=None) -> None:
+        calls.append(sequence)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the others are written meanwhile
+        send(self, work, bundle, objects, sequence)
+
+    monkeypatch.setattr(DirectoryDestination, "send", late_first)
+    world.configure(
+        [channel], CONNECTOR_DELIVERY_CONCURRENCY="4", CONNECTOR_BUNDLE_MAX_OBJECTS="40"
+    )
+    world.sync()
+    world.populate(channel, 50)
+    world.sync()
+    context = world.context(channel)
+    created = {
+        message_id(context, p["id"]): p["create_at"] for p in world.sim.channel_rows(channel["id"])
+    }
+    from tests.checks import delivered_messages
+
+    seen = [  # creation times of the messages, file after file in name order
+        created[o["id"]]
+        for bundle in world.bundles()
+        for o in delivered_messages(bundle)
+        if o["id"] in created
+    ]
+    assert len(calls) > 8 and len(seen) == 350
+    assert seen == sorted(seen)
