@@ -45,8 +45,10 @@ def files_as_delivered(
     embedded, downloaded again for the copies of it that replies' bundles hold."""
     posts = {post["id"] for post in batch.posts}
     rows = resources.store().attachments_of(posts | batch.roots.keys())
-    for post_id in {row["post_id"] for row in recent or ()}:
-        rows[post_id] = [row for row in recent or () if row["post_id"] == post_id]
+    loading: dict[str, list[dict]] = {}
+    for row in recent or ():
+        loading.setdefault(row["post_id"], []).append(row)
+    rows.update(loading)
     settled = redelivery_files(attachments, {p: r for p, r in rows.items() if p in posts})
     cap = resources.settings().mattermost.max_attachment_size
     roots = {root_id: rows[root_id] for root_id in batch.roots if root_id in rows}
