@@ -15,7 +15,7 @@ from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, C
 from mattermost_connector.errors import AuthenticationError, ChannelArchived
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import Attachment
-from tasks.attachments import fetch_attachments, posts_missing_files
+from tasks.attachments import fetch_attachments, files_as_delivered, posts_missing_files
 from tasks.changes import commit_changes, mark_listed, reconcile_batch, scan_changes, sweep_batch
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.load import advance_cursor, configured_load
@@ -75,11 +75,16 @@ def deliver(
 
 
 def transform(
-    run: ChannelRun, batch: Batch, attachments: dict[str, list[Attachment]] | None = None
+    run: ChannelRun,
+    batch: Batch,
+    attachments: dict[str, list[Attachment]] | None = None,
+    recent: list[dict] | None = None,
 ) -> tuple[ChannelRun, list[BundleFile]]:
-    """The batch's bundles, and the run as it stands once they are delivered."""
+    """The batch's bundles, and the run as it stands once they are delivered. `recent`: the
+    attachments rows of the batch still loading, not yet in the state store."""
     if attachments is None:
         attachments = fetch_attachments(run, quote(batch.posts))
+    attachments = files_as_delivered(run, quote(batch), quote(attachments), quote(recent))
     bundles = transform_batch(run, quote(batch), quote(attachments))
     return replace(
         run,
@@ -99,6 +104,7 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
     ahead = read_ahead.submit(run)
     loading: PrefectFuture[None] | None = None
     in_flight: list[dict] = []  # posts of the batch being loaded
+    recent: list[dict] = []  # and the fates of their files
     try:
         while True:
             batch, attachments = ahead.result()
@@ -109,10 +115,11 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
                 pending = quote(in_flight + current)
                 ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
             if batch.posts:
-                after, bundles = transform(run, batch, attachments)
+                after, bundles = transform(run, batch, attachments, recent)
                 _landed(loading)
                 loading = configured_load().submit(run, quote(bundles))
                 in_flight = current
+                recent = [row for bundle in bundles for row in bundle.attachments]
                 run = replace(after, posts=run.posts + len(batch.posts))
                 channel_progress(run)
             elif batch.cursor != run.cursor:

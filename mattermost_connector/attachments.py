@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.mattermost.client import FileTooLarge, MattermostClient
-from mattermost_connector.stix import Attachment, safe_file_name
+from mattermost_connector.stix import UPLOADED, Attachment, safe_file_name, with_hashes
 
 log = logging.getLogger("mattermost_connector.attachments")
 
 EMBEDDED, TOO_LARGE, FAILED, GONE = "embedded", "too_large", "failed", "gone"
+Rows = Mapping[str, list[dict[str, Any]]]  # attachments rows (state store) by post id
 
 
 def file_infos(post: dict[str, Any]) -> list[dict[str, Any]]:
@@ -74,3 +76,68 @@ def _fetch(
         sha256=result.sha256,
         status=EMBEDDED,
     )
+
+
+def redelivery_files(
+    found: Mapping[str, list[Attachment]], before: Rows
+) -> dict[str, list[Attachment]]:
+    """The files of posts delivered before (`before`: their attachments rows), as delivering
+    them again must carry them. OpenCTI stores a message's files only with its first import
+    (an upsert ignores them), and that import may be this one or the first: a file the first
+    delivery embedded is embedded again; a file stored as an Artifact before is not sent
+    again (its Artifact and link stay; pycti would only upsert them); any other file fetched
+    now (it failed, or was over a cap since raised) goes as an Artifact linked to the
+    message; a file stored before that cannot be fetched now keeps its fate, described but
+    not sent."""
+    settled: dict[str, list[Attachment]] = {}
+    for post_id, files in found.items():
+        rows = {row["file_id"]: row for row in before.get(post_id, [])}
+        if not rows:
+            settled[post_id] = files
+            continue
+        kept = []
+        for attachment in files:
+            row = rows.get(attachment.file_id) or {}
+            fate = row.get("status")
+            if attachment.path is not None and fate == UPLOADED:
+                attachment.path.unlink(missing_ok=True)
+                attachment = replace(attachment, path=None, status=UPLOADED, sha256=row["sha256"])
+            elif attachment.path is not None and fate != EMBEDDED:
+                attachment = with_hashes(replace(attachment, status=UPLOADED))
+            elif attachment.path is None and fate in (EMBEDDED, UPLOADED):
+                attachment = replace(attachment, status=fate, sha256=row["sha256"], error=None)
+            kept.append(attachment)
+        settled[post_id] = kept
+    return settled
+
+
+def first_embedded_files(
+    client: MattermostClient,
+    roots: Rows,
+    spool: Path,
+    max_size: int,
+) -> dict[str, list[Attachment]]:
+    """For each thread root (`roots`: its attachments rows), the files its first delivery
+    embedded, downloaded again into the spool, named as then: a
+    reply's bundle carries them in its copy of the root (stix.root_copy_segments). A file
+    that cannot be fetched now is left out of the copy, with a warning."""
+    spool.mkdir(parents=True, exist_ok=True)
+    found: dict[str, list[Attachment]] = {}
+    for root_id, rows in roots.items():
+        for row in rows:
+            if row["status"] != EMBEDDED:
+                continue
+            info = {key: row[key] for key in ("name", "mime_type", "size")}
+            have = _fetch(client, {**info, "id": row["file_id"]}, spool, max_size)
+            if have.path is None:
+                log.warning(
+                    "file %s (%s) of thread root %s not fetched again (%s): replies' copies of "
+                    "the root go without it",
+                    row["file_id"],
+                    row["name"],
+                    root_id,
+                    have.error,
+                )
+                continue
+            found.setdefault(root_id, []).append(replace(have, name=row["name"], status=EMBEDDED))
+    return found

@@ -70,6 +70,13 @@ class BundleFile:
     attachments: list[dict[str, Any]]  # attachments rows (embedded, too large, failed)
     cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
     uploads: list[Upload] = field(default_factory=list)  # sent to the platform before it
+    sequence: int | None = None  # its place among the channel run's bundles, from 1
+
+
+# What becomes of a file: in its message, an Artifact linked to it (its bytes in a message
+# of their own, or uploaded), over MATTERMOST_MAX_ATTACHMENT_SIZE, not fetched or not
+# uploaded after retries (tried again next run), or gone with its post.
+FATES = ("embedded", "uploaded", "too_large", "failed", "gone")
 
 
 ARCHIVED = "archived"  # a channel the server refuses to read because it is archived: skipped
@@ -90,18 +97,27 @@ class ChannelResult:
     error: str | None = None
     cursor_before: dict[str, Any] | None = None
     cursor_after: dict[str, Any] | None = None
+    fates: dict[str, int] = field(default_factory=dict)  # files by fate (FATES)
 
     @property
     def ok(self) -> bool:
         """Nothing for the operator to fix: done, or archived and refused (`error` says why)."""
         return self.status in ("completed", ARCHIVED)
 
+    def fates_text(self) -> str:
+        """`3 embedded, 1 uploaded, 1 failed`: every fate a file of the run met."""
+        return ", ".join(
+            f"{self.fates[f]} {f.replace('_', ' ')}" for f in FATES if self.fates.get(f)
+        )
+
     def summary(self) -> str:
         label = f"channel {self.channel_id}" + (f" ({self.name})" if self.name else "")
         if self.status == ARCHIVED:
             return f"{label}: {self.error}"
+        fates = f" ({self.fates_text()})" if self.fates else ""
         if not self.ok:
-            return f"{label}: FAILED: {self.error}"
-        return f"{label}: ok, {self.posts} posts, {self.files} files, {self.objects} objects" + (
-            f", {self.skipped} skipped" if self.skipped else ""
+            return f"{label}: FAILED: {self.error}" + (f"; files{fates}" if fates else "")
+        return (
+            f"{label}: ok, {self.posts} posts, {self.files} files{fates}, {self.objects} objects"
+            + (f", {self.skipped} skipped" if self.skipped else "")
         )

@@ -28,6 +28,10 @@ from mattermost_connector.upload import ArtifactUploader
 log = logging.getLogger("mattermost_connector.delivery")
 
 
+def _stamp() -> str:
+    return datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
 @dataclass
 class Work:
     """One channel run as each destination tracks it (an OpenCTI work, a file prefix)."""
@@ -36,6 +40,7 @@ class Work:
     friendly_name: str
     ids: dict[str, str | None] = field(default_factory=dict)
     sequence: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    started: str = field(default_factory=_stamp)  # UTC, to the microsecond
 
 
 class Destination(Protocol):
@@ -45,7 +50,7 @@ class Destination(Protocol):
 
     def upload(self, work: Work, upload: Upload) -> None: ...
 
-    def send(self, work: Work, bundle: str, objects: int) -> None: ...
+    def send(self, work: Work, bundle: str, objects: int, sequence: int | None = None) -> None: ...
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None: ...
 
@@ -73,10 +78,13 @@ class DirectoryDestination:
         """Nothing to upload: a directory alone embeds every file; beside OpenCTI, its bundles
         name an uploaded file by its Artifact (hashes, name, type)."""
 
-    def send(self, work: Work, bundle: str, objects: int) -> None:
-        """File names sort in delivery order: send time (µs), channel, sequence in the run."""
-        now = datetime.now(tz=UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        name = f"{now}-{work.ids[self.name]}-{next(work.sequence):06d}-{uuid.uuid4().hex[:6]}.json"
+    def send(self, work: Work, bundle: str, objects: int, sequence: int | None = None) -> None:
+        """File names sort in the channel run's bundle order, though bundles are sent
+        CONNECTOR_DELIVERY_CONCURRENCY at once: the run's start (µs), the channel, the
+        bundle's `sequence` in the run (else the order of sends), a random suffix (a bundle
+        sent again, after a failure, does not overwrite the first copy)."""
+        number = next(work.sequence) if sequence is None else sequence
+        name = f"{work.started}-{work.ids[self.name]}-{number:06d}-{uuid.uuid4().hex[:6]}.json"
         final = self.path / name
         partial = final.with_suffix(".json.tmp")
         try:
@@ -203,7 +211,7 @@ class OpenCTIDestination:
         except Exception as error:
             raise self._fail(f"upload of {upload.name} ({upload.size} bytes)", error) from None
 
-    def send(self, work: Work, bundle: str, objects: int) -> None:
+    def send(self, work: Work, bundle: str, objects: int, sequence: int | None = None) -> None:
         """One AMQP message per bundle by default (pycti's `no_split`): OpenCTI's worker then
         imports its objects in dependency order and reports each one on the work, so the
         work expects `objects` of them. Published on this destination's reused connections

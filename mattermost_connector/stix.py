@@ -16,7 +16,7 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache, lru_cache
@@ -425,6 +425,7 @@ class Upload:
     mime_type: str
     size: int
     artifact: dict[str, Any]
+    file_id: str = ""
 
 
 def _artifact_object(
@@ -450,21 +451,22 @@ def _title(message: str) -> str | None:
 
 
 def _fates(attachments: list[Attachment]) -> list[str]:
-    """What became of each file, for the message's description (the same in every copy)."""
+    """What became of each file, for the message's description (the same in every copy). By
+    status: a file stored by an earlier delivery keeps its line though not sent again."""
     lines = []
-    missing = [a for a in attachments if a.path is None]
+    missing = [a for a in attachments if a.status not in (EMBEDDED, UPLOADED)]
     if missing:
         lines.append(
             "attachments not embedded: "
             + ", ".join(f"{a.name} ({a.size} bytes, {a.mime_type}): {a.error}" for a in missing)
         )
-    embedded = [a for a in attachments if a.path is not None and a.status != UPLOADED]
+    embedded = [a for a in attachments if a.status == EMBEDDED]
     if embedded:
         lines.append("attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded))
-    uploaded = [a for a in attachments if a.path is not None and a.status == UPLOADED]
+    uploaded = [a for a in attachments if a.status == UPLOADED]
     if uploaded:
         lines.append(
-            "attachments too large for a queue message, uploaded as artifacts: "
+            "attachments stored as artifacts linked to this message: "
             + ", ".join(
                 f"{a.name} ({a.size} bytes, {a.mime_type}) sha256={a.sha256}" for a in uploaded
             )
@@ -527,7 +529,7 @@ def message_objects(
     if post.get("root_id") and root_known:
         links.append(_related(message["id"], message_id(context, post["root_id"]), when, marking))
     for attachment in attachments:
-        if attachment.status == UPLOADED:
+        if attachment.status == UPLOADED and attachment.md5:  # else linked when first sent
             artifact = _artifact_object(attachment, url, identity_id(author), marking)
             links += [artifact, _related(message["id"], artifact["id"], when, marking)]
     return message, links
@@ -537,11 +539,29 @@ def root_copy(
     post: Post, context: ChannelContext, author: Mapping[str, Any], tlp: TLP
 ) -> dict[str, Any]:
     """A thread root as last delivered, for a reply's bundle that must define what it refers
-    to. Without its files, and without its description (which lists the files' digests):
-    OpenCTI upserts only the properties sent, so both stay as the root's own bundle left them."""
+    to. Without its description (which lists every file's fate) and without a title made of
+    file names: OpenCTI upserts only the properties sent, and sets an empty one from a later
+    import (upsert-utils.js `isCurrentlyEmpty`), so both end as the root's own bundle has them
+    whichever is imported first. Its files: see `root_copy_segments`."""
     message = message_objects(post, context, author, [], tlp)[0]
     del message["x_opencti_description"]
     return message
+
+
+def root_copy_segments(
+    post: Post,
+    context: ChannelContext,
+    author: Mapping[str, Any],
+    tlp: TLP,
+    files: list[Attachment],
+    no_trigger_import: bool,
+) -> list[Segment]:
+    """The copy with the files the root's first delivery embedded (`files`, spooled, named
+    as then): OpenCTI stores a media-content's files only with its first import, and a
+    reply's bundle may be imported before the root's own, here or in a later run."""
+    marking = marking_id(tlp)
+    entries = [_file_entry(a, marking, no_trigger_import) for a in files if a.path is not None]
+    return _with_files(serialize(root_copy(post, context, author, tlp)), entries)
 
 
 def unknown_author(user_id: str) -> dict[str, Any]:
@@ -603,6 +623,7 @@ class _PostPlan:
     final: list[list[Segment]]  # the media-content and its links: what completes the post
     attachments: list[Attachment]
     uploads: list[Upload]
+    embedded: list[Attachment]  # in the media-content: what a copy of it must carry too
 
 
 def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[Segment]:
@@ -611,6 +632,12 @@ def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[
     assert attachment.path is not None
     text = serialize(artifact)
     return [text[:-1] + ',"payload_bin":"', Spooled(attachment.path, attachment.size), '"}']
+
+
+# Room a thread root leaves for one reply beside its copy in a queue message: the largest
+# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped), its
+# description and links (ten files as Artifacts), and both authors.
+REPLY_RESERVE = 192 * 1024
 
 
 def _plan_post(
@@ -622,15 +649,19 @@ def _plan_post(
     *,
     root_known: bool,
     room: int,
+    artifact_room: int,
     queue: bool,
     no_trigger_import: bool,
 ) -> _PostPlan:
     """Where each of a post's files goes. For a directory, all in its media-content, however
     large. For OpenCTI, whose upsert of an existing observable ignores the files it is sent
     (upsert-utils.js reads only a single `file`), a file goes with its media-content while
-    that fits one message (`room` bytes); a file that does not goes alone in a message of
-    its own as an Artifact with its bytes, or, too large for any message, is uploaded as an
-    Artifact; either way the message links to the Artifact."""
+    that fits one message (`room` bytes; a thread root keeps REPLY_RESERVE free, for a reply
+    whose bundle holds a copy of it with these files); a file that does not goes alone in a
+    message of its own (`artifact_room` bytes) as an Artifact with its bytes, or, too large
+    for any message, is uploaded as an Artifact; either way the message links to the
+    Artifact. A file already UPLOADED (a post delivered before: redelivery_files) goes as an
+    Artifact in either mode."""
     marking = marking_id(tlp)
     files = unique_names(files)
     url, author_id = context.permalink(post["id"]), identity_id(author)
@@ -648,12 +679,16 @@ def _plan_post(
         widest = [replace(a, status=UPLOADED, **placeholder) if a.path else a for a in files]
         message, links = objects(widest)
         free = room - _size(message) - sum(_size(link) + 2 for link in links) - 22
+        if not post.get("root_id"):  # below the configurable floor, a quarter of the room
+            free -= min(REPLY_RESERVE, room // 4)
         kept: list[Attachment] = []
         for attachment in files:
-            if attachment.path is not None and entry_size(attachment) <= free:
+            if attachment.path is None or attachment.status == UPLOADED:
+                pass
+            elif entry_size(attachment) <= free:
                 free -= entry_size(attachment)
-            elif attachment.path is not None:
-                attachment = replace(attachment, status=UPLOADED, **_hash_fields(attachment.path))
+            else:
+                attachment = with_hashes(replace(attachment, status=UPLOADED))
             kept.append(attachment)
         files = kept
     message, links = objects(files)
@@ -669,7 +704,7 @@ def _plan_post(
             continue
         artifact = _artifact_object(attachment, url, author_id, marking)
         carried = _payload_artifact(artifact, attachment)
-        if _segments_size(carried) <= room:
+        if not queue or _segments_size(carried) <= artifact_room:
             artifacts.append(carried)
         else:
             uploads.append(
@@ -679,20 +714,27 @@ def _plan_post(
                     attachment.mime_type,
                     attachment.size,
                     artifact,
+                    attachment.file_id,
                 )
             )
-    return _PostPlan(artifacts, final, files, uploads)
+    return _PostPlan(artifacts, final, files, uploads, embedded)
 
 
-def _hash_fields(path: Path) -> dict[str, str]:
-    hashes = file_hashes(path)
-    return {"md5": hashes["MD5"], "sha1": hashes["SHA-1"], "sha256": hashes["SHA-256"]}
+def with_hashes(attachment: Attachment) -> Attachment:
+    """The attachment with the MD5 and SHA-1 an Artifact's id needs (its spooled bytes')."""
+    assert attachment.path is not None
+    hashes = file_hashes(attachment.path)
+    return replace(attachment, md5=hashes["MD5"], sha1=hashes["SHA-1"], sha256=hashes["SHA-256"])
+
+
+Part = list[Segment]  # one serialised object, its files streamed from the spool
 
 
 class _References:
     """What a bundle must define besides its posts and header: their authors, and each
-    reply's thread root as last delivered with the root's author. OpenCTI's workers import
-    bundles in parallel and in any order, so no bundle may count on another one."""
+    reply's thread root as last delivered with the root's author and the files the root's
+    first delivery embedded (`first_files`). OpenCTI's workers import bundles in parallel
+    and in any order, so no bundle may count on another one."""
 
     def __init__(
         self,
@@ -702,11 +744,14 @@ class _References:
         roots: Mapping[str, Post],
         missing: Iterable[str],
         tlp: TLP,
+        first_files: Callable[[str], list[Attachment]],
+        no_trigger_import: bool,
     ) -> None:
         self._context, self._users, self._tlp = context, users, tlp
         self._roots = {**roots, **{post["id"]: post for post in posts}}
         self._missing = set(missing)
-        self._parts: dict[tuple[str, str], str] = {}
+        self._first_files, self._no_trigger_import = first_files, no_trigger_import
+        self._parts: dict[tuple[str, str], Part] = {}
         self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
 
     def author(self, user_id: str) -> Mapping[str, Any]:
@@ -727,21 +772,27 @@ class _References:
         keys.append(("user", post["user_id"]))
         return [key for key in dict.fromkeys(keys) if key not in present]
 
-    def parts(self, keys: list[tuple[str, str]]) -> list[str]:
+    def parts(self, keys: list[tuple[str, str]]) -> list[Part]:
         return [self._part(key) for key in keys]
 
-    def _part(self, key: tuple[str, str]) -> str:
+    def _part(self, key: tuple[str, str]) -> Part:
         if key not in self._parts:
             kind, object_id = key
             if kind == "user":
-                obj = identity_object(self.author(object_id), self._tlp)
+                self._parts[key] = [serialize(identity_object(self.author(object_id), self._tlp))]
             else:
                 root = self._roots[object_id]
-                obj = root_copy(root, self._context, self.author(root["user_id"]), self._tlp)
-            self._parts[key] = serialize(obj)
+                self._parts[key] = root_copy_segments(
+                    root,
+                    self._context,
+                    self.author(root["user_id"]),
+                    self._tlp,
+                    self._first_files(object_id),
+                    self._no_trigger_import,
+                )
         return self._parts[key]
 
-    def took(self, post: Post, keys: list[tuple[str, str]]) -> str | None:
+    def took(self, post: Post, keys: list[tuple[str, str]]) -> Part | None:
         """Record what the bundle now holds; returns the copy of `post` it held already (a
         reply sharing its root's millisecond may come first), which the post replaces."""
         self.present.update(keys)
@@ -768,17 +819,58 @@ def iter_bundles(
     """Bundles of whole posts, each under `max_objects` and `max_bytes` (for a directory, a
     single post larger than that still goes alone, all its files in it), each
     self-contained: marking, channel, its authors, and the root of each reply it holds (from
-    this batch, or `roots`: as last delivered). For OpenCTI (`queue`) no bundle ever
-    exceeds `max_bytes`: a file that does not fit with its post goes before it, alone in
-    a bundle as an Artifact with its bytes, or is uploaded (BundlePart.uploads) when even
-    that is too large; the post's own bundle links it and completes the post.
+    this batch, or `roots`: as last delivered) with the files the root's first delivery
+    embedded (`attachments` holds them, spooled, for roots outside `posts`). For OpenCTI
+    (`queue`) no bundle ever exceeds `max_bytes`: a file that does not fit with its post
+    goes before it, alone in a bundle as an Artifact with its bytes, or is uploaded
+    (BundlePart.uploads) when even that is too large; the post's own bundle links it and
+    completes the post.
 
     Built one at a time, files streamed from the spool as each bundle is written.
     """
     header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
     base = _BUNDLE_OVERHEAD + sum(_size(part) + 2 for part in header)
-    refs = _References(context, posts, users, roots or {}, missing_roots, tlp)
-    objects: list[list[Segment]] = []
+    by_id = {post["id"]: post for post in posts}
+    plans: dict[str, _PostPlan] = {}
+    embedded: dict[str, list[Attachment]] = {}  # the files each post's own bundle embeds
+
+    def first_files(root_id: str) -> list[Attachment]:
+        if root_id in by_id:
+            if root_id not in embedded:
+                plan_of(by_id[root_id])
+            return embedded[root_id]
+        return [a for a in attachments.get(root_id, []) if a.status == EMBEDDED and a.path]
+
+    refs = _References(
+        context, posts, users, roots or {}, missing_roots, tlp, first_files, no_trigger_import
+    )
+
+    def plan_of(post: Post) -> _PostPlan:
+        """Planned once: a reply's copy of its root needs the root's plan, maybe first."""
+        if post["id"] not in plans:
+            identity = refs.parts([("user", post["user_id"])])[0]
+            alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
+            plan = _plan_post(
+                post,
+                context,
+                refs.author(post["user_id"]),
+                attachments.get(post["id"], []),
+                tlp,
+                root_known=refs.linkable(post),
+                room=max_bytes - base - sum(_segments_size(part) + 2 for part in alone),
+                artifact_room=max_bytes
+                - _BUNDLE_OVERHEAD
+                - _size(header[0])
+                - 2
+                - _segments_size(identity)
+                - 2,
+                queue=queue,
+                no_trigger_import=no_trigger_import,
+            )
+            plans[post["id"]], embedded[post["id"]] = plan, plan.embedded
+        return plans[post["id"]]
+
+    objects: list[Part] = []
     size, carried = base, []
     settled: list[tuple[str, Attachment]] = []
     uploads: list[Upload] = []
@@ -795,27 +887,16 @@ def iter_bundles(
         refs.present.clear()
         return part
 
-    def references(post: Post) -> tuple[list[tuple[str, str]], list[list[Segment]]]:
+    def references(post: Post) -> tuple[list[tuple[str, str]], list[Part]]:
         needed = refs.needed(post)
-        return needed, [[part] for part in refs.parts(needed)]
+        return needed, refs.parts(needed)
 
     for post in posts:
-        author = refs.author(post["user_id"])
         identity = refs.parts([("user", post["user_id"])])[0]
-        alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
-        plan = _plan_post(
-            post,
-            context,
-            author,
-            attachments.get(post["id"], []),
-            tlp,
-            root_known=refs.linkable(post),
-            room=max_bytes - base - sum(_size(part) + 2 for part in alone),
-            queue=queue,
-            no_trigger_import=no_trigger_import,
-        )
+        plan = plan_of(post)
+        del plans[post["id"]]  # only `embedded` is needed once the post is placed
         for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
-            yield BundlePart(_bundle([[header[0]], [identity], artifact]), 3, [], [])
+            yield BundlePart(_bundle([[header[0]], identity, artifact]), 3, [], [])
         needed, extra = references(post)
         added = extra + plan.final
         added_size = sum(_segments_size(obj) + 2 for obj in added)
@@ -828,8 +909,8 @@ def iter_bundles(
             added_size = sum(_segments_size(obj) + 2 for obj in added)
         copied = refs.took(post, needed)
         if copied is not None:  # the post replaces the copy of it a reply brought first
-            objects.remove([copied])
-            size -= _size(copied) + 2
+            objects.remove(copied)
+            size -= _segments_size(copied) + 2
         objects.extend(added)
         size += added_size
         carried.append(post)

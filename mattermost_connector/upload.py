@@ -1,8 +1,11 @@
 """Files too large for any queue message, uploaded straight to OpenCTI as Artifacts.
 
-pycti builds the request: `stix_cyber_observable.create` of an Artifact with `files`, the
-GraphQL multipart request of its own upload path (the Artifact's hashes, name, MIME type and
-marking, the file stored under it with its marking). Sent by pycti's requests session, the
+pycti builds the requests: `stix_cyber_observable.create` of the Artifact (hashes, name, MIME
+type, marking), then `add_file`, the GraphQL multipart `importPush` that stores the file
+under it with its marking. Not `create(files=...)`: on an Artifact that already exists (a
+bundle naming it was imported first, an earlier upload failed half-way) the platform's
+upsert ignores `files` (upsert-utils.js reads only a single `file`), while importPush stores
+the file on a new or an existing element alike. Sent by pycti's requests session, the
 file and then the whole multipart body would be read into memory; here the same request is
 sent by httpx, which streams the file from the spool in 64 KiB chunks.
 """
@@ -61,31 +64,36 @@ class ArtifactUploader:
         self._no_trigger_import = no_trigger_import
 
     def upload(self, upload: Upload) -> dict[str, Any]:
-        """Create (or upsert: same hashes, same id) the Artifact with its file attached."""
-        from pycti.api.opencti_api_client import File
-
+        """Create (or upsert: same hashes, same id) the Artifact, then store its file."""
         artifact = upload.artifact
         markings = artifact["object_marking_refs"]
-        with open(upload.path, "rb") as data:
-            result = self._api.stix_cyber_observable.create(
-                observableData={
-                    key: artifact[key]
-                    for key in (
-                        "type",
-                        "id",
-                        "hashes",
-                        "mime_type",
-                        "x_opencti_additional_names",
-                        "x_opencti_description",
-                    )
-                },
-                objectMarking=markings,
-                files=[File(upload.name, data, upload.mime_type)],
-                filesMarkings=[markings],
-                noTriggerImport=[self._no_trigger_import],
-            )
+        result = self._api.stix_cyber_observable.create(
+            observableData={
+                key: artifact[key]
+                for key in (
+                    "type",
+                    "id",
+                    "hashes",
+                    "mime_type",
+                    "x_opencti_additional_names",
+                    "x_opencti_description",
+                )
+            },
+            objectMarking=markings,
+        )
         if not result:
             raise ValueError(f"the platform created no Artifact for {upload.name}")
+        with open(upload.path, "rb") as data:
+            pushed = self._api.stix_cyber_observable.add_file(
+                id=result["id"],
+                file_name=upload.name,
+                data=data,
+                fileMarkings=markings,
+                mime_type=upload.mime_type,
+                no_trigger_import=self._no_trigger_import,
+            )
+        if not pushed:
+            raise ValueError(f"the platform stored no file for {upload.name}")
         return result
 
     def close(self) -> None:

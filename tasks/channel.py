@@ -99,10 +99,13 @@ def close_channel(
     why an archived channel the server refuses to read was left alone, without failing."""
     status = "failed" if error else ARCHIVED if archived else "completed"
     counts = {"posts": 0, "files": 0, "objects": 0}
+    fates = resources.store().file_fates(run_id)
     if run is not None:
         counts = {"posts": run.posts, "files": run.files, "objects": run.objects}
+        by_fate = ChannelResult(channel_id, None, kind, status, fates=fates).fates_text()
         message = (
             f"{run.posts} posts, {run.files} files, {run.objects} objects in {run.bundles} bundles"
+            + (f"; files: {by_fate}" if by_fate else "")
             + (
                 f"; {run.updated} updated, {run.deleted} deleted"
                 if run.updated or run.deleted
@@ -124,6 +127,7 @@ def close_channel(
         error=error or archived,
         cursor_before=run.cursor_before if run else None,
         cursor_after=run.cursor if run else None,
+        fates=fates,
         **counts,
     )
     logger = get_run_logger()

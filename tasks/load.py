@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -11,8 +13,11 @@ from typing import Any
 from prefect import task
 
 from mattermost_connector.channel_run import BundleFile, ChannelRun
+from mattermost_connector.errors import DeliveryError
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS, retrying
+
+log = logging.getLogger("mattermost_connector.load")
 
 
 @task(
@@ -50,13 +55,28 @@ def load_bundles(run: ChannelRun, bundles: list[BundleFile]) -> None:
 
 
 def _send(run: ChannelRun, bundle: BundleFile) -> None:
-    """Files too large for a message first (the bundle links them), then the bundle."""
+    """Files too large for a message first (the bundle links them), then the bundle. An
+    upload that still fails after CONNECTOR_DELIVERY_RETRIES is that file's fate, `failed`
+    with its error, not the channel's: the post is delivered without it, and the next run
+    fetches and uploads it again (tasks/attachments.posts_missing_files)."""
+    connector = resources.settings().connector
     for destination in resources.outputs():
         for upload in bundle.uploads:
-            destination.upload(run.work, upload)
+            for attempt in range(connector.delivery_retries + 1):
+                try:
+                    destination.upload(run.work, upload)
+                    break
+                except DeliveryError as error:
+                    if attempt < connector.delivery_retries:
+                        time.sleep(connector.delivery_retry_delay * 2**attempt)
+                        continue
+                    log.warning("%s: left for the next run", error)
+                    for row in bundle.attachments:
+                        if row["file_id"] == upload.file_id:
+                            row.update(status="failed", error=str(error))
     text = bundle.path.read_text(encoding="utf-8")
     for destination in resources.outputs():
-        destination.send(run.work, text, bundle.objects)
+        destination.send(run.work, text, bundle.objects, bundle.sequence)
 
 
 def _record(run: ChannelRun, bundle: BundleFile) -> None:

@@ -15,7 +15,7 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run
 
 from mattermost_connector import progress
-from mattermost_connector.channel_run import ChannelRun
+from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.window import iso
@@ -85,6 +85,7 @@ def publish_report(report: list[dict[str, Any]], kind: str) -> None:
             "status": row["status"],
             "posts": row["posts"],
             "files": row["files"],
+            "files by fate": ChannelResult(**row).fates_text(),
             "objects": row["objects"],
             "updated": row["updated"],
             "deleted": row["deleted"],

@@ -15,6 +15,10 @@ from tasks.policy import TASK_DEFAULTS
 DELIVERED = (EMBEDDED, UPLOADED)
 
 
+def _sent(attachment: Attachment) -> bool:
+    return attachment.status in DELIVERED and attachment.path is not None
+
+
 @task(name="transform", task_run_name="transform-{run.channel_id}", **TASK_DEFAULTS)
 def transform_batch(
     run: ChannelRun, batch: Batch, attachments: dict[str, list[Attachment]]
@@ -44,7 +48,8 @@ def transform_batch(
         for part in parts:
             for post in part.posts:
                 cursor = cursor.advance(post)
-            path = run.spool / f"bundle-{run.bundles + len(written) + 1:06d}.json"
+            sequence = run.bundles + len(written) + 1
+            path = run.spool / f"bundle-{sequence:06d}.json"
             with open(path, "w", encoding="utf-8") as handle:
                 part.write(handle)
             keep.update(upload.path for upload in part.uploads)
@@ -52,11 +57,17 @@ def transform_batch(
                 BundleFile(
                     path=path,
                     objects=part.objects,
-                    files=sum(1 for _, a in part.attachments if a.status in DELIVERED),
+                    files=sum(1 for _, a in part.attachments if _sent(a)),
                     posts=part.posts,
-                    attachments=[a.record(post_id) for post_id, a in part.attachments],
+                    # a file stored by an earlier delivery, not sent again, keeps its row
+                    attachments=[
+                        a.record(post_id)
+                        for post_id, a in part.attachments
+                        if _sent(a) or a.status not in DELIVERED
+                    ],
                     cursor=cursor.to_dict() if batch.cursor is not None else None,
                     uploads=part.uploads,
+                    sequence=sequence,
                 )
             )
     finally:

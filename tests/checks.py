@@ -171,4 +171,5 @@ def expected_line(sim, channel: dict, bundles: list | None = None) -> str:
         roots = {sim.state.posts[i]["root_id"] for i in carried} - {""}
         copies += len(roots - carried)
     objects = per_posts + count * header + copies
-    return f"ok, {len(posts)} posts, {files} files, {objects} objects"
+    fates = f" ({files} embedded)" if files else ""  # a directory embeds every file under the cap
+    return f"ok, {len(posts)} posts, {files} files{fates}, {objects} objects"

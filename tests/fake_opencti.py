@@ -55,6 +55,9 @@ class FakeOpenCTI:
         self.pushed_bundles: list[dict[str, Any]] = []
         self.registrations: list[dict[str, Any]] = []
         self.observables: list[dict[str, Any]] = []  # stixCyberObservableAdd, files included
+        # importPush (pycti's add_file): the observable's record, and the file with its marking
+        self.pushed_files: list[dict[str, Any]] = []
+        self._observable_ids: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -69,7 +72,10 @@ class FakeOpenCTI:
         handler = getattr(self, f"_op_{operation}", None)
         if handler is None:
             return {"errors": [{"message": f"fake platform: no operation {operation}"}]}
-        return {"data": handler(variables)}
+        try:
+            return {"data": handler(variables)}
+        except ValueError as error:  # the platform's UnsupportedError, as GraphQL errors
+            return {"errors": [{"message": str(error), "name": "UNSUPPORTED_ERROR"}]}
 
     def _op_healthCheck(self, _: dict[str, Any]) -> Any:
         return {"about": {"version": "6.9.0"}}
@@ -151,14 +157,25 @@ class FakeOpenCTI:
     def _op_StixCyberObservableAdd(self, variables: dict[str, Any]) -> Any:
         """pycti's stix_cyber_observable.create; its files arrive as multipart uploads."""
         self.observables.append(variables)
+        internal_id = str(uuid.uuid4())
+        self._observable_ids[internal_id] = variables
         return {
             "stixCyberObservableAdd": {
-                "id": str(uuid.uuid4()),
+                "id": internal_id,
                 "standard_id": variables.get("stix_id"),
                 "entity_type": variables["type"],
                 "parent_types": ["Stix-Cyber-Observable"],
             }
         }
+
+    def _op_StixCyberObservableEdit(self, variables: dict[str, Any]) -> Any:
+        """importPush of a file onto an observable created before (it must exist)."""
+        observable = self._observable_ids.get(variables["id"])
+        if observable is None or "file" not in variables:
+            raise ValueError("Cant upload a file an none existing element")
+        self.pushed_files.append({**variables, "observable": observable})
+        name = variables["file"]["filename"]
+        return {"stixCyberObservableEdit": {"importPush": {"id": name, "name": name}}}
 
     def _op_StixBundlePush(self, variables: dict[str, Any]) -> Any:
         self.pushed_bundles.append(

@@ -29,6 +29,11 @@ pycti and check what OpenCTI would be asked to keep. Rules modelled, from the pl
   `utils/upsert-utils.js`); the plural `files` pycti sends is not read on that path, so such
   files are recorded here as `ignored_files` and not stored.
 - the five TLP markings exist before any import (the platform creates them at start).
+- an Artifact's `payload_bin`: pycti creates (or upserts) the Artifact, then uploads the
+  bytes with `stixCyberObservableEdit { importPush }` (`add_file`), which stores them under
+  `import/<type>/<internal id>/<name>` whether the element is new or not, replacing a file
+  of that name (`stixCoreObjectImportPush` in `domain/stixCoreObject.js`); pycti passes no
+  `fileMarkings` there, so the file carries none of its own (the Artifact's apply).
 """
 
 from __future__ import annotations
@@ -288,6 +293,7 @@ class ReplayPlatform:
         self.relationships: list[Relationship] = []
         self.missing_references: list[MissingReference] = []
         self.calls: list[str] = []
+        self.pushes: list[tuple[str, str]] = []  # importPush: (internal id, file name)
         self.rejected: list[dict[str, Any]] = []  # set by `replay`
         self._index: dict[str, Entity] = {}
         self._lock = threading.Lock()
@@ -341,6 +347,9 @@ class ReplayPlatform:
                 return {"data": {key: entity.node()}}
             if operation == "StixCyberObservableAdd":
                 return {"data": {"stixCyberObservableAdd": self._observable(variables).node()}}
+            if operation == "StixCyberObservableEdit" and "file" in variables:
+                pushed = self._import_push(variables)
+                return {"data": {"stixCyberObservableEdit": {"importPush": pushed}}}
             if operation == "StixCoreRelationshipAdd":
                 relation = self._create_relationship(dict(variables["input"]))
                 return {"data": {"stixCoreRelationshipAdd": relation.node()}}
@@ -379,6 +388,27 @@ class ReplayPlatform:
             if k not in ("type", graphql_type) and not re.fullmatch(r"[A-Z]\w*", k)
         }
         return self._create_entity("StixCyberObservableAdd", entity_type, {**common, **specific})
+
+    def _import_push(self, variables: dict[str, Any]) -> dict[str, Any]:
+        """stixCoreObjectImportPush: a file stored under an existing element, by name."""
+        with self._lock:
+            entity = self._index.get(variables["id"])
+            if entity is None:
+                raise GraphQLFailure(
+                    "UNSUPPORTED_ERROR", "Cant upload a file an none existing element", {}
+                )
+            upload = variables["file"]
+            key = f"import/{entity.entity_type}/{entity.internal_id}/{upload['filename']}"
+            entity.files[key] = StoredFile(
+                upload["filename"],
+                upload["data"],
+                upload["mimetype"],
+                list(variables.get("fileMarkings") or []),
+                bool(variables.get("noTriggerImport")),
+                bool(variables.get("embedded")),
+            )
+            self.pushes.append((entity.internal_id, upload["filename"]))
+            return {"id": key, "name": upload["filename"]}
 
     def _refs(self, operation: str, data: dict[str, Any]) -> dict[str, Any]:
         """inputResolveRefs: every referenced id must exist, else MISSING_REFERENCE_ERROR."""

@@ -48,10 +48,43 @@ def files_of(world: World, channel, post) -> dict[str, bytes]:
     return {f["name"]: base64.b64decode(f["data"]) for f in obj.get("x_opencti_files", [])}
 
 
+def artifact_files(world: World, channel, post) -> dict[str, bytes]:
+    """Files delivered as Artifacts (payload_bin) linked from the post's message."""
+    bundles = world.bundles()
+    message = message_id(world.context(channel), post["id"])
+    linked = {
+        o["target_ref"]
+        for b in bundles
+        for o in b["objects"]
+        if o["type"] == "relationship" and o["source_ref"] == message
+    }
+    return {
+        o["x_opencti_additional_names"][0]: base64.b64decode(o["payload_bin"])
+        for b in bundles
+        for o in b["objects"]
+        if o["type"] == "artifact" and o["id"] in linked and "payload_bin" in o
+    }
+
+
+def assert_replayed_on_an_artifact(world: World, channel, post, name: str, data: bytes) -> None:
+    """Through pycti's import, in bundle order and reversed: the file ends on an Artifact
+    related to the message (OpenCTI would ignore it sent again with the message)."""
+    from tests.replay_platform import bundle_texts, replay
+
+    url = world.context(channel).permalink(post["id"])
+    for reverse in (False, True):
+        platform = replay(bundle_texts(world.workdir / "bundles"), reverse=reverse)
+        (message,) = [e for e in platform.of_type("Media-Content") if e.attributes["url"] == url]
+        (artifact,) = [e for e in platform.related(message) if e.entity_type == "Artifact"]
+        assert [(f.name, f.data) for f in artifact.files.values()] == [(name, data)]
+        assert platform.marking_definitions(artifact.markings) == {"TLP:AMBER"}
+        assert name not in {f.name for f in message.files.values()}
+
+
 def test_size_cap_and_sanitised_names_are_recorded(world: World):
     channel = world.channel("files")
     small, small_data = attach(world, channel, "../../reports/q3\x07 report.pdf", 1000)
-    big, _ = attach(world, channel, "dump.bin", 300_000)
+    big, big_data = attach(world, channel, "dump.bin", 300_000)
     world.configure([channel], MATTERMOST_MAX_ATTACHMENT_SIZE="200k")
     (report,) = world.sync()
     assert report["files"] == 1
@@ -74,7 +107,12 @@ def test_size_cap_and_sanitised_names_are_recorded(world: World):
     # raising the cap fetches what was skipped for size, on the next run
     world.configure([channel], MATTERMOST_MAX_ATTACHMENT_SIZE="1MiB")
     (report,) = world.sync()
-    assert report["files"] == 1 and "dump.bin" in files_of(world, channel, big)
+    # the message was delivered: the file goes as an Artifact linked to it
+    assert report["files"] == 1 and "dump.bin" not in files_of(world, channel, big)
+    assert artifact_files(world, channel, big)["dump.bin"] == big_data
+    assert_replayed_on_an_artifact(world, channel, big, "dump.bin", big_data)
+    rows = StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
+    assert {r["name"]: r["status"] for r in rows}["dump.bin"] == "uploaded"
 
 
 def test_a_file_that_fails_is_fetched_again_on_the_next_run(world: World):
@@ -93,8 +131,10 @@ def test_a_file_that_fails_is_fetched_again_on_the_next_run(world: World):
     assert store.attachments(channel["id"])[0]["status"] == "failed"
     del world.sim.faults.failing_paths[path]
     (report,) = world.sync()
-    assert report["files"] == 1 and files_of(world, channel, post) == {"evidence.zip": data}
-    assert store.attachments(channel["id"])[0]["status"] == "embedded"
+    assert report["files"] == 1 and files_of(world, channel, post) == {}
+    assert artifact_files(world, channel, post) == {"evidence.zip": data}
+    assert_replayed_on_an_artifact(world, channel, post, "evidence.zip", data)
+    assert store.attachments(channel["id"])[0]["status"] == "uploaded"
     (report,) = world.sync()  # settled: nothing fetched again
     assert report["files"] == 0 and report["updated"] == 0
 
@@ -266,13 +306,13 @@ def test_ten_large_files_and_a_huge_one_reach_opencti_through_a_16mib_rabbitmq(
                 files[obj["x_opencti_additional_names"][0]] = base64.b64decode(obj["payload_bin"])
             if obj["type"] == "relationship":
                 links.add((obj["source_ref"], obj["target_ref"]))
-    for upload in platform.observables:
-        (file,) = upload["Artifact"]["files"]
+    for push in platform.pushed_files:  # created, then its file pushed (importPush)
+        upload, file = push["observable"], push["file"]
         stored.setdefault(upload["stix_id"], {})[file["filename"]] = file["data"]
         hashes = {h["algorithm"]: h["hash"] for h in upload["Artifact"]["hashes"]}
         assert hashes["SHA-256"] == hashlib.sha256(file["data"]).hexdigest()
-        assert upload["objectMarking"] == upload["Artifact"]["filesMarkings"][0]
-    uploaded = sorted(len(u["Artifact"]["files"][0]["data"]) for u in platform.observables)
+        assert push["fileMarkings"] == upload["objectMarking"]
+    uploaded = sorted(len(p["file"]["data"]) for p in platform.pushed_files)
     assert uploaded == [11 * MIB, 40 * MIB]
     for post in posts:
         message = message_id(context, post["id"])
@@ -456,3 +496,197 @@ def test_a_failed_delivery_leaves_no_spooled_files_behind(world: World, platform
     state = mattermost_sync(return_state=True)
     assert state.is_failed()
     assert set(Path(tempfile.gettempdir()).glob(spools)) == before
+
+
+@pytest.mark.amqp
+def test_every_file_fate_is_reported_and_a_failed_upload_is_tried_again(
+    world: World, platform: FakeOpenCTI, push_queue: str
+):
+    """One queue message holds about 786,000 bundle bytes here: a small file goes with its
+    message, a 500 KB one alone in a message as an Artifact, a 700 KB one would be uploaded
+    but the platform refuses it, a 3 MB one is over the cap, one download fails. Every fate
+    is in the report; the refused upload is not the channel's failure, and the next run
+    uploads it; the post whose file failed is deleted meanwhile: its file is gone."""
+    channel = world.channel("fates")
+    attach(world, channel, "small.txt", 1000, "text/plain")
+    attach(world, channel, "mid.bin", 500_000)
+    _, refused_data = attach(world, channel, "refused.bin", 700_000)
+    attach(world, channel, "huge.iso", 3_000_000)
+    flaky, _ = attach(world, channel, "flaky.zip", 2000, "application/zip")
+    world.sim.faults.failing_paths[f"/api/v4/files/{flaky['file_ids'][0]}"] = 503
+    platform.fail_operations.add("StixCyberObservableEdit")
+    world.configure(
+        [channel],
+        **amqp_env(
+            world,
+            platform,
+            CONNECTOR_QUEUE_MAX_MESSAGE_SIZE="1MiB",
+            MATTERMOST_MAX_ATTACHMENT_SIZE="2MiB",
+        ),
+    )
+    (report,) = world.sync()
+    assert report["status"] == "completed", report["error"]
+    assert report["fates"] == {"embedded": 1, "uploaded": 1, "too_large": 1, "failed": 2}
+    from mattermost_connector.channel_run import ChannelResult
+
+    assert "(1 embedded, 1 uploaded, 1 too large, 2 failed)" in ChannelResult(**report).summary()
+    rows = {
+        r["name"]: r
+        for r in StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])
+    }
+    assert rows["refused.bin"]["status"] == "failed"
+    assert "StixCyberObservableEdit refused" in rows["refused.bin"]["error"]
+    platform.fail_operations.clear()
+    world.sim.delete_post(flaky["id"])
+    drain(push_queue)
+    (report,) = world.sync()
+    assert report["status"] == "completed", report["error"]
+    assert report["fates"] == {"uploaded": 1, "gone": 1}
+    (push,) = platform.pushed_files
+    assert push["file"]["data"] == refused_data and push["file"]["filename"] == "refused.bin"
+    assert platform.observables[-1]["stix_id"] == push["observable"]["stix_id"]
+
+
+def replay_queue(bodies: list[bytes], platform: FakeOpenCTI, order: str):  # -> ReplayPlatform
+    """What OpenCTI stores of a queue-mode run: its uploads as pycti sent them (each before
+    any bundle naming its Artifact was published), then every queued bundle through pycti's
+    own import (tests/replay_platform.py): in `order` "forward", "reverse", or "copies
+    first" (bundles holding a reply's copy of its root, then the others reversed)."""
+    from tests.checks import root_copies
+    from tests.replay_platform import ReplayPlatform
+
+    replayed = ReplayPlatform().start()
+    try:
+        for push in platform.pushed_files:
+            created = replayed.answer("StixCyberObservableAdd", push["observable"])
+            internal = created["data"]["stixCyberObservableAdd"]["id"]
+            replayed.answer("StixCyberObservableEdit", {**push, "id": internal})
+        texts = [base64.b64decode(json.loads(body)["content"]).decode() for body in bodies]
+        if order != "forward":
+            texts = texts[::-1]
+        if order == "copies first":
+            texts.sort(key=lambda text: not root_copies(json.loads(text)))
+        replayed.rejected = replayed.import_bundles(texts)
+    finally:
+        replayed.stop()
+    return replayed
+
+
+@pytest.mark.amqp
+def test_queue_mode_files_of_every_size_reach_the_platform_through_pycti_in_any_order(
+    world: World, platform: FakeOpenCTI, push_queue: str
+):
+    """Issue 10's scenario at a 1 MiB message (about 786,000 bundle bytes): a root with ten
+    files of 300 KiB (one fits beside its message, the others go alone as Artifacts with
+    their bytes), a reply with a 3 MiB and an 800 KiB file (uploaded) and two small files
+    sharing a name; one of the root's files fails at first and is fetched by the next run,
+    which also brings a reply (its bundle holds a copy of the root). The bundles of both
+    runs, through pycti's import in order and reversed: every file's bytes are on the
+    message or on an Artifact related to it, with its name, MIME type, hashes and marking."""
+    from tests.replay_platform import Entity, ReplayPlatform
+
+    channel = world.channel("heavy-replay")
+    rng = random.Random(4)
+    data: dict[str, bytes] = {}
+
+    def add(name: str, size: int, mime: str = "application/octet-stream"):
+        blob = rng.randbytes(size)
+        info = world.sim.add_file(world.authors[0], name, blob, mime)
+        data[info["id"]] = blob
+        return info
+
+    ten = [add(f"photo-{n}.jpg", 300 * 1024, "image/jpeg") for n in range(10)]
+    root = world.sim.add_post(channel, world.authors[0], "", files=ten)
+    dump = [add("memory.dmp", 3 * MIB), add("capture.pcap", 800 * 1024)]
+    dump += [add("notes.txt", 100, "text/plain"), add("notes.txt", 200, "text/plain")]
+    reply = world.sim.add_post(channel, world.authors[0], "the dump", root=root, files=dump)
+    flaky = f"/api/v4/files/{ten[3]['id']}"
+    world.sim.faults.failing_paths[flaky] = 503
+    world.configure([channel], **amqp_env(world, platform, CONNECTOR_QUEUE_MAX_MESSAGE_SIZE="1MiB"))
+    (report,) = world.sync()
+    assert report["fates"]["failed"] == 1
+    del world.sim.faults.failing_paths[flaky]
+    late = world.sim.add_post(channel, world.authors[1], "seen it", root=root)
+    (report,) = world.sync()
+    # the root again: the file its first delivery embedded, and the one fetched now
+    assert report["fates"] == {"embedded": 1, "uploaded": 1}
+    bodies = drain(push_queue)
+    assert max(len(body) for body in bodies) <= MIB
+    assert sorted(len(p["file"]["data"]) for p in platform.pushed_files) == [800 * 1024, 3 * MIB]
+    context = world.context(channel)
+
+    def stored(replayed: ReplayPlatform, message: Entity) -> dict[str, bytes]:
+        found = {}
+        for file in message.files.values():
+            assert replayed.marking_definitions(file.markings) == {"TLP:AMBER"}
+            found[file.name] = (file.data, file.mime_type)
+        for artifact in replayed.related(message):
+            if artifact.entity_type != "Artifact":
+                continue
+            assert replayed.marking_definitions(artifact.markings) == {"TLP:AMBER"}
+            (file,) = artifact.files.values()
+            hashes = {h["algorithm"]: h["hash"] for h in artifact.attributes["hashes"]}
+            assert hashes == {
+                "MD5": hashlib.md5(file.data).hexdigest(),
+                "SHA-1": hashlib.sha1(file.data).hexdigest(),
+                "SHA-256": hashlib.sha256(file.data).hexdigest(),
+            }
+            assert artifact.attributes["x_opencti_additional_names"] == [file.name]
+            assert artifact.attributes["mime_type"] == file.mime_type
+            if file.markings:  # uploaded: the file marked as its Artifact
+                assert replayed.marking_definitions(file.markings) == {"TLP:AMBER"}
+            found[file.name] = (file.data, file.mime_type)
+        return found
+
+    for order in ("forward", "reverse", "copies first"):
+        replayed = replay_queue(bodies, platform, order)
+        assert replayed.rejected == [] and replayed.missing_references == []
+        messages = {e.attributes["url"]: e for e in replayed.of_type("Media-Content")}
+        for post in (root, reply, late):
+            names = expected_names(world, post)
+            message = messages[context.permalink(post["id"])]
+            assert stored(replayed, message) == {
+                names[f]: (data[f], world.sim.state.files[f].info["mime_type"])
+                for f in post["file_ids"]
+            }, (post["message"], order)
+
+
+def test_directory_file_names_sort_in_bundle_order_with_concurrent_sends(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """Bundles are sent CONNECTOR_DELIVERY_CONCURRENCY at once, so they land in any order
+    (here the first one is held back while the others are written): names still sort in
+    the run's bundle order, which is the posts' order, and a later run's after them."""
+    from mattermost_connector.delivery import DirectoryDestination
+
+    channel = world.channel("ordered")
+    world.populate(channel, 300)
+    send, calls = DirectoryDestination.send, []
+
+    def late_first(self, work, bundle, objects, sequence=None) -> None:
+        calls.append(sequence)
+        if len(calls) == 1:
+            time.sleep(1.0)  # the others are written meanwhile
+        send(self, work, bundle, objects, sequence)
+
+    monkeypatch.setattr(DirectoryDestination, "send", late_first)
+    world.configure(
+        [channel], CONNECTOR_DELIVERY_CONCURRENCY="4", CONNECTOR_BUNDLE_MAX_OBJECTS="40"
+    )
+    world.sync()
+    world.populate(channel, 50)
+    world.sync()
+    context = world.context(channel)
+    created = {
+        message_id(context, p["id"]): p["create_at"] for p in world.sim.channel_rows(channel["id"])
+    }
+    from tests.checks import delivered_messages
+
+    seen = [  # creation times of the messages, file after file in name order
+        created[o["id"]]
+        for bundle in world.bundles()
+        for o in delivered_messages(bundle)
+        if o["id"] in created
+    ]
+    assert len(calls) > 8 and len(seen) == 350
+    assert seen == sorted(seen)

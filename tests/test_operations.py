@@ -190,7 +190,7 @@ def test_artifacts_report_each_channel_without_secrets(world: World):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     channel = world.channel("observed")
-    world.populate(channel, 40)
+    world.populate(channel, 40, files_every=10)
     world.configure([channel])
     world.sync()
     with get_client(sync_client=True) as client:
@@ -204,6 +204,7 @@ def test_artifacts_report_each_channel_without_secrets(world: World):
     assert progress.data == 100.0
     (row,) = json.loads(table.data)
     assert (row["posts"], row["status"], row["name"]) == (40, "completed", "cti/observed")
+    assert (row["files"], row["files by fate"]) == (4, "4 embedded")
     assert row["cursor before"] == "1970-01-01T00:00:00Z" and row["cursor after"] > "2023"
     assert TOKEN not in str([a.data for a in found])
 

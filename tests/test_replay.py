@@ -225,3 +225,96 @@ def test_replay_helper_takes_a_directory_in_name_order(tmp_path: Path):
     assert json.loads(bundle_texts(tmp_path)[0])["objects"][3]["x_opencti_files"][0]["name"] == (
         "a.txt"
     )
+
+
+# -- files, whatever the import order ----------------------------------------------------
+
+
+@pytest.fixture
+def world(prefect_api, sim, workdir, monkeypatch):
+    from tests.test_incremental import World
+
+    return World(sim, workdir, monkeypatch)
+
+
+def _files_of(platform: ReplayPlatform, message: Entity) -> dict[str, tuple[bytes, str]]:
+    """name -> (bytes, MIME type): the message's own files and those of its Artifacts."""
+    found = {f.name: (f.data, f.mime_type) for f in message.files.values()}
+    for artifact in platform.related(message):
+        if artifact.entity_type == "Artifact":
+            found.update({f.name: (f.data, f.mime_type) for f in artifact.files.values()})
+    return found
+
+
+def _stored_message(platform: ReplayPlatform, url: str) -> dict:
+    """What an analyst sees of a message: its attributes, author, markings, files."""
+    (message,) = [e for e in platform.of_type("Media-Content") if e.attributes["url"] == url]
+    keys = ("content", "title", "url", "publication_date", "x_opencti_description")
+    return {
+        **{key: message.attributes.get(key) for key in keys},
+        "author": platform.resolve(message.created_by).attributes["name"],
+        "markings": platform.marking_definitions(message.markings),
+        "files": {
+            f.name: (f.data, f.mime_type, tuple(sorted(platform.marking_definitions(f.markings))))
+            for f in message.files.values()
+        },
+    }
+
+
+def _shuffled(texts: list[str], seed: int) -> list[str]:
+    import random
+
+    texts = list(texts)
+    random.Random(seed).shuffle(texts)
+    return texts
+
+
+def test_thread_roots_keep_their_files_whatever_the_import_order(world):
+    """A root's files are stored only with its first import, which may be a copy of it in a
+    reply's bundle (a later bundle of the run, or a later run): imported in any order, every
+    root ends with every file, and exactly as a forward import leaves it."""
+    import random
+
+    channel = world.channel("threads")
+    rng = random.Random(7)
+
+    def attach(name: str, size: int, mime: str) -> tuple[dict, bytes]:
+        data = rng.randbytes(size)
+        return world.sim.add_file(world.authors[0], name, data, mime), data
+
+    expected: dict[str, dict[str, tuple[bytes, str]]] = {}
+    roots = []
+    for n, text in enumerate(["look at these", ""]):  # the second: files alone, no text
+        files = [
+            attach(f"shot-{n}.png", 3000 + n, "image/png"),
+            attach("same.txt", 10, "text/plain"),
+        ]
+        files.append(attach("same.txt", 20, "text/plain"))
+        root = world.sim.add_post(channel, world.authors[0], text, files=[f for f, _ in files])
+        names = [f"shot-{n}.png", "same.txt", "same (2).txt"]
+        expected[root["id"]] = {
+            name: (data, info["mime_type"]) for name, (info, data) in zip(names, files, strict=True)
+        }
+        roots.append(root)
+    for n in range(12):  # replies spread over later bundles
+        world.sim.add_post(channel, world.authors[n % 3], f"reply {n}", root=roots[n % 2])
+    world.configure([channel], CONNECTOR_BUNDLE_MAX_OBJECTS="10")
+    world.sync()
+    for n in range(4):  # and in a later run
+        world.sim.add_post(channel, world.authors[1], f"late reply {n}", root=roots[n % 2])
+    world.sync()
+    texts = bundle_texts(world.workdir / "bundles")
+    assert len(texts) >= 4
+    context = world.context(channel)
+    urls = [context.permalink(root["id"]) for root in roots]
+    forward = replay(texts)
+    assert forward.rejected == [] and forward.missing_references == []
+    for root, url in zip(roots, urls, strict=True):
+        (message,) = [e for e in forward.of_type("Media-Content") if e.attributes["url"] == url]
+        assert _files_of(forward, message) == expected[root["id"]]
+    orders = {"reverse": texts[::-1], **{f"shuffled {s}": _shuffled(texts, s) for s in range(3)}}
+    for label, order in orders.items():
+        platform = replay(order)
+        assert platform.rejected == [] and platform.missing_references == [], label
+        for url in urls:
+            assert _stored_message(platform, url) == _stored_message(forward, url), label

@@ -116,7 +116,14 @@ def test_attachments_become_files_and_failures_are_described(tmp_path: Path):
             Attachment(
                 "f" * 26, "iocs.bin", "application/octet-stream", len(data), tmp_path / "f1", "x"
             ),
-            Attachment("g" * 26, "big.zip", "application/zip", 10**9, error="GET /files/g: 404"),
+            Attachment(
+                "g" * 26,
+                "big.zip",
+                "application/zip",
+                10**9,
+                error="GET /files/g: 404",
+                status="failed",
+            ),
         ]
     }
     objects = {o["id"]: o for o in bundle(TLP.RED, attachments)["objects"]}
@@ -325,7 +332,12 @@ def test_every_bundle_defines_what_it_refers_to_with_threads_spread_over_bundles
             post = {**post, "root_id": ""}
             roots.append(post)
         posts.append(post)
-    files = {ROOT["id"]: [Attachment("f" * 26, "a.txt", "text/plain", 3, tmp_path / "f", "x")]}
+    (tmp_path / "g").write_bytes(b"old")
+    files = {
+        ROOT["id"]: [Attachment("f" * 26, "a.txt", "text/plain", 3, tmp_path / "f", "x")],
+        # a root delivered before: the file its first delivery embedded, spooled again
+        old_root["id"]: [Attachment("g" * 26, "b.txt", "text/plain", 3, tmp_path / "g", "y")],
+    }
     parts = list(
         iter_bundles(
             CONTEXT,
@@ -338,7 +350,7 @@ def test_every_bundle_defines_what_it_refers_to_with_threads_spread_over_bundles
         )
     )
     assert len(parts) > 5
-    links = 0
+    links, copied = 0, set()
     for part in parts:
         assert undefined_refs(json.loads(part.json)) == set()
         objects = json.loads(part.json)["objects"]
@@ -349,9 +361,19 @@ def test_every_bundle_defines_what_it_refers_to_with_threads_spread_over_bundles
             if o["type"] == "media-content"
             and o["id"] not in {message_id(CONTEXT, p["id"]) for p in part.posts}
         ]
-        for copy in copies:  # a root as delivered: text and author, never its files
-            assert "x_opencti_files" not in copy and "x_opencti_description" not in copy
+        expected = {
+            message_id(CONTEXT, ROOT["id"]): [("a.txt", b"abc")],
+            message_id(CONTEXT, old_root["id"]): [("b.txt", b"old")],
+        }
+        for copy in copies:  # a root as delivered, with the files its first import must take
+            assert "x_opencti_description" not in copy
             assert copy["content"] in {ROOT["message"], old_root["message"], REPLY["message"]}
+            carried = [
+                (f["name"], base64.b64decode(f["data"])) for f in copy.get("x_opencti_files", [])
+            ]
+            assert carried == expected.get(copy["id"], [])
+            copied.add(copy["id"])
+    assert set(expected) <= copied
     assert links == sum(1 for p in posts if p["root_id"])  # every reply linked to its root
     assert sum(len(p.posts) for p in parts) == len(posts) + 1  # copies are not deliveries
 
@@ -400,3 +422,57 @@ def test_a_reply_listed_before_its_root_gets_no_second_copy_of_it():
     root = next(o for o in objects if o["id"] == message_id(CONTEXT, ROOT["id"]))
     assert "x_opencti_description" in root  # the delivered root, not the copy
     assert undefined_refs(json.loads(part.json)) == set()
+
+
+def test_a_reply_and_its_root_copy_with_files_fit_one_queue_message(tmp_path: Path):
+    """A root keeps room for one reply beside its copy: the root embeds what fits its
+    message less that room, and a reply (long text, files of its own) in a later bundle
+    carries the copy with those files, still within `max_bytes`; the reply's own files
+    that do not fit go as Artifacts."""
+    import random
+
+    rng = random.Random(5)
+    max_bytes = 800_000
+    root_files, reply_files = [], []
+    for index in range(8):
+        path = tmp_path / f"r{index}"
+        path.write_bytes(rng.randbytes(80_000))
+        root_files.append(Attachment(f"r{index:025d}", f"r{index}.bin", "image/png", 80_000, path))
+        path = tmp_path / f"p{index}"
+        path.write_bytes(rng.randbytes(60_000))
+        reply_files.append(Attachment(f"p{index:025d}", f"p{index}.bin", "image/png", 60_000, path))
+    users = {ALICE["id"]: ALICE}
+    (root_part,) = [
+        p
+        for p in iter_bundles(
+            CONTEXT,
+            [ROOT],
+            users,
+            {ROOT["id"]: root_files},
+            TLP.AMBER,
+            max_bytes=max_bytes,
+            queue=True,
+        )
+        if p.posts
+    ]
+    embedded = [a for _, a in root_part.attachments if a.status == "embedded"]
+    assert 0 < len(embedded) < len(root_files)
+    reply = {**REPLY, "message": "\x01" * 16_000}  # 6 bytes each in JSON: the worst case
+    parts = list(
+        iter_bundles(
+            CONTEXT,
+            [reply],
+            users,
+            {reply["id"]: reply_files, ROOT["id"]: embedded},
+            TLP.AMBER,
+            roots={ROOT["id"]: ROOT},
+            max_bytes=max_bytes,
+            queue=True,
+        )
+    )
+    assert all(part.size <= max_bytes for part in parts)
+    objects = json.loads(parts[-1].json)["objects"]
+    copy = next(o for o in objects if o["id"] == message_id(CONTEXT, ROOT["id"]))
+    assert [f["name"] for f in copy["x_opencti_files"]] == [a.name for a in embedded]
+    statuses = [a.status for _, a in parts[-1].attachments]
+    assert "uploaded" in statuses
