@@ -125,8 +125,8 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
 def test_delivered_posts_upsert_and_sweep(store_url: str):
     store = StateStore(store_url)
     post = {"id": "p1", "user_id": "u", "create_at": 10, "update_at": 10, "message": "first"}
-    store.save_cursor(
-        "c1", {"boundary_ms": 10}, 1, delivered=[post, {**post, "id": "p2", "create_at": 11}]
+    store.record_delivery(
+        "c1", "c1", {"boundary_ms": 10}, [post, {**post, "id": "p2", "create_at": 11}], 1
     )
     store.record_posts("c1", [{**post, "message": "edited", "edit_at": 12, "update_at": 12}])
     row = store.delivered(["p1", "p2", "nope"])
@@ -151,7 +151,7 @@ def test_a_large_delivery_is_recorded_whole_and_its_last_version_of_a_post_wins(
         for n in range(250)
     ]
     edited = {**posts[7], "message": "edited", "edit_at": 300, "update_at": 300}
-    store.save_cursor("c1", {"boundary_ms": 249}, 251, delivered=[*posts[:10], edited, *posts[10:]])
+    store.record_delivery("c1", "c1", {"boundary_ms": 249}, [*posts[:10], edited, *posts[10:]], 251)
     rows = store.delivered([p["id"] for p in posts])
     assert len(rows) == 250
     assert rows["p007"]["message"] == "edited" and rows["p007"]["edit_at"] == 300
