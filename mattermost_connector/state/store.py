@@ -7,7 +7,7 @@ import time
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
-from mattermost_connector.errors import ConnectorError
+from mattermost_connector.errors import ConnectorError, one_line
 from mattermost_connector.state.cursors import CursorStore
 from mattermost_connector.state.files import AttachmentStore
 from mattermost_connector.state.history import RunHistory
@@ -27,7 +27,7 @@ class StateStore(CursorStore, AttachmentStore, RunHistory, ChannelLeases, NameSt
         except (SQLAlchemyError, OSError, ImportError) as error:
             raise ConnectorError(
                 f"CONNECTOR_STATE_DATABASE_URL: cannot open the state store "
-                f"({type(error).__name__}: {str(error).splitlines()[0]})"
+                f"({one_line(error, first_line=True)})"
             ) from None
 
     def close(self) -> None:
