@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore, message_digest
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -68,6 +69,18 @@ def test_a_run_left_running_is_closed_by_the_next_run_of_its_channel(store_url: 
     assert by_id[killed].status == "failed" and by_id[killed].ended_at is not None
     assert by_id[killed].error == INTERRUPTED
     assert by_id[other].status == "running"  # another channel's run is left alone
+
+
+def test_run_kinds_and_statuses_are_stored_as_their_plain_strings(store_url: str):
+    store = StateStore(store_url)
+    run_id = store.start_run("c1", RunKind.BACKFILL)
+    store.finish_run(run_id, RunStatus.ARCHIVED)
+    (run,) = store.runs()
+    assert (type(run.kind), type(run.status)) == (RunKind, RunStatus)
+    assert (run.kind, run.status) == ("backfill", "archived")
+    with store._engine.connect() as connection:
+        stored = connection.execute(sa.text("SELECT kind, status FROM runs")).one()
+    assert tuple(stored) == ("backfill", "archived")  # what earlier releases wrote and read
 
 
 def old_store(path: Path, version: int, *statements: str) -> str:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
+from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.state.schema import EngineBound, runs, utc_now
 
 INTERRUPTED = "interrupted: its process ended without closing the run (killed or crashed)"
@@ -17,21 +19,28 @@ class RunRecord:
     id: int
     flow_run_id: str | None
     channel_id: str
-    kind: str
+    kind: RunKind
     started_at: datetime
     ended_at: datetime | None
-    status: str
+    status: RunStatus
     posts: int
     files: int
     objects: int
     error: str | None
 
 
+FIELDS = frozenset(RunRecord.__dataclass_fields__)
+
+
+def _record(row: dict[str, Any]) -> RunRecord:
+    return RunRecord(**{**row, "kind": RunKind(row["kind"]), "status": RunStatus(row["status"])})
+
+
 class RunHistory(EngineBound):
     def start_run(
         self,
         channel_id: str,
-        kind: str,
+        kind: RunKind,
         flow_run_id: str | None = None,
         window: tuple[datetime | None, datetime | None] = (None, None),
     ) -> int:
@@ -42,8 +51,8 @@ class RunHistory(EngineBound):
             connection.execute(
                 runs.update()
                 .where(runs.c.channel_id == channel_id)
-                .where(runs.c.status == "running")
-                .values(status="failed", ended_at=utc_now(), error=INTERRUPTED)
+                .where(runs.c.status == RunStatus.RUNNING)
+                .values(status=RunStatus.FAILED, ended_at=utc_now(), error=INTERRUPTED)
             )
             result = connection.execute(
                 runs.insert().values(
@@ -53,7 +62,7 @@ class RunHistory(EngineBound):
                     window_start=window[0],
                     window_end=window[1],
                     started_at=utc_now(),
-                    status="running",
+                    status=RunStatus.RUNNING,
                     posts=0,
                     files=0,
                     objects=0,
@@ -64,7 +73,7 @@ class RunHistory(EngineBound):
     def finish_run(
         self,
         run_id: int,
-        status: str,
+        status: RunStatus,
         *,
         posts: int = 0,
         files: int = 0,
@@ -90,7 +99,5 @@ class RunHistory(EngineBound):
         if channel_id:
             query = query.where(runs.c.channel_id == channel_id)
         with self._engine.connect() as connection:
-            return [
-                RunRecord(**{k: v for k, v in row.items() if k in RunRecord.__dataclass_fields__})
-                for row in connection.execute(query).mappings()
-            ]
+            rows = connection.execute(query).mappings()
+            return [_record({k: v for k, v in row.items() if k in FIELDS}) for row in rows]
