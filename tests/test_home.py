@@ -19,7 +19,7 @@ from mattermost_connector.errors import ConfigError
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key
 from tests.conftest import run_cli
-from tests.test_config import VALID, settings_with
+from tests.support import VALID, settings_with
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNEL = "5i5rip6zaf8qprwfi86iu9xsjy"

@@ -11,8 +11,7 @@ import sqlalchemy as sa
 
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore, message_digest
-
-POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.support import POSTGRES
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
