@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install metadata
+.PHONY: demo test test-domain lint install metadata
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# the domain tests (tests/conftest.py: DOMAIN_TESTS) with Prefect unimportable
+test-domain: $(BIN)/.installed
+	$(BIN)/pytest --without-prefect
+
+test: lint test-domain
 	$(BIN)/pytest
 
 # OpenCTI's __metadata__/ files and config.yml.sample, from the settings and the README's table

@@ -1,7 +1,13 @@
-"""Fixtures: a real Prefect API, the Mattermost simulator, the fake platform, RabbitMQ."""
+"""Fixtures: a real Prefect API, the Mattermost simulator, the fake platform, RabbitMQ.
+
+`pytest --without-prefect` runs the domain tests (DOMAIN_TESTS, less those that take the
+`prefect_api` fixture) with Prefect unimportable, as if it were not installed: the domain
+(`mattermost_connector/`) must work without it.
+"""
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import subprocess
 import sys
@@ -23,6 +29,70 @@ ROOT = Path(__file__).resolve().parents[1]
 OPENCTI_TOKEN = "octi-token-5f0c1e7a-never-log-me"
 CONNECTOR_ID = "6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69"
 OWN_PREFIXES = ("MATTERMOST_", "CONNECTOR_", "OPENCTI_", "MQ_")
+
+# Test files of the domain: they import nothing of tasks/ or flows/, and only their tests
+# that take `prefect_api` (directly or through `world`) need Prefect.
+DOMAIN_TESTS = frozenset(
+    {
+        "test_amqp.py",
+        "test_backdated.py",
+        "test_client.py",
+        "test_config.py",
+        "test_domain.py",
+        "test_errors.py",
+        "test_home.py",
+        "test_simulator.py",
+        "test_state.py",
+        "test_stix.py",
+        "test_walk.py",
+    }
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--without-prefect",
+        action="store_true",
+        help="run only the domain tests, with Prefect unimportable (as if not installed)",
+    )
+
+
+class PrefectBlocker(importlib.abc.MetaPathFinder):
+    """Makes `import prefect` (and its submodules) fail as it would without the package."""
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "prefect" or name.startswith("prefect."):
+            raise ModuleNotFoundError(f"No module named {name!r} (--without-prefect)", name=name)
+        return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "domain: needs no Prefect (see DOMAIN_TESTS)")
+    if config.getoption("--without-prefect"):
+        if "prefect" in sys.modules:
+            raise pytest.UsageError("--without-prefect: Prefect was imported before the tests")
+        sys.meta_path.insert(0, PrefectBlocker())
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    if not config.getoption("--without-prefect") or collection_path.suffix != ".py":
+        return None
+    is_test = collection_path.name.startswith("test_")
+    return True if is_test and collection_path.name not in DOMAIN_TESTS else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the domain tests (`-m domain` selects them); leave out the others under
+    --without-prefect."""
+    kept, dropped = [], []
+    for item in items:
+        domain = item.path.name in DOMAIN_TESTS and "prefect_api" not in item.fixturenames
+        if domain:
+            item.add_marker(pytest.mark.domain)
+        (kept if domain or not config.getoption("--without-prefect") else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +167,9 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 @pytest.fixture(autouse=True)
 def _forget_resources() -> Iterator[None]:
     yield
-    from tasks import resources
-
-    resources.reset()
+    resources = sys.modules.get("tasks.resources")
+    if resources is not None:  # else no test has used them: nothing to forget
+        resources.reset()
 
 
 @pytest.fixture

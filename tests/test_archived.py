@@ -12,7 +12,7 @@ from mattermost_connector.state import StateStore
 from tests.checks import directory_bundles, expected_line, objects_by_id
 from tests.conftest import mattermost_env, run_cli
 from tests.mattermost_sim import MattermostSimulator
-from tests.test_incremental import World
+from tests.support import World
 
 REFUSED = "api.user.view_archived_channels.get_posts_for_channel.app_error"
 

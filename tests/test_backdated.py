@@ -15,7 +15,7 @@ from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import message_digest
 from mattermost_connector.stix import message_id
 from tests.mattermost_sim import MattermostSimulator
-from tests.test_incremental import World
+from tests.support import World
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from mattermost_connector.state import StateStore
 from tests.conftest import OPENCTI_TOKEN, run_cli
 from tests.mattermost_sim import MattermostSimulator
-from tests.test_incremental import TOKEN, World
+from tests.support import TOKEN, World
 
 ROOT = Path(__file__).resolve().parents[1]
 SECOND = 1000

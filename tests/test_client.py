@@ -11,18 +11,7 @@ from mattermost_connector.config import MattermostSettings
 from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
 from tests.mattermost_sim import Demo, MattermostSimulator
-
-
-def make_client(sim: MattermostSimulator, token: str, **retry) -> MattermostClient:
-    settings = MattermostSettings(
-        domain="127.0.0.1",
-        port=sim.port,
-        protocol="http",
-        token=token,
-        channel_ids=["a" * 26],
-        timeout=5,
-    )
-    return MattermostClient(settings, retry=RetryPolicy(base_delay=0.01, **retry))
+from tests.support import make_client
 
 
 def test_listing_returns_order_only_not_context_posts(demo: Demo):

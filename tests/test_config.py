@@ -10,21 +10,7 @@ import pytest
 from mattermost_connector.config import MESSAGE_ENVELOPE, MIB, TLP, load_settings
 from mattermost_connector.errors import ConfigError
 from tests.conftest import run_cli
-
-TOKEN = "mm-token-3b9d-never-print-me"
-VALID = {
-    "MATTERMOST_DOMAIN": "chat.example.org",
-    "MATTERMOST_TOKEN": TOKEN,
-    "MATTERMOST_CHANNEL_IDS": "5i5rip6zaf8qprwfi86iu9xsjy,ztu3g3f4upgjxezhsuqe5imzpr",
-    "CONNECTOR_SEND_TO_QUEUE": "false",
-    "CONNECTOR_SEND_TO_DIRECTORY": "true",
-}
-
-
-def settings_with(monkeypatch: pytest.MonkeyPatch, **overrides: str):
-    for name, value in {**VALID, **overrides}.items():
-        monkeypatch.setenv(name, value)
-    return load_settings()
+from tests.support import VALID, VALID_TOKEN, settings_with
 
 
 def test_defaults_follow_the_original_connector(workdir: Path, monkeypatch: pytest.MonkeyPatch):
@@ -172,7 +158,7 @@ def test_bad_value_exits_2_with_one_line_naming_it(workdir: Path, change: dict, 
     assert lines[0].startswith("configuration error: ")
     assert expected in lines[0]
     assert "Traceback" not in result.stderr + result.stdout
-    assert TOKEN not in result.stderr + result.stdout
+    assert VALID_TOKEN not in result.stderr + result.stdout
 
 
 def test_bad_channel_option_exits_2(workdir: Path):

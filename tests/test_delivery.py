@@ -22,7 +22,7 @@ from tasks.extract import BATCH_POSTS
 from tests.checks import objects_by_id, queue_messages, worker_reports
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
 from tests.fake_opencti import FakeOpenCTI
-from tests.test_incremental import World
+from tests.support import World
 
 
 @pytest.fixture

@@ -18,8 +18,7 @@ from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key, iso
 from tasks.extract import BATCH_POSTS
 from tests.conftest import clean_environ, run_cli
-from tests.test_incremental import TOKEN, World
-from tests.test_state import POSTGRES
+from tests.support import POSTGRES, TOKEN, World
 
 
 @pytest.fixture

@@ -232,7 +232,7 @@ def test_replay_helper_takes_a_directory_in_name_order(tmp_path: Path):
 
 @pytest.fixture
 def world(prefect_api, sim, workdir, monkeypatch):
-    from tests.test_incremental import World
+    from tests.support import World
 
     return World(sim, workdir, monkeypatch)
 

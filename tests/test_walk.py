@@ -7,7 +7,7 @@ from collections import Counter
 
 from mattermost_connector.mattermost.posts import Cursor, walk_posts
 from tests.mattermost_sim import MattermostSimulator
-from tests.test_client import make_client
+from tests.support import make_client
 
 TOKEN = "walk-token"
 
