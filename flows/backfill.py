@@ -9,9 +9,8 @@ from prefect.states import Failed, State
 
 from flows.pipeline import run_channel
 from flows.sync import outcome
-from mattermost_connector.errors import AuthenticationError, ConfigError
+from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
 from mattermost_connector.window import parse_window
-from tasks.policy import describe
 from tasks.report import channel_ids_to_sync, start_progress, update_progress
 
 
@@ -30,6 +29,6 @@ def mattermost_backfill(
     try:
         result = run_channel(channel, "backfill", window=window)
     except AuthenticationError as error:
-        return outcome([], "backfill", describe(error))
+        return outcome([], "backfill", one_line(error))
     update_progress(progress, 1, 1)
     return outcome([result], "backfill")

@@ -13,6 +13,7 @@ from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
 from mattermost_connector.errors import AuthenticationError, ChannelArchived
+from mattermost_connector.errors import one_line as describe
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import Attachment
 from tasks.attachments import fetch_attachments, files_as_delivered, posts_missing_files
@@ -20,7 +21,6 @@ from tasks.changes import commit_changes, mark_listed, reconcile_batch, scan_cha
 from tasks.channel import close_channel, open_channel, start_run
 from tasks.load import advance_cursor, configured_load
 from tasks.locks import LeaseError, channel_lock
-from tasks.policy import describe
 from tasks.prefetch import read_ahead
 from tasks.report import channel_progress
 from tasks.transform import transform_batch

@@ -10,8 +10,7 @@ from prefect.states import Completed, Failed, State
 
 from flows.pipeline import run_channel
 from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import AuthenticationError, ConfigError
-from tasks.policy import describe
+from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
 from tasks.report import channel_ids_to_sync, publish_report, start_progress, update_progress
 
 
@@ -48,7 +47,7 @@ def mattermost_sync(
         try:
             results.append(run_channel(channel_id, "sync", start_timestamp=start_timestamp))
         except AuthenticationError as error:
-            refused = describe(error)
+            refused = one_line(error)
             break
         update_progress(progress, len(results), len(channels))
     return outcome(results, "sync", refused)

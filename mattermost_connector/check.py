@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 
 from mattermost_connector.config import Settings
-from mattermost_connector.errors import MattermostError
+from mattermost_connector.errors import MattermostError, fold, one_line
 from mattermost_connector.mattermost.channels import named_channel
 from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
 from mattermost_connector.redact import redact
@@ -39,7 +39,7 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
         try:
             me = client.me()
         except MattermostError as error:
-            yield False, f"Mattermost token at {settings.mattermost.api_url}: {error}"
+            yield False, f"Mattermost token at {settings.mattermost.api_url}: {one_line(error)}"
             return
         yield True, f"Mattermost token: valid, acting as @{me.get('username')}"
         for channel_id in settings.mattermost.channel_ids:
@@ -47,7 +47,7 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
                 _, name, _ = named_channel(client, channel_id)
                 client.posts(channel_id, per_page=1)
             except MattermostError as error:
-                yield False, f"channel {channel_id}: {error}"
+                yield False, f"channel {channel_id}: {one_line(error)}"
             else:
                 yield True, f"channel {channel_id} ({name}): readable"
 
@@ -59,7 +59,7 @@ def _state_store(settings: Settings) -> Finding:
         store.touch()
         store.close()
     except Exception as error:  # every failure, ConnectorError included, is a finding
-        return False, f"state store: {error}"
+        return False, f"state store: {one_line(error)}"
     return True, f"state store: writable ({url.split('://')[0]})"
 
 
@@ -125,7 +125,7 @@ def _platform_problem(response: httpx.Response) -> str | None:
         message = str(errors[0].get("message", "")) if isinstance(errors[0], dict) else ""
         if "logged in" in message.lower() or "auth" in message.lower():
             return "the token was refused; check OPENCTI_TOKEN"
-        return f"refused the query: {' '.join(message.split())[:200]}"
+        return f"refused the query: {fold(message, limit=200)}"
     try:
         body["data"]["about"]["version"]
     except (KeyError, TypeError):

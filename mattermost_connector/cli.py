@@ -13,7 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mattermost_connector.errors import ConfigError, ConnectorError
+from mattermost_connector.errors import ConfigError, ConnectorError, one_line
+from mattermost_connector.kinds import RunKind
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         return commands.add_parser(name, help=summary, description=description, epilog=CONFIG_NOTE)
 
     sync = command(
-        "sync",
+        RunKind.SYNC,
         "sync the configured channels once, then exit",
         "Sync each channel from its cursor once: new posts, files missed before, then edits "
         "and deletions. Runs the flow on $PREFECT_API_URL, or on a temporary local Prefect "
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
         help="sync only this channel (repeatable); default: MATTERMOST_CHANNEL_IDS",
     )
     backfill = command(
-        "backfill",
+        RunKind.BACKFILL,
         "import one channel's posts created in [since, until), then exit",
         "Import the posts of one channel created in [since, until), under the same ids as a "
         "sync; the sync cursor does not move. Rerunning the same window continues it.",
@@ -205,7 +206,7 @@ def _sync(args: argparse.Namespace) -> int:
     _prepare()
     from flows.sync import mattermost_sync
 
-    return _finish(mattermost_sync(channel_ids=channels, return_state=True), "sync")
+    return _finish(mattermost_sync(channel_ids=channels, return_state=True), RunKind.SYNC)
 
 
 def _backfill(args: argparse.Namespace) -> int:
@@ -220,7 +221,7 @@ def _backfill(args: argparse.Namespace) -> int:
     from flows.backfill import mattermost_backfill
 
     state = mattermost_backfill(channel, args.since, args.until, return_state=True)
-    return _finish(state, "backfill")
+    return _finish(state, RunKind.BACKFILL)
 
 
 def _serve(_: argparse.Namespace) -> int:
@@ -264,8 +265,8 @@ def _check(_: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "sync": _sync,
-    "backfill": _backfill,
+    RunKind.SYNC: _sync,
+    RunKind.BACKFILL: _backfill,
     "serve": _serve,
     "status": _status,
     "check": _check,
@@ -283,10 +284,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as error:
-        print(f"configuration error: {error}", file=sys.stderr)
+        print(f"configuration error: {one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
     except ConnectorError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("interrupted: progress up to the last delivered bundle is kept", file=sys.stderr)

@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 from mattermost_connector.amqp import Publisher, RefusalLimit, plain_publish, queue_message
 from mattermost_connector.config import Settings
-from mattermost_connector.errors import DeliveryError
-from mattermost_connector.redact import redact
+from mattermost_connector.errors import DeliveryError, one_line
 from mattermost_connector.stix import Upload
 from mattermost_connector.upload import ArtifactUploader
 
@@ -156,7 +155,7 @@ def opencti_helper(settings: Settings) -> Any:
             except Exception as error:  # pycti raises bare ValueErrors and requests errors
                 raise DeliveryError(
                     f"cannot register with OpenCTI at {settings.opencti.url}: "
-                    f"{redact(str(error), settings.secrets)[:300]}"
+                    f"{one_line(error, settings.secrets, limit=300)}"
                 ) from None
             finally:
                 sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
@@ -186,8 +185,8 @@ class OpenCTIDestination:
         self._uploader_lock = threading.Lock()
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
-        reason = redact(f"{type(error).__name__}: {error}", self._settings.secrets)
-        return DeliveryError(f"OpenCTI {action} failed: {reason[:300]}")
+        reason = one_line(error, self._settings.secrets, limit=300)
+        return DeliveryError(f"OpenCTI {action} failed: {reason}")
 
     def open_work(self, work: Work) -> None:
         try:

@@ -31,6 +31,7 @@ from mattermost_connector.config import (
     OpenCTISettings,
     _Group,
 )
+from mattermost_connector.errors import MetadataError
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS: tuple[tuple[type[_Group], str], ...] = (
@@ -101,10 +102,6 @@ EXAMPLES: dict[str, Any] = {
     "MATTERMOST_TOKEN": "ChangeMe",
     "MATTERMOST_CHANNEL_IDS": "5i5rip6zaf8qprwfi86iu9xsjy,ztu3g3f4upgjxezhsuqe5imzpr",
 }
-
-
-class MetadataError(Exception):
-    """The metadata cannot be generated (a variable without a README row)."""
 
 
 class _EnvSchema(GenerateJsonSchema):

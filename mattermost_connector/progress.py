@@ -4,6 +4,8 @@ system messages and deleted posts too), hence "about"."""
 
 from __future__ import annotations
 
+from mattermost_connector.kinds import RunKind
+
 
 def share(done: int, total: int) -> float:
     """The part of the channel done, 0 to 1 (1 when the total is unknown or passed)."""
@@ -12,7 +14,7 @@ def share(done: int, total: int) -> float:
 
 def describe(name: str, kind: str, this_run: int, done: int, total: int) -> str:
     """One log line: `cti/town-square: 1,200 of about 1,504 posts (1,200 this run)`."""
-    if kind != "sync" or total <= 0:
+    if kind != RunKind.SYNC or total <= 0:
         return f"{name}: {this_run:,} posts this {kind}"
     return f"{name}: {done:,} of about {max(total, done):,} posts ({this_run:,} this run)"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from mattermost_connector.kinds import RunKind
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import iso
 
@@ -36,7 +37,7 @@ def _day_or_time(epoch_ms: int) -> str:
 def parse_backfill_key(key: str) -> tuple[str, int, int] | None:
     """(channel id, start ms, end ms) of a backfill window's cursor key, else None."""
     parts = key.split(":")
-    if len(parts) == 4 and parts[0] == "backfill" and parts[2].isdigit() and parts[3].isdigit():
+    if len(parts) == 4 and parts[0] == RunKind.BACKFILL and (parts[2] + parts[3]).isdigit():
         return parts[1], int(parts[2]), int(parts[3])
     return None
 

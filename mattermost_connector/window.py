@@ -6,6 +6,7 @@ import re
 from datetime import UTC, datetime
 
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.kinds import RunKind
 
 _EPOCH = re.compile(r"^\d+(\.\d+)?$")
 
@@ -42,4 +43,4 @@ def iso(epoch_ms: int) -> str:
 
 def backfill_key(channel_id: str, start_ms: int, end_ms: int) -> str:
     """Where a backfill keeps its own cursor: rerunning the same window continues it."""
-    return f"backfill:{channel_id}:{start_ms}:{end_ms}"
+    return f"{RunKind.BACKFILL}:{channel_id}:{start_ms}:{end_ms}"

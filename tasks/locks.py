@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
-from mattermost_connector.errors import ConnectorError
+from mattermost_connector.errors import LeaseError, one_line
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS
 
@@ -26,10 +26,6 @@ log = logging.getLogger("mattermost_connector.locks")
 LEASE_SECONDS = 60  # a run killed outright keeps its channel this long at most
 POLL_SECONDS = 2.0
 _renewals: dict[str, threading.Event] = {}
-
-
-class LeaseError(ConnectorError):
-    """The state store could not be asked for a channel's lease: the channel is not run."""
 
 
 def _renew(channel_id: str, holder: str, stop: threading.Event) -> None:
@@ -43,7 +39,8 @@ def _renew(channel_id: str, holder: str, stop: threading.Event) -> None:
 
 
 def _reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"[:300]
+    """The store's error, without the statement SQLAlchemy appends."""
+    return one_line(error, limit=300, first_line=True)
 
 
 @task(name="acquire-channel", task_run_name="acquire-{channel_id}", **TASK_DEFAULTS)

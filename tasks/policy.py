@@ -13,7 +13,6 @@ from mattermost_connector.errors import (
     MalformedPost,
     MattermostError,
 )
-from mattermost_connector.redact import redact
 
 FINAL_ERRORS = (AuthenticationError, ChannelNotAccessible, ConfigError, MalformedPost)
 # Answers that asking again cannot change: a malformed request, refused access, nothing there.
@@ -46,11 +45,3 @@ def retryable(task: Any, task_run: Any, state: Any) -> bool:
     except Exception:
         return True
     return True
-
-
-def describe(error: BaseException) -> str:
-    """One line for run history and CLI output, with every secret masked."""
-    from mattermost_connector.errors import ConnectorError
-
-    text = str(error) if isinstance(error, ConnectorError) else f"{type(error).__name__}: {error}"
-    return redact(" ".join(text.split()))[:1000]

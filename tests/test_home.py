@@ -190,7 +190,7 @@ def test_status_needs_only_the_state_store(workdir: Path):
     store.remember_name(CHANNEL, "cti/town-square")
     store.save_cursor(CHANNEL, {"boundary_ms": _ms("2024-03-01T10:00:00")}, posts_delivered=12)
     key = backfill_key(CHANNEL, _ms("2024-01-01"), _ms("2024-02-01"))
-    store.save_cursor(key, {"boundary_ms": _ms("2024-01-15")}, 7, channel_id=CHANNEL)
+    store.save_cursor(key, {"boundary_ms": _ms("2024-01-15")}, 7)
     run = store.start_run(CHANNEL, "sync")
     store.finish_run(run, "completed", posts=12)
     store.close()

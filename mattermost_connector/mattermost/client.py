@@ -22,8 +22,10 @@ from mattermost_connector.config import MattermostSettings
 from mattermost_connector.errors import (
     AuthenticationError,
     ChannelArchived,
+    FileTooLarge,
     MalformedPost,
     MattermostError,
+    one_line,
 )
 
 log = logging.getLogger("mattermost_connector.mattermost")
@@ -201,7 +203,7 @@ class MattermostClient:
                 self._not_before = max(self._not_before, time.monotonic() + signal.delay)
             except (_Transient, httpx.TransportError) as error:
                 failures += 1
-                reason = str(error) if isinstance(error, _Transient) else _describe(error)
+                reason = str(error) if isinstance(error, _Transient) else one_line(error)
                 log.warning("%s %s failed (%s), attempt %d", method, path, reason, failures)
                 if failures >= self._retry.attempts:
                     raise MattermostError(
@@ -275,12 +277,6 @@ class MattermostClient:
             log.info("%s %s%s -> %d (%.0f ms)", method, path, query, response.status_code, elapsed)
 
 
-class FileTooLarge(MattermostError):
-    def __init__(self, size: int) -> None:
-        super().__init__(f"larger than the size cap ({size} bytes or more)")
-        self.size = size
-
-
 class _Throttled(Exception):
     def __init__(self, delay: float) -> None:
         super().__init__(f"429, retry after {delay:g} s")
@@ -289,11 +285,6 @@ class _Throttled(Exception):
 
 class _Transient(Exception):
     """A 5xx answer: worth another attempt."""
-
-
-def _describe(error: Exception) -> str:
-    detail = str(error)
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
 
 
 def _retry_after(response: httpx.Response) -> float:

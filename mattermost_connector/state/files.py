@@ -1,0 +1,74 @@
+"""Every attachment seen, embedded or not: its digest, and why it was left out if it was."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from mattermost_connector.state.schema import EngineBound, attachments, upsert, utc_now
+
+ATTACHMENT_UPDATED = (
+    "name",
+    "mime_type",
+    "size",
+    "sha256",
+    "status",
+    "error",
+    "run_id",
+    "updated_at",
+)
+
+
+def upsert_attachments(
+    connection: Connection,
+    channel_id: str,
+    rows: Iterable[dict[str, Any]],
+    run_id: int | None,
+) -> None:
+    now = utc_now()
+    full = [{**row, "channel_id": channel_id, "run_id": run_id, "updated_at": now} for row in rows]
+    upsert(connection, attachments, "file_id", full, ATTACHMENT_UPDATED)
+
+
+class AttachmentStore(EngineBound):
+    """What became of each file: embedded (with its sha256), uploaded, too large, failed."""
+
+    def record_attachments(
+        self, channel_id: str, rows: Iterable[dict[str, Any]], run_id: int | None = None
+    ) -> None:
+        """Record what became of each file: embedded (with its sha256), too large, failed."""
+        with self._engine.begin() as connection:
+            upsert_attachments(connection, channel_id, rows, run_id)
+
+    def attachments(self, channel_id: str) -> list[dict[str, Any]]:
+        query = sa.select(attachments).where(attachments.c.channel_id == channel_id)
+        with self._engine.connect() as connection:
+            return [
+                dict(row)
+                for row in connection.execute(query.order_by(attachments.c.file_id)).mappings()
+            ]
+
+    def posts_with_missing_files(
+        self, channel_id: str, max_size: int, limit: int = 200
+    ) -> list[str]:
+        """Posts delivered without a file that may be fetched now: it failed, or was over a
+        size cap that has since been raised."""
+        table = attachments
+        query = (
+            sa.select(table.c.post_id)
+            .where(table.c.channel_id == channel_id)
+            .where(
+                sa.or_(
+                    table.c.status == "failed",
+                    sa.and_(table.c.status == "too_large", table.c.size <= max_size),
+                )
+            )
+            .distinct()
+            .order_by(table.c.post_id)
+            .limit(limit)
+        )
+        with self._engine.connect() as connection:
+            return list(connection.execute(query).scalars())
