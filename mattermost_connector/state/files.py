@@ -51,11 +51,38 @@ class AttachmentStore(EngineBound):
                 for row in connection.execute(query.order_by(attachments.c.file_id)).mappings()
             ]
 
+    def file_fates(self, run_id: int) -> dict[str, int]:
+        """How many files this run settled, by fate (embedded, uploaded, too_large, failed,
+        gone): the rows it recorded last."""
+        query = (
+            sa.select(attachments.c.status, sa.func.count())
+            .where(attachments.c.run_id == run_id)
+            .group_by(attachments.c.status)
+        )
+        with self._engine.connect() as connection:
+            return {status: int(count) for status, count in connection.execute(query)}
+
+    def attachments_of(self, post_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The attachments rows of these posts, by post id, in file id order."""
+        ids = sorted(set(post_ids))
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self._engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                query = (
+                    sa.select(attachments)
+                    .where(attachments.c.post_id.in_(ids[start : start + 500]))
+                    .order_by(attachments.c.file_id)
+                )
+                for row in connection.execute(query).mappings():
+                    found.setdefault(row["post_id"], []).append(dict(row))
+        return found
+
     def posts_with_missing_files(
-        self, channel_id: str, max_size: int, limit: int = 200
+        self, channel_id: str, max_size: int, limit: int = 200, before_run: int | None = None
     ) -> list[str]:
         """Posts delivered without a file that may be fetched now: it failed, or was over a
-        size cap that has since been raised."""
+        size cap that has since been raised. `before_run`: only files settled by an earlier
+        run (one that failed in this run was just tried, with retries)."""
         table = attachments
         query = (
             sa.select(table.c.post_id)
@@ -70,5 +97,7 @@ class AttachmentStore(EngineBound):
             .order_by(table.c.post_id)
             .limit(limit)
         )
+        if before_run is not None:
+            query = query.where(sa.or_(table.c.run_id.is_(None), table.c.run_id != before_run))
         with self._engine.connect() as connection:
             return list(connection.execute(query).scalars())
