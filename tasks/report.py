@@ -18,6 +18,7 @@ from mattermost_connector import progress
 from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import iso
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS
@@ -39,7 +40,7 @@ _runs: dict[str, list[Any]] = {}
 
 
 @task(name="start-progress", **TASK_DEFAULTS)
-def start_progress(kind: str, channels: int = 1) -> UUID:
+def start_progress(kind: RunKind, channels: int = 1) -> UUID:
     artifact = create_progress_artifact(
         0.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
     )
@@ -62,7 +63,7 @@ def channel_progress(run: ChannelRun) -> None:
     entry = _runs.get(flow_run.get_id() or "")
     if entry is not None:
         artifact, channels_done, channels = entry
-        current = progress.share(done, run.total_posts) if run.kind == "sync" else 0.0
+        current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
         update_progress_artifact(
             artifact, progress.overall(channels_done, channels, current), description=text
         )
@@ -75,7 +76,7 @@ def _position(cursor: dict[str, Any] | None) -> str:
 
 
 @task(name="publish-report", **TASK_DEFAULTS)
-def publish_report(report: list[dict[str, Any]], kind: str) -> None:
+def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
     """A table per run in the Prefect UI (and `prefect artifact ls`); then, unless
     MATTERMOST_KEEPALIVE, close the connections to Mattermost."""
     rows = [
