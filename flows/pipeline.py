@@ -156,9 +156,4 @@ def deliver_changes(run: ChannelRun, batch: Batch) -> ChannelRun:
     """Deliver what is stale (if anything) and count what was noticed."""
     if batch.posts:
         run = deliver(run, replace(batch, cursor=None))
-    return replace(
-        run,
-        posts=run.posts + batch.added,
-        updated=run.updated + batch.updated,
-        deleted=run.deleted + batch.deleted,
-    )
+    return replace(run, counts=run.counts + batch.counts)

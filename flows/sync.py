@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow
@@ -18,7 +17,7 @@ from tasks.report import channel_ids_to_sync, publish_report, start_progress, up
 def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = None) -> State[Any]:
     """Publish the report, then end Completed, or Failed without a traceback when any
     channel failed (the others still completed and kept their progress)."""
-    report = [asdict(result) for result in results]
+    report = [result.row() for result in results]
     publish_report(report, kind)
     failed = [r for r in results if not r.ok]
     if refused:

@@ -57,8 +57,8 @@ def update_progress(artifact_id: UUID, done: int, total: int) -> None:
 def channel_progress(run: ChannelRun) -> None:
     """Within a channel: posts done of about how many, in the log and the run's progress
     artifact. A plain call, not a task: a task run per batch would only add noise."""
-    done = run.posts_before + run.posts
-    text = progress.describe(run.context.name, run.kind, run.posts, done, run.total_posts)
+    done = run.posts_before + run.counts.posts
+    text = progress.describe(run.context.name, run.kind, run.counts.posts, done, run.total_posts)
     log.info(text)
     entry = _runs.get(flow_run.get_id() or "")
     if entry is not None:
@@ -86,7 +86,7 @@ def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
             "status": row["status"],
             "posts": row["posts"],
             "files": row["files"],
-            "files by fate": ChannelResult(**row).fates_text(),
+            "files by fate": ChannelResult.from_row(row).counts.fates_text(),
             "objects": row["objects"],
             "updated": row["updated"],
             "deleted": row["deleted"],

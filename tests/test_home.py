@@ -15,6 +15,7 @@ import pytest
 
 from mattermost_connector import metadata, progress
 from mattermost_connector.config import load_settings, load_state_database_url
+from mattermost_connector.counts import Counts
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import StateStore
@@ -193,7 +194,7 @@ def test_status_needs_only_the_state_store(workdir: Path):
     key = backfill_key(CHANNEL, _ms("2024-01-01"), _ms("2024-02-01"))
     store.save_cursor(key, Cursor(_ms("2024-01-15")), 7)
     run = store.start_run(CHANNEL, "sync")
-    store.finish_run(run, "completed", posts=12)
+    store.finish_run(run, "completed", Counts(posts=12))
     store.close()
 
     result = run_cli(["status", "--runs", "1"], {"CONNECTOR_STATE_DATABASE_URL": url}, workdir)

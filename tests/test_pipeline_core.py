@@ -17,6 +17,7 @@ import pytest
 from mattermost_connector.changes import FullCheck, judge_since
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelRun
 from mattermost_connector.config import TLP
+from mattermost_connector.counts import Counts
 from mattermost_connector.delivery import Work
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.mattermost.posts import Cursor
@@ -105,7 +106,9 @@ class Stages:
 
     def transform(self, run, batch, files, recent):
         bundles = [
-            BundleFile(Path("b"), 1, 0, batch.posts, [], batch.cursor, sequence=run.bundles + 1)
+            BundleFile(
+                Path("b"), 1, 0, batch.posts, [], batch.cursor, sequence=run.counts.bundles + 1
+            )
         ]
         return run.delivering(bundles), bundles
 
@@ -141,13 +144,13 @@ def batch_of(posts: list[dict], start: Cursor, exhausted: bool = False, skipped:
     cursor = start
     for p in posts:
         cursor = cursor.advance(p)
-    return Batch(posts, {}, cursor, exhausted, skipped=skipped), cursor
+    return Batch(posts, {}, cursor, exhausted, Counts(posts=len(posts), skipped=skipped)), cursor
 
 
 def test_loads_run_one_at_a_time_in_order_and_the_cursor_waits_for_them(tmp_path: Path):
     first, c1 = batch_of([post(1), post(2)], Cursor(1000))
     # only skipped system messages: the cursor moves alone, after batch 1's load landed
-    system = Batch([], {}, Cursor(1005, ("p005",), "p002"), False, skipped=3)
+    system = Batch([], {}, Cursor(1005, ("p005",), "p002"), False, Counts(skipped=3))
     second, c2 = batch_of([post(6), post(7)], system.cursor)
     last = Batch([], {}, c2, True)
     with ThreadPoolExecutor(4) as pool:
@@ -160,13 +163,15 @@ def test_loads_run_one_at_a_time_in_order_and_the_cursor_waits_for_them(tmp_path
         "load 1 started",
         f"load 1 recorded {c2.boundary_ms}",
     ]
-    assert run.cursor == c2 and run.posts == 4 and run.skipped == 3 and run.bundles == 2
+    assert run.cursor == c2 and run.counts == Counts(
+        posts=4, files=0, objects=2, skipped=3, bundles=2
+    )
 
 
 def test_a_failed_load_ends_the_pass_with_nothing_recorded_or_moved_after_it(tmp_path: Path):
     first, c1 = batch_of([post(1)], Cursor(1000))
     second, _ = batch_of([post(2)], c1)
-    system = Batch([], {}, Cursor(1010), False, skipped=1)
+    system = Batch([], {}, Cursor(1010), False, Counts(skipped=1))
     third, _ = batch_of([post(11)], system.cursor, exhausted=True)
     with ThreadPoolExecutor(4) as pool:
         stages = Stages([first, second, system, third], pool, fail_load=0)
@@ -314,6 +319,16 @@ def test_a_count_that_grew_beyond_the_posts_seen_means_a_full_check():
     verdict = judge([], msg_count=13, listed=1)  # 3 more posts, 1 listed: 2 came in unseen
     assert verdict.full_check == FullCheck.UNCOUNTED and verdict.missing == 2
     assert judge([], msg_count=11, listed=1).full_check is None
+
+
+def test_counts_add_up_with_their_fates():
+    total = Counts(posts=2, files=1, fates={"embedded": 1}) + Counts(
+        posts=3, skipped=1, bundles=2, fates={"embedded": 2, "failed": 1}
+    )
+    assert total == Counts(
+        posts=5, files=1, skipped=1, bundles=2, fates={"embedded": 3, "failed": 1}
+    )
+    assert total.fates_text() == "3 embedded, 1 failed"
 
 
 # -- a step over fake services: the load records in order and mirrors the last cursor ---------

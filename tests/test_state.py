@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from mattermost_connector.counts import Counts
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore, message_digest
@@ -49,7 +50,7 @@ def test_run_history(store_url: str):
     run_id = store.start_run("c1", "sync", flow_run_id="fr-1")
     (running,) = store.runs()
     assert running.status == "running" and running.ended_at is None
-    store.finish_run(run_id, "failed", posts=4, files=1, objects=12, error="boom")
+    store.finish_run(run_id, "failed", Counts(posts=4, files=1, objects=12), error="boom")
     (done,) = store.runs(channel_id="c1")
     assert (done.status, done.posts, done.files, done.objects, done.error) == (
         "failed",

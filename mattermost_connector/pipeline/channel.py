@@ -9,13 +9,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mattermost_connector.attachments import (
-    GONE,
     download_attachments,
     first_embedded_files,
     redelivery_files,
@@ -33,8 +32,10 @@ from mattermost_connector.changes import (
 )
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
 from mattermost_connector.config import Settings
+from mattermost_connector.counts import Counts
 from mattermost_connector.delivery import Destination, Work
 from mattermost_connector.errors import AuthenticationError, DeliveryError, MattermostError
+from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.channels import channel_context, first_imported
 from mattermost_connector.mattermost.client import MattermostClient
@@ -43,13 +44,13 @@ from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order
 from mattermost_connector.state import StateStore
-from mattermost_connector.stix import EMBEDDED, UPLOADED, Attachment, iter_bundles
+from mattermost_connector.stix import Attachment, iter_bundles
 from mattermost_connector.window import backfill_key, iso
 
 log = logging.getLogger("mattermost_connector.load")
 
 BATCH_POSTS = 5000  # 25 pages: few task runs, bounded memory (bundles split it further)
-DELIVERED = (EMBEDDED, UPLOADED)
+DELIVERED = (Fate.EMBEDDED, Fate.UPLOADED)
 Files = dict[str, list[Attachment]]
 
 
@@ -228,11 +229,11 @@ class ChannelPipeline:
             rows = [a for a in store.attachments(run.channel_id) if a["post_id"] in reasons]
             store.record_attachments(
                 run.channel_id,
-                [{**a, "status": GONE, "error": reasons[a["post_id"]]} for a in rows],
+                [{**a, "status": Fate.GONE, "error": reasons[a["post_id"]]} for a in rows],
                 run.run_id,
             )
         batch = self.complete(run, posts)
-        batch.updated = len(posts)
+        batch.counts = Counts(updated=len(posts))
         return batch
 
     # -- transform and load --------------------------------------------------------------
@@ -260,7 +261,7 @@ class ChannelPipeline:
                 queue=connector.send_to_queue,
             )
             for part in parts:
-                sequence = run.bundles + len(written) + 1
+                sequence = run.counts.bundles + len(written) + 1
                 path = run.spool / f"bundle-{sequence:06d}.json"
                 with open(path, "w", encoding="utf-8") as handle:
                     part.write(handle)
@@ -338,7 +339,7 @@ class ChannelPipeline:
                         log.warning("%s: left for the next run", error)
                         for row in bundle.attachments:
                             if row["file_id"] == upload.file_id:
-                                row.update(status="failed", error=str(error))
+                                row.update(status=Fate.FAILED, error=str(error))
         text = bundle.path.read_text(encoding="utf-8")
         for destination in self.services.destinations:
             destination.send(run.work, text, bundle.objects, bundle.sequence)
@@ -386,9 +387,11 @@ class ChannelPipeline:
             posts = [post for post in posts if not post.get("delete_at")]
         ordered = sorted(posts + added, key=lambda post: (post["create_at"], post["id"]))
         batch = self.complete(run, ordered, **kwargs)
-        batch.deleted = len(deleted)
-        batch.updated = sum(1 for post in posts if not post.get("delete_at"))
-        batch.added = len(added)
+        batch.counts = Counts(
+            posts=len(added),
+            updated=sum(1 for post in posts if not post.get("delete_at")),
+            deleted=len(deleted),
+        )
         return batch
 
     def scan_changes(self, run: ChannelRun) -> tuple[ChangesVerdict, Batch | None]:
@@ -480,38 +483,33 @@ class ChannelPipeline:
         status = (
             RunStatus.FAILED if error else RunStatus.ARCHIVED if archived else RunStatus.COMPLETED
         )
-        counts = {"posts": 0, "files": 0, "objects": 0}
         fates = self.store.file_fates(run_id)
+        counts = replace(run.counts if run else Counts(), fates=fates)
         if run is not None:
-            counts = {"posts": run.posts, "files": run.files, "objects": run.objects}
-            by_fate = ChannelResult(channel_id, None, kind, status, fates=fates).fates_text()
+            by_fate = counts.fates_text()
             message = (
-                f"{run.posts} posts, {run.files} files, {run.objects} objects in "
-                f"{run.bundles} bundles"
+                f"{counts.posts} posts, {counts.files} files, {counts.objects} objects in "
+                f"{counts.bundles} bundles"
                 + (f"; files: {by_fate}" if by_fate else "")
                 + (
-                    f"; {run.updated} updated, {run.deleted} deleted"
-                    if run.updated or run.deleted
+                    f"; {counts.updated} updated, {counts.deleted} deleted"
+                    if counts.updated or counts.deleted
                     else ""
                 )
             )
             for destination in self.services.destinations:
                 destination.close_work(run.work, error or archived or message, in_error=bool(error))
             shutil.rmtree(run.spool, ignore_errors=True)
-        self.store.finish_run(run_id, status, error=error or archived, **counts)
+        self.store.finish_run(run_id, status, counts, error=error or archived)
         return ChannelResult(
             channel_id=channel_id,
             name=run.context.name if run else None,
             kind=kind,
             status=status,
-            skipped=run.skipped if run else 0,
-            updated=run.updated if run else 0,
-            deleted=run.deleted if run else 0,
+            counts=counts,
             error=error or archived,
             cursor_before=run.cursor_before if run else None,
             cursor_after=run.cursor if run else None,
-            fates=fates,
-            **counts,
         )
 
 

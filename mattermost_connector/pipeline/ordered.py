@@ -136,18 +136,15 @@ def take_new_posts(run: ChannelRun, stages: NewPostStages) -> ChannelRun:
                 loads.load(run, bundles)
                 in_flight = current
                 recent = [row for bundle in bundles for row in bundle.attachments]
-                run = replace(after, posts=run.posts + len(batch.posts))
+                run = replace(after, counts=after.counts + batch.counts)
                 stages.progress(run)
-            elif batch.cursor is not None and batch.cursor != run.cursor:
-                loads.landed()  # nothing moves past what is still in flight
-                stages.advance(run, batch.cursor)
-                run = replace(run, cursor=batch.cursor)
-            run = replace(
-                run,
-                skipped=run.skipped + batch.skipped,
-                listed=run.listed + batch.listed,
-                ahead=run.ahead + batch.ahead,
-            )
+            else:
+                if batch.cursor is not None and batch.cursor != run.cursor:
+                    loads.landed()  # nothing moves past what is still in flight
+                    stages.advance(run, batch.cursor)
+                    run = replace(run, cursor=batch.cursor)
+                run = replace(run, counts=run.counts + batch.counts)  # skipped, if any
+            run = replace(run, listed=run.listed + batch.listed, ahead=run.ahead + batch.ahead)
             if batch.exhausted:
                 loads.landed()
                 return run
