@@ -122,7 +122,7 @@ class ChannelPipeline:
             label = f"backfill [{iso(window[0])}, {iso(window[1])})"
         else:
             first = mattermost.start_timestamp if start_timestamp is None else start_timestamp
-            key, start_ms, label = channel_id, first * 1000, "sync"
+            key, start_ms, label = channel_id, first * 1000, str(RunKind.SYNC)
         cursor = store.cursor(key) or Cursor(boundary_ms=start_ms)
         since = iso(cursor.boundary_ms)
         work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
