@@ -10,6 +10,7 @@ from prefect.states import Failed, State
 from flows.pipeline import run_channel
 from flows.sync import outcome
 from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
+from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import parse_window
 from tasks.report import channel_ids_to_sync, start_progress, update_progress
 
@@ -25,10 +26,10 @@ def mattermost_backfill(
         window = parse_window(start, end)
     except ConfigError as error:
         return Failed(message=str(error))
-    progress = start_progress("backfill")
+    progress = start_progress(RunKind.BACKFILL)
     try:
-        result = run_channel(channel, "backfill", window=window)
+        result = run_channel(channel, RunKind.BACKFILL, window=window)
     except AuthenticationError as error:
-        return outcome([], "backfill", one_line(error))
+        return outcome([], RunKind.BACKFILL, one_line(error))
     update_progress(progress, 1, 1)
-    return outcome([result], "backfill")
+    return outcome([result], RunKind.BACKFILL)

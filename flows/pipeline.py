@@ -14,7 +14,9 @@ from prefect.utilities.annotations import quote
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
 from mattermost_connector.errors import AuthenticationError, ChannelArchived
 from mattermost_connector.errors import one_line as describe
+from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.pipeline import ordered
 from mattermost_connector.stix import Attachment
 from tasks.attachments import fetch_attachments, files_as_delivered, posts_missing_files
 from tasks.changes import commit_changes, mark_listed, reconcile_batch, scan_changes, sweep_batch
@@ -28,7 +30,7 @@ from tasks.transform import transform_batch
 
 def run_channel(
     channel_id: str,
-    kind: str = "sync",
+    kind: RunKind = RunKind.SYNC,
     window: tuple[int, int] | None = None,
     start_timestamp: int | None = None,
 ) -> ChannelResult:
@@ -39,11 +41,11 @@ def run_channel(
         with channel_lock(channel_id):
             return _run_locked(channel_id, kind, window, start_timestamp)
     except LeaseError as error:  # before any run history could be written
-        return ChannelResult(channel_id, None, kind, "failed", error=describe(error))
+        return ChannelResult(channel_id, None, kind, RunStatus.FAILED, error=describe(error))
 
 
 def _run_locked(
-    channel_id: str, kind: str, window: tuple[int, int] | None, start_timestamp: int | None
+    channel_id: str, kind: RunKind, window: tuple[int, int] | None, start_timestamp: int | None
 ) -> ChannelResult:
     """The run itself, once the channel is held: its history row, then every pass."""
     run_id = start_run(channel_id, kind, window)
@@ -51,7 +53,7 @@ def _run_locked(
     try:
         run = open_channel(channel_id, run_id, kind, window, start_timestamp)
         run = take_new_posts(run)
-        if kind == "sync":
+        if kind == RunKind.SYNC:
             run = take_missing_files(run)
             run = take_changes(run)
     except AuthenticationError as error:
@@ -86,67 +88,35 @@ def transform(
         attachments = fetch_attachments(run, quote(batch.posts))
     attachments = files_as_delivered(run, quote(batch), quote(attachments), quote(recent))
     bundles = transform_batch(run, quote(batch), quote(attachments))
-    return replace(
-        run,
-        cursor=next((b.cursor for b in reversed(bundles) if b.cursor), run.cursor),
-        files=run.files + sum(b.files for b in bundles),
-        objects=run.objects + sum(b.objects for b in bundles),
-        bundles=run.bundles + len(bundles),
-    ), bundles
+    return run.delivering(bundles), bundles
+
+
+class _Stages:
+    """The new-posts pass's stages as Prefect tasks (pipeline.ordered.take_new_posts runs
+    them). Large values cross as quote(): unquoted, Prefect walks every post."""
+
+    def read(self, run: ChannelRun, pending: list[dict]) -> PrefectFuture:
+        return read_ahead.submit(run, quote(pending))
+
+    def transform(
+        self, run: ChannelRun, batch: Batch, files: dict[str, list[Attachment]], recent: list[dict]
+    ) -> tuple[ChannelRun, list[BundleFile]]:
+        return transform(run, batch, files, recent)
+
+    def load(self, run: ChannelRun, bundles: list[BundleFile]) -> PrefectFuture:
+        return configured_load().submit(run, quote(bundles))
+
+    def advance(self, run: ChannelRun, cursor: Cursor) -> None:
+        advance_cursor(run, cursor)
+
+    def progress(self, run: ChannelRun) -> None:
+        channel_progress(run)
 
 
 def take_new_posts(run: ChannelRun) -> ChannelRun:
-    """Three batches at once: the next read, this one transformed, the one before loaded.
-    Reading waits on the server, loading on the broker and the state store; transforming
-    works, here. A batch is loaded only once the one before is (cursors move in order). A
-    failed load ends the run: what was read or built after it is dropped, and the cursor
-    still stands before it."""
-    ahead = read_ahead.submit(run)
-    loading: PrefectFuture[None] | None = None
-    in_flight: list[dict] = []  # posts of the batch being loaded
-    recent: list[dict] = []  # and the fates of their files
-    try:
-        while True:
-            batch, attachments = ahead.result()
-            current = batch.posts
-            if not batch.exhausted:
-                # roots in this batch and the one loading count as delivered: they are,
-                # before the next batch is used (and its bundles copy them from here)
-                pending = quote(in_flight + current)
-                ahead = read_ahead.submit(replace(run, cursor=batch.cursor), pending)
-            if batch.posts:
-                after, bundles = transform(run, batch, attachments, recent)
-                _landed(loading)
-                loading = configured_load().submit(run, quote(bundles))
-                in_flight = current
-                recent = [row for bundle in bundles for row in bundle.attachments]
-                run = replace(after, posts=run.posts + len(batch.posts))
-                channel_progress(run)
-            elif batch.cursor != run.cursor:
-                _landed(loading)  # nothing moves past what is still in flight
-                loading = None
-                advance_cursor(run, batch.cursor)
-                run = replace(run, cursor=batch.cursor)
-            run = replace(
-                run,
-                skipped=run.skipped + batch.skipped,
-                listed=run.listed + batch.listed,
-                ahead=run.ahead + batch.ahead,
-            )
-            if batch.exhausted:
-                _landed(loading)
-                return run
-    except BaseException:
-        ahead.wait()  # its downloads land in the spool before closing the channel clears it
-        if loading is not None:
-            loading.wait()  # nor is the spool cleared under a load still sending from it
-        raise
-
-
-def _landed(loading: PrefectFuture[None] | None) -> None:
-    """Wait for a submitted load; its failure is this run's."""
-    if loading is not None:
-        loading.result()
+    """Three batches at once: the next read, this one transformed, the one before loaded,
+    in the order pipeline.ordered.take_new_posts guarantees."""
+    return ordered.take_new_posts(run, _Stages())
 
 
 def take_missing_files(run: ChannelRun) -> ChannelRun:
@@ -157,7 +127,7 @@ def take_missing_files(run: ChannelRun) -> ChannelRun:
 def take_changes(run: ChannelRun) -> ChannelRun:
     """Re-deliver edited and deleted posts, deliver posts found behind the cursor, then move
     the change watermark to this run."""
-    if run.cursor.get("changes_ms") is not None:
+    if run.cursor.changes_ms is not None:
         batch = scan_changes(run)
         # None: `since` was cut at 1000 rows, or the channel counts posts no listing returned:
         # every post is checked instead
@@ -166,7 +136,7 @@ def take_changes(run: ChannelRun) -> ChannelRun:
 
 
 def reconcile(run: ChannelRun) -> ChannelRun:
-    position = Cursor(boundary_ms=run.start_ms).to_dict()
+    position = Cursor(boundary_ms=run.start_ms)
     while True:
         batch = reconcile_batch(run, position)
         run = deliver_changes(run, batch)
@@ -186,9 +156,4 @@ def deliver_changes(run: ChannelRun, batch: Batch) -> ChannelRun:
     """Deliver what is stale (if anything) and count what was noticed."""
     if batch.posts:
         run = deliver(run, replace(batch, cursor=None))
-    return replace(
-        run,
-        posts=run.posts + batch.added,
-        updated=run.updated + batch.updated,
-        deleted=run.deleted + batch.deleted,
-    )
+    return replace(run, counts=run.counts + batch.counts)

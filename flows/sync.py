@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from prefect import flow
@@ -11,13 +10,14 @@ from prefect.states import Completed, Failed, State
 from flows.pipeline import run_channel
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
+from mattermost_connector.kinds import RunKind
 from tasks.report import channel_ids_to_sync, publish_report, start_progress, update_progress
 
 
-def outcome(results: list[ChannelResult], kind: str, refused: str | None = None) -> State[Any]:
+def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = None) -> State[Any]:
     """Publish the report, then end Completed, or Failed without a traceback when any
     channel failed (the others still completed and kept their progress)."""
-    report = [asdict(result) for result in results]
+    report = [result.row() for result in results]
     publish_report(report, kind)
     failed = [r for r in results if not r.ok]
     if refused:
@@ -42,12 +42,12 @@ def mattermost_sync(
         return Failed(message=str(error))
     results: list[ChannelResult] = []
     refused: str | None = None
-    progress = start_progress("sync", len(channels))
+    progress = start_progress(RunKind.SYNC, len(channels))
     for channel_id in channels:
         try:
-            results.append(run_channel(channel_id, "sync", start_timestamp=start_timestamp))
+            results.append(run_channel(channel_id, RunKind.SYNC, start_timestamp=start_timestamp))
         except AuthenticationError as error:
             refused = one_line(error)
             break
         update_progress(progress, len(results), len(channels))
-    return outcome(results, "sync", refused)
+    return outcome(results, RunKind.SYNC, refused)

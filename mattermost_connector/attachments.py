@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from mattermost_connector.errors import AuthenticationError, MattermostError
+from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.mattermost.client import FileTooLarge, MattermostClient
-from mattermost_connector.stix import UPLOADED, Attachment, safe_file_name, with_hashes
+from mattermost_connector.stix import Attachment, safe_file_name, with_hashes
 
 log = logging.getLogger("mattermost_connector.attachments")
 
-EMBEDDED, TOO_LARGE, FAILED, GONE = "embedded", "too_large", "failed", "gone"
 Rows = Mapping[str, list[dict[str, Any]]]  # attachments rows (state store) by post id
 
 
@@ -51,7 +51,7 @@ def _fetch(
     size = int(info.get("size") or 0)
     too_large = f"over MATTERMOST_MAX_ATTACHMENT_SIZE ({max_size} bytes)"
     if size > max_size:
-        return Attachment(file_id, name, mime, size, status=TOO_LARGE, error=too_large)
+        return Attachment(file_id, name, mime, size, status=Fate.TOO_LARGE, error=too_large)
     target = spool / file_id
     try:
         with open(target, "wb") as sink:
@@ -61,12 +61,12 @@ def _fetch(
     except FileTooLarge as error:
         target.unlink(missing_ok=True)
         return Attachment(
-            file_id, name, mime, max(size, error.size), status=TOO_LARGE, error=too_large
+            file_id, name, mime, max(size, error.size), status=Fate.TOO_LARGE, error=too_large
         )
     except MattermostError as error:
         target.unlink(missing_ok=True)
         log.warning("file %s (%s) not downloaded: %s", file_id, name, error)
-        return Attachment(file_id, name, mime, size, status=FAILED, error=str(error))
+        return Attachment(file_id, name, mime, size, status=Fate.FAILED, error=str(error))
     return Attachment(
         file_id,
         name,
@@ -74,7 +74,7 @@ def _fetch(
         result.size,
         path=target,
         sha256=result.sha256,
-        status=EMBEDDED,
+        status=Fate.EMBEDDED,
     )
 
 
@@ -99,12 +99,14 @@ def redelivery_files(
         for attachment in files:
             row = rows.get(attachment.file_id) or {}
             fate = row.get("status")
-            if attachment.path is not None and fate == UPLOADED:
+            if attachment.path is not None and fate == Fate.UPLOADED:
                 attachment.path.unlink(missing_ok=True)
-                attachment = replace(attachment, path=None, status=UPLOADED, sha256=row["sha256"])
-            elif attachment.path is not None and fate != EMBEDDED:
-                attachment = with_hashes(replace(attachment, status=UPLOADED))
-            elif attachment.path is None and fate in (EMBEDDED, UPLOADED):
+                attachment = replace(
+                    attachment, path=None, status=Fate.UPLOADED, sha256=row["sha256"]
+                )
+            elif attachment.path is not None and fate != Fate.EMBEDDED:
+                attachment = with_hashes(replace(attachment, status=Fate.UPLOADED))
+            elif attachment.path is None and fate in (Fate.EMBEDDED, Fate.UPLOADED):
                 attachment = replace(attachment, status=fate, sha256=row["sha256"], error=None)
             kept.append(attachment)
         settled[post_id] = kept
@@ -125,7 +127,7 @@ def first_embedded_files(
     found: dict[str, list[Attachment]] = {}
     for root_id, rows in roots.items():
         for row in rows:
-            if row["status"] != EMBEDDED:
+            if row["status"] != Fate.EMBEDDED:
                 continue
             info = {key: row[key] for key in ("name", "mime_type", "size")}
             have = _fetch(client, {**info, "id": row["file_id"]}, spool, max_size)
@@ -139,5 +141,7 @@ def first_embedded_files(
                     have.error,
                 )
                 continue
-            found.setdefault(root_id, []).append(replace(have, name=row["name"], status=EMBEDDED))
+            found.setdefault(root_id, []).append(
+                replace(have, name=row["name"], status=Fate.EMBEDDED)
+            )
     return found

@@ -8,6 +8,7 @@ from typing import Any
 
 from mattermost_connector.changes import delivered_version, is_system
 from mattermost_connector.channel_run import Batch
+from mattermost_connector.counts import Counts
 from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
@@ -60,7 +61,7 @@ def complete_batch(
         users=first_imported(store, users.resolve(authors), authors),
         cursor=cursor,
         exhausted=exhausted,
-        skipped=len(posts) - len(kept),
+        counts=Counts(posts=len(batch_posts), skipped=len(posts) - len(kept)),
         missing_roots=missing,
         roots=known,
     )

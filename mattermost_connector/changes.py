@@ -15,8 +15,9 @@ every live post never delivered.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from mattermost_connector.mattermost.client import MattermostClient
@@ -194,3 +195,54 @@ def scan_since(client: MattermostClient, channel_id: str, since_ms: int) -> list
     if changed >= SINCE_CAP:
         return None
     return rows
+
+
+class FullCheck(StrEnum):
+    """Why `since` cannot be trusted this run, and every post is checked instead."""
+
+    CAPPED = "capped"  # `since` may have been cut at 1000 rows
+    UNCOUNTED = "uncounted"  # the channel counts posts that no listing returned
+
+
+@dataclass(frozen=True)
+class ChangesVerdict:
+    """The edits/deletions decision: trust `since` (deliver `stale` again and the posts found
+    `behind` the cursor), or do the full check and the sweep (`full_check` says why)."""
+
+    full_check: FullCheck | None
+    stale: list[Post] = field(default_factory=list)
+    behind: list[Post] = field(default_factory=list)
+    missing: int = 0  # posts counted by the server beyond those listed (UNCOUNTED)
+
+
+def judge_since(
+    rows: list[Post] | None,
+    delivered: Callable[[Iterable[str]], Mapping[str, Mapping[str, Any]]],
+    since_ms: int,
+    *,
+    opened_at: Cursor,
+    start_ms: int,
+    include_system: bool,
+    msg_count: int,
+    listed: int,
+    last_post_at: int,
+) -> ChangesVerdict:
+    """`since`'s rows (None: possibly cut, `scan_since`) trusted or not. Trusted only if the
+    channel's message count, read when the run opened it, grew by no more than the posts
+    the run listed (`listed`) and those `since` shows that no listing could return."""
+    if rows is None:
+        return ChangesVerdict(FullCheck.CAPPED)
+    found = examine_since(
+        rows,
+        delivered(row["id"] for row in rows),
+        since_ms,
+        opened_at=opened_at,
+        start_ms=start_ms,
+        include_system=include_system,
+        checked=opened_at.messages,
+        last_post_at=last_post_at,
+    )
+    missing = unaccounted(opened_at.messages, msg_count, listed + found.unlisted)
+    if missing > 0:
+        return ChangesVerdict(FullCheck.UNCOUNTED, missing=missing)
+    return ChangesVerdict(None, found.stale, found.behind)

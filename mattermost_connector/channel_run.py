@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from mattermost_connector.counts import Counts
 from mattermost_connector.delivery import Work
+from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import ChannelContext, Upload
 
 
 @dataclass
 class ChannelRun:
     channel_id: str
-    kind: str
+    kind: RunKind
     run_id: int
     context: ChannelContext
-    cursor: dict[str, Any]
+    cursor: Cursor
     last_post_at: int
     work: Work
     spool: Path
@@ -24,19 +28,27 @@ class ChannelRun:
     server_start_ms: int = 0
     cursor_key: str = ""  # the channel id for a sync; a backfill keeps its own per window
     end_ms: int | None = None  # a backfill stops before this creation time
-    cursor_before: dict[str, Any] = field(default_factory=dict)
+    cursor_before: Cursor | None = None  # where the run opened
     msg_count: int = 0  # the channel's total_msg_count when this run opened it
     listed: int = 0  # posts listed by the new-posts pass that this count grew by (see changes)
     ahead: int = 0  # and those listed that it does not have yet: the next run's count will
-    posts: int = 0
-    files: int = 0
-    objects: int = 0
-    skipped: int = 0
-    updated: int = 0
-    deleted: int = 0
-    bundles: int = 0
+    counts: Counts = field(default_factory=Counts)
     total_posts: int = 0  # the channel's total_msg_count when the run began: an estimate
     posts_before: int = 0  # delivered by earlier runs (of this cursor)
+
+    def delivering(self, bundles: list[BundleFile]) -> ChannelRun:
+        """The run as it stands once `bundles` are delivered: at the last cursor one of them
+        carries, their files, objects and bundles counted."""
+        delivered = Counts(
+            files=sum(b.files for b in bundles),
+            objects=sum(b.objects for b in bundles),
+            bundles=len(bundles),
+        )
+        return replace(
+            self,
+            cursor=next((b.cursor for b in reversed(bundles) if b.cursor), self.cursor),
+            counts=self.counts + delivered,
+        )
 
 
 @dataclass
@@ -45,12 +57,11 @@ class Batch:
 
     posts: list[dict[str, Any]]
     users: dict[str, dict[str, Any]]
-    cursor: dict[str, Any] | None  # None: delivering this batch does not move the cursor
+    cursor: Cursor | None  # None: delivering this batch does not move the cursor
     exhausted: bool
-    skipped: int = 0
-    updated: int = 0
-    deleted: int = 0
-    added: int = 0  # posts never delivered before, found behind the cursor
+    # what delivering it adds to the run's counts, beyond its bundles' files and objects:
+    # new posts and skipped ones, or posts found behind the cursor, edited, deleted
+    counts: Counts = field(default_factory=Counts)
     listed: int = 0  # new posts the channel's message count grew by (changes.listed_since)
     ahead: int = 0  # new posts created after the count was read
     seen: list[str] = field(default_factory=list)  # to mark as listed once delivered
@@ -68,56 +79,71 @@ class BundleFile:
     files: int  # attachments delivered (embedded or uploaded)
     posts: list[dict[str, Any]]  # as delivered, for the delivered_posts table
     attachments: list[dict[str, Any]]  # attachments rows (embedded, too large, failed)
-    cursor: dict[str, Any] | None  # where the channel stands once this bundle is delivered
+    cursor: Cursor | None  # where the channel stands once this bundle is delivered
     uploads: list[Upload] = field(default_factory=list)  # sent to the platform before it
     sequence: int | None = None  # its place among the channel run's bundles, from 1
-
-
-# What becomes of a file: in its message, an Artifact linked to it (its bytes in a message
-# of their own, or uploaded), over MATTERMOST_MAX_ATTACHMENT_SIZE, not fetched or not
-# uploaded after retries (tried again next run), or gone with its post.
-FATES = ("embedded", "uploaded", "too_large", "failed", "gone")
-
-
-ARCHIVED = "archived"  # a channel the server refuses to read because it is archived: skipped
 
 
 @dataclass(frozen=True)
 class ChannelResult:
     channel_id: str
     name: str | None
-    kind: str
-    status: str
-    posts: int = 0
-    files: int = 0
-    objects: int = 0
-    skipped: int = 0
-    updated: int = 0
-    deleted: int = 0
+    kind: RunKind
+    status: RunStatus
+    counts: Counts = field(default_factory=Counts)  # with the run's files by fate
     error: str | None = None
-    cursor_before: dict[str, Any] | None = None
-    cursor_after: dict[str, Any] | None = None
-    fates: dict[str, int] = field(default_factory=dict)  # files by fate (FATES)
+    cursor_before: Cursor | None = None
+    cursor_after: Cursor | None = None
 
     @property
     def ok(self) -> bool:
         """Nothing for the operator to fix: done, or archived and refused (`error` says why)."""
-        return self.status in ("completed", ARCHIVED)
-
-    def fates_text(self) -> str:
-        """`3 embedded, 1 uploaded, 1 failed`: every fate a file of the run met."""
-        return ", ".join(
-            f"{self.fates[f]} {f.replace('_', ' ')}" for f in FATES if self.fates.get(f)
-        )
+        return self.status in (RunStatus.COMPLETED, RunStatus.ARCHIVED)
 
     def summary(self) -> str:
         label = f"channel {self.channel_id}" + (f" ({self.name})" if self.name else "")
-        if self.status == ARCHIVED:
+        if self.status == RunStatus.ARCHIVED:
             return f"{label}: {self.error}"
-        fates = f" ({self.fates_text()})" if self.fates else ""
+        counts = self.counts
+        fates = f" ({counts.fates_text()})" if counts.fates else ""
         if not self.ok:
             return f"{label}: FAILED: {self.error}" + (f"; files{fates}" if fates else "")
         return (
-            f"{label}: ok, {self.posts} posts, {self.files} files{fates}, {self.objects} objects"
-            + (f", {self.skipped} skipped" if self.skipped else "")
+            f"{label}: ok, {counts.posts} posts, {counts.files} files{fates}, "
+            f"{counts.objects} objects" + (f", {counts.skipped} skipped" if counts.skipped else "")
         )
+
+    def row(self) -> dict[str, Any]:
+        """The result as the flow's report holds it: plain values, one key per count."""
+        counts = self.counts
+        return {
+            "channel_id": self.channel_id,
+            "name": self.name,
+            "kind": self.kind,
+            "status": self.status,
+            **{name: getattr(counts, name) for name in REPORTED},
+            "error": self.error,
+            "cursor_before": self.cursor_before.to_dict() if self.cursor_before else None,
+            "cursor_after": self.cursor_after.to_dict() if self.cursor_after else None,
+            "fates": dict(counts.fates),
+        }
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> ChannelResult:
+        def cursor(data: Mapping[str, Any] | None) -> Cursor | None:
+            return Cursor.from_dict(dict(data)) if data else None
+
+        return cls(
+            channel_id=row["channel_id"],
+            name=row["name"],
+            kind=RunKind(row["kind"]),
+            status=RunStatus(row["status"]),
+            counts=Counts(**{name: row[name] for name in REPORTED}, fates=row.get("fates") or {}),
+            error=row["error"],
+            cursor_before=cursor(row["cursor_before"]),
+            cursor_after=cursor(row["cursor_after"]),
+        )
+
+
+# the counts a report shows per channel (bundles only in the OpenCTI work's message)
+REPORTED = ("posts", "files", "objects", "skipped", "updated", "deleted")

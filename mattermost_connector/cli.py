@@ -165,7 +165,7 @@ def _print_report(report: Sequence[dict[str, Any]]) -> None:
     from mattermost_connector.channel_run import ChannelResult
 
     for row in report:
-        print(ChannelResult(**row).summary())
+        print(ChannelResult.from_row(row).summary())
 
 
 def _channels(values: list[str] | None) -> list[str] | None:

@@ -1,5 +1,6 @@
-"""The kinds of run and the states a run goes through, as run history stores them. StrEnums:
-each member equals its stored string, so rows written before them read the same."""
+"""The kinds of run, the states a run goes through and the fates of files, as the state store
+keeps them. StrEnums: each member equals its stored string, so rows written before them read
+the same."""
 
 from __future__ import annotations
 
@@ -16,3 +17,13 @@ class RunStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     ARCHIVED = "archived"  # skipped: the server lets no one read archived channels
+
+
+class AttachmentFate(StrEnum):
+    """What becomes of a file, as the attachments table stores it (in this order in reports)."""
+
+    EMBEDDED = "embedded"  # its bytes in its message
+    UPLOADED = "uploaded"  # an Artifact linked to it (bytes in a message of their own, or uploaded)
+    TOO_LARGE = "too_large"  # over MATTERMOST_MAX_ATTACHMENT_SIZE
+    FAILED = "failed"  # not fetched or not uploaded after retries: tried again next run
+    GONE = "gone"  # its post is gone: it will not come back

@@ -55,7 +55,7 @@ def report(store: StateStore, runs: int = 10) -> str:
                     channel_id,
                     names.get(channel_id, ""),
                     f"{_day_or_time(start_ms)} to {_day_or_time(end_ms)}",
-                    iso(min(cursor["boundary_ms"], end_ms)),
+                    iso(min(cursor.boundary_ms, end_ms)),
                     row["posts_delivered"],
                     _when(row["updated_at"]),
                 )
@@ -65,9 +65,9 @@ def report(store: StateStore, runs: int = 10) -> str:
             (
                 row["channel_id"],
                 names.get(row["channel_id"], ""),
-                iso(cursor["boundary_ms"]),
+                iso(cursor.boundary_ms),
                 row["posts_delivered"],
-                iso(cursor["changes_ms"]) if cursor.get("changes_ms") else "",
+                iso(cursor.changes_ms) if cursor.changes_ms else "",
                 _when(row["updated_at"]),
             )
         )

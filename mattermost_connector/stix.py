@@ -28,6 +28,7 @@ import stix2
 from pycti import Channel, Identity
 
 from mattermost_connector.config import TLP
+from mattermost_connector.kinds import AttachmentFate as Fate
 
 Post = Mapping[str, Any]
 MEDIA_CATEGORY = "mattermost"
@@ -89,7 +90,7 @@ class Attachment:
     path: Path | None = None
     sha256: str | None = None
     error: str | None = None
-    status: str = "embedded"
+    status: Fate = Fate.EMBEDDED
     md5: str | None = None  # with sha1: the hashes of a file uploaded as an Artifact
     sha1: str | None = None
 
@@ -314,7 +315,6 @@ def safe_file_name(name: str, file_id: str) -> str:
     return name or f"attachment-{file_id}"
 
 
-EMBEDDED, UPLOADED = "embedded", "uploaded"
 _CHUNK = 3 << 18  # 768 KiB, a multiple of 3: base64 of consecutive chunks concatenates
 
 
@@ -454,16 +454,16 @@ def _fates(attachments: list[Attachment]) -> list[str]:
     """What became of each file, for the message's description (the same in every copy). By
     status: a file stored by an earlier delivery keeps its line though not sent again."""
     lines = []
-    missing = [a for a in attachments if a.status not in (EMBEDDED, UPLOADED)]
+    missing = [a for a in attachments if a.status not in (Fate.EMBEDDED, Fate.UPLOADED)]
     if missing:
         lines.append(
             "attachments not embedded: "
             + ", ".join(f"{a.name} ({a.size} bytes, {a.mime_type}): {a.error}" for a in missing)
         )
-    embedded = [a for a in attachments if a.status == EMBEDDED]
+    embedded = [a for a in attachments if a.status == Fate.EMBEDDED]
     if embedded:
         lines.append("attachments: " + ", ".join(f"{a.name} sha256={a.sha256}" for a in embedded))
-    uploaded = [a for a in attachments if a.status == UPLOADED]
+    uploaded = [a for a in attachments if a.status == Fate.UPLOADED]
     if uploaded:
         lines.append(
             "attachments stored as artifacts linked to this message: "
@@ -529,7 +529,7 @@ def message_objects(
     if post.get("root_id") and root_known:
         links.append(_related(message["id"], message_id(context, post["root_id"]), when, marking))
     for attachment in attachments:
-        if attachment.status == UPLOADED and attachment.md5:  # else linked when first sent
+        if attachment.status == Fate.UPLOADED and attachment.md5:  # else linked when first sent
             artifact = _artifact_object(attachment, url, identity_id(author), marking)
             links += [artifact, _related(message["id"], artifact["id"], when, marking)]
     return message, links
@@ -660,7 +660,7 @@ def _plan_post(
     whose bundle holds a copy of it with these files); a file that does not goes alone in a
     message of its own (`artifact_room` bytes) as an Artifact with its bytes, or, too large
     for any message, is uploaded as an Artifact; either way the message links to the
-    Artifact. A file already UPLOADED (a post delivered before: redelivery_files) goes as an
+    Artifact. A file already uploaded (a post delivered before: redelivery_files) goes as an
     Artifact in either mode."""
     marking = marking_id(tlp)
     files = unique_names(files)
@@ -676,23 +676,23 @@ def _plan_post(
     if queue:
         # the post's text and links at their largest: every file an Artifact
         placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
-        widest = [replace(a, status=UPLOADED, **placeholder) if a.path else a for a in files]
+        widest = [replace(a, status=Fate.UPLOADED, **placeholder) if a.path else a for a in files]
         message, links = objects(widest)
         free = room - _size(message) - sum(_size(link) + 2 for link in links) - 22
         if not post.get("root_id"):  # below the configurable floor, a quarter of the room
             free -= min(REPLY_RESERVE, room // 4)
         kept: list[Attachment] = []
         for attachment in files:
-            if attachment.path is None or attachment.status == UPLOADED:
+            if attachment.path is None or attachment.status == Fate.UPLOADED:
                 pass
             elif entry_size(attachment) <= free:
                 free -= entry_size(attachment)
             else:
-                attachment = with_hashes(replace(attachment, status=UPLOADED))
+                attachment = with_hashes(replace(attachment, status=Fate.UPLOADED))
             kept.append(attachment)
         files = kept
     message, links = objects(files)
-    embedded = [a for a in files if a.path is not None and a.status != UPLOADED]
+    embedded = [a for a in files if a.path is not None and a.status != Fate.UPLOADED]
     final = [
         _with_files(message, [_file_entry(a, marking, no_trigger_import) for a in embedded]),
         *[[link] for link in links],
@@ -700,7 +700,7 @@ def _plan_post(
     artifacts: list[list[Segment]] = []
     uploads: list[Upload] = []
     for attachment in files:
-        if attachment.status != UPLOADED or attachment.path is None:
+        if attachment.status != Fate.UPLOADED or attachment.path is None:
             continue
         artifact = _artifact_object(attachment, url, author_id, marking)
         carried = _payload_artifact(artifact, attachment)
@@ -839,7 +839,7 @@ def iter_bundles(
             if root_id not in embedded:
                 plan_of(by_id[root_id])
             return embedded[root_id]
-        return [a for a in attachments.get(root_id, []) if a.status == EMBEDDED and a.path]
+        return [a for a in attachments.get(root_id, []) if a.status == Fate.EMBEDDED and a.path]
 
     refs = _References(
         context, posts, users, roots or {}, missing_roots, tlp, first_files, no_trigger_import

@@ -18,6 +18,7 @@ from mattermost_connector import progress
 from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import iso
 from tasks import resources
 from tasks.policy import TASK_DEFAULTS
@@ -39,7 +40,7 @@ _runs: dict[str, list[Any]] = {}
 
 
 @task(name="start-progress", **TASK_DEFAULTS)
-def start_progress(kind: str, channels: int = 1) -> UUID:
+def start_progress(kind: RunKind, channels: int = 1) -> UUID:
     artifact = create_progress_artifact(
         0.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
     )
@@ -56,13 +57,13 @@ def update_progress(artifact_id: UUID, done: int, total: int) -> None:
 def channel_progress(run: ChannelRun) -> None:
     """Within a channel: posts done of about how many, in the log and the run's progress
     artifact. A plain call, not a task: a task run per batch would only add noise."""
-    done = run.posts_before + run.posts
-    text = progress.describe(run.context.name, run.kind, run.posts, done, run.total_posts)
+    done = run.posts_before + run.counts.posts
+    text = progress.describe(run.context.name, run.kind, run.counts.posts, done, run.total_posts)
     log.info(text)
     entry = _runs.get(flow_run.get_id() or "")
     if entry is not None:
         artifact, channels_done, channels = entry
-        current = progress.share(done, run.total_posts) if run.kind == "sync" else 0.0
+        current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
         update_progress_artifact(
             artifact, progress.overall(channels_done, channels, current), description=text
         )
@@ -75,7 +76,7 @@ def _position(cursor: dict[str, Any] | None) -> str:
 
 
 @task(name="publish-report", **TASK_DEFAULTS)
-def publish_report(report: list[dict[str, Any]], kind: str) -> None:
+def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
     """A table per run in the Prefect UI (and `prefect artifact ls`); then, unless
     MATTERMOST_KEEPALIVE, close the connections to Mattermost."""
     rows = [
@@ -85,7 +86,7 @@ def publish_report(report: list[dict[str, Any]], kind: str) -> None:
             "status": row["status"],
             "posts": row["posts"],
             "files": row["files"],
-            "files by fate": ChannelResult(**row).fates_text(),
+            "files by fate": ChannelResult.from_row(row).counts.fates_text(),
             "objects": row["objects"],
             "updated": row["updated"],
             "deleted": row["deleted"],

@@ -1,4 +1,5 @@
 """Process-wide resources the tasks share: settings, HTTP client, state store, destinations.
+The only place singletons live: tasks hand them to the domain as `Services`.
 
 Tasks receive references (channel ids, cursors), never clients: Prefect would try to hash them.
 """
@@ -12,6 +13,7 @@ from mattermost_connector.config import Settings, load_settings
 from mattermost_connector.delivery import Destination, destinations, forget_helpers
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
+from mattermost_connector.pipeline import ChannelPipeline, Services
 from mattermost_connector.redact import mask_secrets_in_logs
 from mattermost_connector.state import StateStore
 
@@ -55,6 +57,22 @@ def users(run_key: str) -> UserDirectory:
             directory = (run_key, UserDirectory(client()))
             _cache["users"] = directory
         return directory[1]
+
+
+def services(run_key: str) -> Services:
+    """The pipeline's dependencies in this process, with the user cache of flow run
+    `run_key`."""
+    return Services(
+        settings=settings(),
+        client=client(),
+        store=store(),
+        destinations=outputs(),
+        users=users(run_key),
+    )
+
+
+def pipeline(run_key: str) -> ChannelPipeline:
+    return ChannelPipeline(services(run_key))
 
 
 def release_connections() -> None:

@@ -221,12 +221,13 @@ def test_a_truncated_file_is_retried_then_reported(tmp_path):
         client.download("f", io.BytesIO())
     assert len(calls) == 3
     # one level up, the message goes without the file, the failure is recorded, no part is kept
-    from mattermost_connector.attachments import FAILED, download_attachments
+    from mattermost_connector.attachments import download_attachments
+    from mattermost_connector.kinds import AttachmentFate
 
     post = {
         "id": "p",
         "metadata": {"files": [{"id": "f", "name": "a.bin", "size": 10, "mime_type": "x/y"}]},
     }
     (found,) = download_attachments(client, [post], tmp_path, 100)["p"]
-    assert found.status == FAILED and "shorter than Content-Length" in found.error
+    assert found.status == AttachmentFate.FAILED and "shorter than Content-Length" in found.error
     assert list(tmp_path.iterdir()) == []

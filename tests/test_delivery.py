@@ -529,7 +529,10 @@ def test_every_file_fate_is_reported_and_a_failed_upload_is_tried_again(
     assert report["fates"] == {"embedded": 1, "uploaded": 1, "too_large": 1, "failed": 2}
     from mattermost_connector.channel_run import ChannelResult
 
-    assert "(1 embedded, 1 uploaded, 1 too large, 2 failed)" in ChannelResult(**report).summary()
+    assert (
+        "(1 embedded, 1 uploaded, 1 too large, 2 failed)"
+        in ChannelResult.from_row(report).summary()
+    )
     rows = {
         r["name"]: r
         for r in StateStore(f"sqlite:///{world.workdir / 'state.db'}").attachments(channel["id"])

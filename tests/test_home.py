@@ -15,7 +15,9 @@ import pytest
 
 from mattermost_connector import metadata, progress
 from mattermost_connector.config import load_settings, load_state_database_url
+from mattermost_connector.counts import Counts
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key
 from tests.conftest import run_cli
@@ -188,11 +190,11 @@ def test_status_needs_only_the_state_store(workdir: Path):
     url = f"sqlite:///{workdir / 'elsewhere.db'}"
     store = StateStore(url)
     store.remember_name(CHANNEL, "cti/town-square")
-    store.save_cursor(CHANNEL, {"boundary_ms": _ms("2024-03-01T10:00:00")}, posts_delivered=12)
+    store.save_cursor(CHANNEL, Cursor(_ms("2024-03-01T10:00:00")), posts_delivered=12)
     key = backfill_key(CHANNEL, _ms("2024-01-01"), _ms("2024-02-01"))
-    store.save_cursor(key, {"boundary_ms": _ms("2024-01-15")}, 7)
+    store.save_cursor(key, Cursor(_ms("2024-01-15")), 7)
     run = store.start_run(CHANNEL, "sync")
-    store.finish_run(run, "completed", posts=12)
+    store.finish_run(run, "completed", Counts(posts=12))
     store.close()
 
     result = run_cli(["status", "--runs", "1"], {"CONNECTOR_STATE_DATABASE_URL": url}, workdir)

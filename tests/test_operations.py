@@ -66,7 +66,7 @@ def test_backfill_takes_exactly_its_window_without_moving_the_sync_cursor(world:
     assert set(backfilled) == window and set(backfilled.values()) == {1}
     assert set(backfilled) <= set(synced)  # the same ids as the sync: nothing new in OpenCTI
     assert store.cursor(channel["id"]) == sync_cursor
-    assert store.cursor(backfill_key(channel["id"], start, end))["boundary_ms"] < end
+    assert store.cursor(backfill_key(channel["id"], start, end)).boundary_ms < end
     (run,) = [r for r in store.runs() if r.kind == "backfill"]
     assert run.status == "completed" and run.posts == len(window)
 

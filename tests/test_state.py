@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from mattermost_connector.counts import Counts
 from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore, message_digest
 from tests.support import POSTGRES
 
@@ -32,14 +34,14 @@ def store_url(request, tmp_path: Path) -> Iterator[str]:
 def test_cursors_round_trip_and_accumulate(store_url: str):
     store = StateStore(store_url)
     assert store.cursor("c1") is None
-    store.save_cursor("c1", {"boundary_ms": 5, "boundary_ids": ["a"], "anchor_id": None}, 10)
-    store.save_cursor("c1", {"boundary_ms": 9, "boundary_ids": ["b"], "anchor_id": "a"}, 3)
-    store.save_cursor("c2", {"boundary_ms": 1, "boundary_ids": [], "anchor_id": None}, 0)
-    assert store.cursor("c1") == {"boundary_ms": 9, "boundary_ids": ["b"], "anchor_id": "a"}
+    store.save_cursor("c1", Cursor(5, ("a",)), 10)
+    store.save_cursor("c1", Cursor(9, ("b",), "a"), 3)
+    store.save_cursor("c2", Cursor(1), 0)
+    assert store.cursor("c1") == Cursor(9, ("b",), "a")
     rows = {row["channel_id"]: row for row in store.cursors()}
     assert rows["c1"]["posts_delivered"] == 13 and set(rows) == {"c1", "c2"}
     store.close()
-    assert StateStore(store_url).cursor("c1")["boundary_ms"] == 9  # persisted
+    assert StateStore(store_url).cursor("c1").boundary_ms == 9  # persisted
 
 
 def test_run_history(store_url: str):
@@ -47,7 +49,7 @@ def test_run_history(store_url: str):
     run_id = store.start_run("c1", "sync", flow_run_id="fr-1")
     (running,) = store.runs()
     assert running.status == "running" and running.ended_at is None
-    store.finish_run(run_id, "failed", posts=4, files=1, objects=12, error="boom")
+    store.finish_run(run_id, "failed", Counts(posts=4, files=1, objects=12), error="boom")
     (done,) = store.runs(channel_id="c1")
     assert (done.status, done.posts, done.files, done.objects, done.error) == (
         "failed",
@@ -100,7 +102,7 @@ def test_an_older_schema_is_migrated_in_place(tmp_path: Path):
     store = StateStore(url)
     assert store.version() == SCHEMA_VERSION
     assert store.migrate() == SCHEMA_VERSION  # idempotent
-    store.save_cursor("c", {"boundary_ms": 1}, 1)
+    store.save_cursor("c", Cursor(1), 1)
 
 
 def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_path: Path):
@@ -113,7 +115,7 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
     )
     store = StateStore(url)
     assert store.version() == SCHEMA_VERSION == 6
-    assert store.cursor("c1")["anchor_id"] == "a"
+    assert store.cursor("c1").anchor_id == "a"
     store.record_attachments(
         "c1",
         [
@@ -137,9 +139,7 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
 def test_delivered_posts_upsert_and_sweep(store_url: str):
     store = StateStore(store_url)
     post = {"id": "p1", "user_id": "u", "create_at": 10, "update_at": 10, "message": "first"}
-    store.record_delivery(
-        "c1", "c1", {"boundary_ms": 10}, [post, {**post, "id": "p2", "create_at": 11}], 1
-    )
+    store.record_delivery("c1", "c1", Cursor(10), [post, {**post, "id": "p2", "create_at": 11}], 1)
     store.record_posts("c1", [{**post, "message": "edited", "edit_at": 12, "update_at": 12}])
     row = store.delivered(["p1", "p2", "nope"])
     assert (
@@ -163,7 +163,7 @@ def test_a_large_delivery_is_recorded_whole_and_its_last_version_of_a_post_wins(
         for n in range(250)
     ]
     edited = {**posts[7], "message": "edited", "edit_at": 300, "update_at": 300}
-    store.record_delivery("c1", "c1", {"boundary_ms": 249}, [*posts[:10], edited, *posts[10:]], 251)
+    store.record_delivery("c1", "c1", Cursor(249), [*posts[:10], edited, *posts[10:]], 251)
     rows = store.delivered([p["id"] for p in posts])
     assert len(rows) == 250
     assert rows["p007"]["message"] == "edited" and rows["p007"]["edit_at"] == 300

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state.files import upsert_attachments
 from mattermost_connector.state.schema import (
     EngineBound,
@@ -57,12 +58,11 @@ def post_values(channel_id: str, post: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def write_cursor(
-    connection: Connection, key: str, cursor: dict[str, Any], posts_delivered: int
-) -> None:
-    """Set the cursor under `key` and add `posts_delivered` to its count."""
+def write_cursor(connection: Connection, key: str, cursor: Cursor, posts_delivered: int) -> None:
+    """Set the cursor under `key` and add `posts_delivered` to its count. The one place a
+    cursor becomes JSON (`decode` is the way back)."""
     table = channel_cursors
-    encoded = json.dumps(cursor, sort_keys=True)
+    encoded = json.dumps(cursor.to_dict(), sort_keys=True)
     updated = connection.execute(
         table.update()
         .where(table.c.channel_id == key)
@@ -88,25 +88,29 @@ def upsert_posts(connection: Connection, channel_id: str, posts: Iterable[dict[s
     upsert_values(connection, delivered_posts, "post_id", POST_COLUMNS, rows, POST_UPDATED)
 
 
+def decode(raw: str) -> Cursor:
+    return Cursor.from_dict(json.loads(raw))
+
+
 class CursorStore(EngineBound):
     """Cursors and delivered posts. `key` is the channel id for a sync, a backfill window's
     own key otherwise."""
 
-    def cursor(self, channel_id: str) -> dict[str, Any] | None:
+    def cursor(self, channel_id: str) -> Cursor | None:
         with self._engine.connect() as connection:
             raw = connection.execute(
                 sa.select(channel_cursors.c.cursor).where(
                     channel_cursors.c.channel_id == channel_id
                 )
             ).scalar()
-        return json.loads(raw) if raw else None
+        return decode(raw) if raw else None
 
     def cursors(self) -> list[dict[str, Any]]:
         with self._engine.connect() as connection:
             rows = connection.execute(
                 sa.select(channel_cursors).order_by(channel_cursors.c.channel_id)
             ).mappings()
-            return [dict(row, cursor=json.loads(row["cursor"])) for row in rows]
+            return [dict(row, cursor=decode(row["cursor"])) for row in rows]
 
     def posts_delivered(self, key: str) -> int:
         """How many posts runs of this cursor (a channel, or a backfill window) delivered."""
@@ -118,7 +122,7 @@ class CursorStore(EngineBound):
             ).scalar()
         return int(count or 0)
 
-    def save_cursor(self, key: str, cursor: dict[str, Any], posts_delivered: int = 0) -> None:
+    def save_cursor(self, key: str, cursor: Cursor, posts_delivered: int = 0) -> None:
         """Move the cursor alone (past posts that deliver nothing): everything up to `cursor`
         is delivered. A delivered bundle goes through `record_delivery` instead."""
         with self._engine.begin() as connection:
@@ -128,7 +132,7 @@ class CursorStore(EngineBound):
         self,
         key: str,
         channel_id: str,
-        cursor: dict[str, Any] | None,
+        cursor: Cursor | None,
         delivered: Iterable[dict[str, Any]] = (),
         posts_delivered: int = 0,
         files: Iterable[dict[str, Any]] = (),

@@ -8,6 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mattermost_connector.kinds import AttachmentFate
 from mattermost_connector.state.schema import EngineBound, attachments, upsert, utc_now
 
 ATTACHMENT_UPDATED = (
@@ -89,8 +90,8 @@ class AttachmentStore(EngineBound):
             .where(table.c.channel_id == channel_id)
             .where(
                 sa.or_(
-                    table.c.status == "failed",
-                    sa.and_(table.c.status == "too_large", table.c.size <= max_size),
+                    table.c.status == AttachmentFate.FAILED,
+                    sa.and_(table.c.status == AttachmentFate.TOO_LARGE, table.c.size <= max_size),
                 )
             )
             .distinct()

@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mattermost_connector.counts import Counts
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.state.schema import EngineBound, runs, utc_now
 
@@ -74,12 +75,12 @@ class RunHistory(EngineBound):
         self,
         run_id: int,
         status: RunStatus,
+        counts: Counts | None = None,
         *,
-        posts: int = 0,
-        files: int = 0,
-        objects: int = 0,
         error: str | None = None,
     ) -> None:
+        """Close the run's row with its outcome and what it delivered."""
+        counts = counts or Counts()
         with self._engine.begin() as connection:
             connection.execute(
                 runs.update()
@@ -87,9 +88,9 @@ class RunHistory(EngineBound):
                 .values(
                     status=status,
                     ended_at=utc_now(),
-                    posts=posts,
-                    files=files,
-                    objects=objects,
+                    posts=counts.posts,
+                    files=counts.files,
+                    objects=counts.objects,
                     error=error,
                 )
             )
