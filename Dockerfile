@@ -9,6 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /opt/connector
 COPY pyproject.toml constraints.txt README.md ./
 COPY mattermost_connector ./mattermost_connector
+COPY mattermost_prefect ./mattermost_prefect
 COPY flows ./flows
 COPY tasks ./tasks
 COPY deployments ./deployments

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from mattermost_prefect.flows.backfill import mattermost_backfill
+from mattermost_prefect.flows.sync import mattermost_sync
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
-from flows.backfill import mattermost_backfill
-from flows.sync import mattermost_sync
 from mattermost_connector.config import Settings
 
 TAGS = ["mattermost", "opencti"]

@@ -8,6 +8,24 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from mattermost_prefect.tasks.attachments import (
+    fetch_attachments,
+    files_as_delivered,
+    posts_missing_files,
+)
+from mattermost_prefect.tasks.changes import (
+    commit_changes,
+    mark_listed,
+    reconcile_batch,
+    scan_changes,
+    sweep_batch,
+)
+from mattermost_prefect.tasks.channel import close_channel, open_channel, start_run
+from mattermost_prefect.tasks.load import advance_cursor, configured_load
+from mattermost_prefect.tasks.locks import LeaseError, channel_lock
+from mattermost_prefect.tasks.prefetch import read_ahead
+from mattermost_prefect.tasks.report import channel_progress
+from mattermost_prefect.tasks.transform import transform_batch
 from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
@@ -18,14 +36,6 @@ from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.pipeline import ordered
 from mattermost_connector.stix import Attachment
-from tasks.attachments import fetch_attachments, files_as_delivered, posts_missing_files
-from tasks.changes import commit_changes, mark_listed, reconcile_batch, scan_changes, sweep_batch
-from tasks.channel import close_channel, open_channel, start_run
-from tasks.load import advance_cursor, configured_load
-from tasks.locks import LeaseError, channel_lock
-from tasks.prefetch import read_ahead
-from tasks.report import channel_progress
-from tasks.transform import transform_batch
 
 
 def run_channel(

@@ -157,7 +157,7 @@ def directory_env(workdir: Path, demo: Demo, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
-    from tasks import resources
+    from mattermost_prefect.tasks import resources
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -167,7 +167,7 @@ def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 @pytest.fixture(autouse=True)
 def _forget_resources() -> Iterator[None]:
     yield
-    resources = sys.modules.get("tasks.resources")
+    resources = sys.modules.get("mattermost_prefect.tasks.resources")
     if resources is not None:  # else no test has used them: nothing to forget
         resources.reset()
 

@@ -91,7 +91,7 @@ class World:
         )
 
     def sync(self) -> list[dict[str, Any]]:
-        from flows.sync import mattermost_sync
+        from mattermost_prefect.flows.sync import mattermost_sync
 
         self.before = set((self.workdir / "bundles").glob("*.json"))
         state = mattermost_sync(return_state=True)

@@ -61,7 +61,7 @@ def test_an_archived_channel_the_server_refuses_is_skipped_not_failed(world: Wor
 def test_a_403_or_404_on_a_channel_is_not_retried(world: World):
     """Whatever the id, such an answer does not change by asking again: one request, no
     waiting (the channel still fails: it was readable when the run opened it)."""
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     forbidden, gone = world.channel("forbidden"), world.channel("gone")
     for channel, status in ((forbidden, 403), (gone, 404)):

@@ -37,7 +37,7 @@ def spaced(world: World, channel: dict, count: int, start_ms: int) -> list[dict]
 
 
 def test_sync_flow_takes_channel_ids_and_start_timestamp(world: World):
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     configured, asked = world.channel("configured"), world.channel("asked")
     spaced(world, configured, 5, 1_700_000_000_000)
@@ -125,7 +125,7 @@ def test_a_new_reply_bumping_its_root_re_sends_nothing_through_since(world: Worl
 
 
 def test_a_backfill_brings_a_root_from_before_its_window_once(world: World):
-    from flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.backfill import mattermost_backfill
 
     channel = world.channel("old-threads")
     root = world.sim.add_post(channel, world.authors[0], "old root", create_at=1_600_000_000_000)
@@ -150,7 +150,7 @@ def test_a_run_longer_than_its_lease_keeps_the_channel_while_another_waits(
 ):
     """The holder renews its lease every third of it: a second run waits however long the
     first one takes, and starts as soon as it releases the channel."""
-    from tasks import locks, resources
+    from mattermost_prefect.tasks import locks, resources
 
     monkeypatch.setattr(locks, "LEASE_SECONDS", 0.6)
     monkeypatch.setattr(locks, "POLL_SECONDS", 0.05)
@@ -177,9 +177,9 @@ def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_over
     """What `serve` registers, read from the deployment objects the project builds, and what
     deployments/prefect.yaml declares for workers."""
     import yaml
+    from mattermost_prefect.deployments.serve import deployments
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
-    from deployments.serve import deployments
     from mattermost_connector.config import ConnectorSettings, load_settings
 
     monkeypatch.setenv("CONNECTOR_RUN_EVERY", "15m")

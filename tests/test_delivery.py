@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pika
 import pytest
+from mattermost_prefect.tasks.extract import BATCH_POSTS
 
 from mattermost_connector.config import MIB
 from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
-from tasks.extract import BATCH_POSTS
 from tests.checks import objects_by_id, queue_messages, worker_reports
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
 from tests.fake_opencti import FakeOpenCTI
@@ -373,7 +373,7 @@ def outage_then_recovery(
     channel = world.channel("outage")
     world.populate(channel, 450)
     break_it()
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     state = mattermost_sync(return_state=True)
     assert state.is_failed()
@@ -491,7 +491,7 @@ def test_a_failed_delivery_leaves_no_spooled_files_behind(world: World, platform
     world.sim.on_request = slow_second_batch_files
     spools = f"mattermost-{channel['id']}-*"
     before = set(Path(tempfile.gettempdir()).glob(spools))
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     state = mattermost_sync(return_state=True)
     assert state.is_failed()

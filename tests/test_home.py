@@ -276,7 +276,7 @@ def test_progress_reads_posts_done_of_about_the_channel_total():
 
 
 def test_only_completed_task_runs_are_quieted(caplog):
-    from mattermost_connector.cli import quiet_completed_task_runs
+    from mattermost_prefect.cli import quiet_completed_task_runs
 
     quiet_completed_task_runs()
     logger = logging.getLogger("prefect.task_runs")

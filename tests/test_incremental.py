@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mattermost_prefect.tasks.extract import BATCH_POSTS
 
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
-from tasks.extract import BATCH_POSTS
 from tests.checks import (
     assert_valid_stix,
     delivered_messages,
@@ -52,7 +52,7 @@ def test_a_root_in_the_batch_still_loading_is_not_fetched_again(world: World, mo
     """Three batches are in flight: while batch 1 is still being recorded, batch 3 is read.
     A reply there to a root of batch 1 must take that root as delivered (it is, before batch
     3 is loaded), not fetch and deliver it again."""
-    from tasks import load
+    from mattermost_prefect.tasks import load
 
     channel = world.channel("long-thread")
     first = world.populate(channel, 1000)  # all within batch 1
@@ -339,7 +339,7 @@ def test_a_faulty_rate_limited_server_loses_nothing(world: World):
 
 
 def test_a_malformed_post_fails_its_channel_in_one_line(world: World):
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     good, bad = world.channel("good"), world.channel("bad")
     world.populate(good, 30)
@@ -362,8 +362,7 @@ def test_a_lease_the_state_store_refuses_fails_that_channel_in_one_line(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
     import sqlalchemy.exc
-
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     refused, fine = world.channel("refused"), world.channel("fine")
     world.populate(refused, 5)

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from mattermost_prefect.tasks.extract import BATCH_POSTS
 
 from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key, iso
-from tasks.extract import BATCH_POSTS
 from tests.conftest import clean_environ, run_cli
 from tests.support import POSTGRES, TOKEN, World
 
@@ -46,7 +46,7 @@ def store_of(world: World) -> StateStore:
 
 
 def test_backfill_takes_exactly_its_window_without_moving_the_sync_cursor(world: World):
-    from flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.backfill import mattermost_backfill
 
     channel = world.channel("history")
     posts = world.populate(channel, 900)
@@ -72,7 +72,7 @@ def test_backfill_takes_exactly_its_window_without_moving_the_sync_cursor(world:
 
 
 def test_an_interrupted_backfill_continues_where_it_stopped(world: World):
-    from flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.backfill import mattermost_backfill
 
     channel = world.channel("long-history")
     total = BATCH_POSTS + 1000
@@ -280,7 +280,7 @@ def test_a_sync_with_its_state_on_postgresql(world: World):
         assert world.assert_complete(channel) == 1210
         assert StateStore(url).cursors()[0]["posts_delivered"] == 1210
     finally:
-        from tasks import resources
+        from mattermost_prefect.tasks import resources
 
         resources.reset()
         with admin.begin() as connection:
@@ -353,9 +353,8 @@ def readme_variables() -> list[str]:
 
 def test_prefect_yaml_declares_both_flows():
     import yaml
-
-    from flows.backfill import mattermost_backfill
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     root = Path(__file__).resolve().parents[1]
     declared = yaml.safe_load((root / "deployments" / "prefect.yaml").read_text())["deployments"]

@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from mattermost_prefect.tasks import resources
 
 from mattermost_connector.config import TLP
 from mattermost_connector.stix import (
@@ -22,7 +23,6 @@ from mattermost_connector.stix import (
     marking_object,
     serialize,
 )
-from tasks import resources
 from tests.conftest import OWN_PREFIXES, apply_env, mattermost_env
 from tests.mattermost_sim import Demo, MattermostSimulator, seed_demo
 from tests.replay_platform import Entity, ReplayPlatform, bundle_texts, replay
@@ -33,7 +33,7 @@ def synced(prefect_api, tmp_path_factory) -> Iterator[tuple[Demo, list[str]]]:
     """A real sync in directory mode (as `directory_env` sets it up), once for the module:
     the demo with 130 posts in its big channel (threads and attachments of every kind),
     bundles of at most 50 objects so threads span several."""
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     sim = MattermostSimulator().start()
     demo = seed_demo(sim, big=130)

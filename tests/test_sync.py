@@ -57,7 +57,7 @@ def assert_demo_complete(demo: Demo, bundles: list[dict], counts=(1500, 2, 2)) -
 def test_sync_flow_to_directory_then_rerun_adds_only_new_posts(
     prefect_api, directory_env, demo, workdir
 ):
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     state = mattermost_sync(return_state=True)
     assert state.is_completed(), state.message

@@ -181,11 +181,11 @@ def _channels(values: list[str] | None) -> list[str] | None:
 
 def _prepare() -> None:
     """Fail early, in one line, on what would fail later: the state store, registration."""
-    from tasks import resources
+    from mattermost_prefect.tasks import resources
 
     settings = resources.settings()
     resources.store()
-    import flows.sync  # noqa: F401 - Prefect's logging setup, before ours
+    import mattermost_prefect.flows.sync  # noqa: F401 - Prefect's logging setup, before ours
 
     _configure_logging(settings.connector.log_level, settings.mattermost.debug)
     resources.outputs()
@@ -204,7 +204,7 @@ def _finish(state: Any, what: str) -> int:
 def _sync(args: argparse.Namespace) -> int:
     channels = _channels(args.channel)
     _prepare()
-    from flows.sync import mattermost_sync
+    from mattermost_prefect.flows.sync import mattermost_sync
 
     return _finish(mattermost_sync(channel_ids=channels, return_state=True), RunKind.SYNC)
 
@@ -218,15 +218,15 @@ def _backfill(args: argparse.Namespace) -> int:
     except ConfigError as error:
         raise ConfigError(f"--since/--until: {error}") from None
     _prepare()
-    from flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.backfill import mattermost_backfill
 
     state = mattermost_backfill(channel, args.since, args.until, return_state=True)
     return _finish(state, RunKind.BACKFILL)
 
 
 def _serve(_: argparse.Namespace) -> int:
-    from deployments.serve import serve_all
-    from tasks import resources
+    from mattermost_prefect.deployments.serve import serve_all
+    from mattermost_prefect.tasks import resources
 
     _prepare()
     serve_all(resources.settings())
