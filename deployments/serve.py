@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from mattermost_prefect.flows.backfill import mattermost_backfill
-from mattermost_prefect.flows.sync import mattermost_sync
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from mattermost_connector.config import Settings
+from mattermost_prefect.flows.backfill import mattermost_backfill
+from mattermost_prefect.flows.sync import mattermost_sync
 
 TAGS = ["mattermost", "opencti"]
 

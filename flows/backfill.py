@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from mattermost_prefect.flows.pipeline import run_channel
-from mattermost_prefect.flows.sync import outcome
-from mattermost_prefect.tasks.report import channel_ids_to_sync, start_progress, update_progress
 from prefect import flow
 from prefect.states import Failed, State
 
 from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import parse_window
+from mattermost_prefect.flows.pipeline import run_channel
+from mattermost_prefect.flows.sync import outcome
+from mattermost_prefect.tasks.report import channel_ids_to_sync, start_progress, update_progress
 
 
 @flow(name="mattermost-backfill", flow_run_name="backfill-{channel_id}", validate_parameters=True)

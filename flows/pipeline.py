@@ -8,6 +8,16 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from prefect.futures import PrefectFuture
+from prefect.utilities.annotations import quote
+
+from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
+from mattermost_connector.errors import AuthenticationError, ChannelArchived
+from mattermost_connector.errors import one_line as describe
+from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.pipeline import ordered
+from mattermost_connector.stix import Attachment
 from mattermost_prefect.tasks.attachments import (
     fetch_attachments,
     files_as_delivered,
@@ -26,16 +36,6 @@ from mattermost_prefect.tasks.locks import LeaseError, channel_lock
 from mattermost_prefect.tasks.prefetch import read_ahead
 from mattermost_prefect.tasks.report import channel_progress
 from mattermost_prefect.tasks.transform import transform_batch
-from prefect.futures import PrefectFuture
-from prefect.utilities.annotations import quote
-
-from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
-from mattermost_connector.errors import AuthenticationError, ChannelArchived
-from mattermost_connector.errors import one_line as describe
-from mattermost_connector.kinds import RunKind, RunStatus
-from mattermost_connector.mattermost.posts import Cursor
-from mattermost_connector.pipeline import ordered
-from mattermost_connector.stix import Attachment
 
 
 def run_channel(

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect import flow
+from prefect.states import Completed, Failed, State
+
+from mattermost_connector.channel_run import ChannelResult
+from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
+from mattermost_connector.kinds import RunKind
 from mattermost_prefect.flows.pipeline import run_channel
 from mattermost_prefect.tasks.report import (
     channel_ids_to_sync,
@@ -11,12 +17,6 @@ from mattermost_prefect.tasks.report import (
     start_progress,
     update_progress,
 )
-from prefect import flow
-from prefect.states import Completed, Failed, State
-
-from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
-from mattermost_connector.kinds import RunKind
 
 
 def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = None) -> State[Any]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mattermost_prefect.tasks.channel import pipeline
-from mattermost_prefect.tasks.policy import retrying
 from prefect import task
 
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.stix import Attachment
+from mattermost_prefect.tasks.channel import pipeline
+from mattermost_prefect.tasks.policy import retrying
 
 
 @task(

@@ -3,13 +3,13 @@ can be trusted, else a full check (ChannelPipeline.scan_changes and the steps af
 
 from __future__ import annotations
 
-from mattermost_prefect.tasks.channel import pipeline
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 from prefect import get_run_logger, task
 
 from mattermost_connector.changes import FullCheck
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.mattermost.posts import Cursor
+from mattermost_prefect.tasks.channel import pipeline
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 
 RETRIES = retrying(2, 10, 30)
 

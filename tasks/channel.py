@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.pipeline import ChannelPipeline
+from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 
 
 def pipeline() -> ChannelPipeline:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mattermost_prefect.tasks.channel import pipeline
-from mattermost_prefect.tasks.policy import retrying
 from prefect import task
 
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.pipeline.channel import BATCH_POSTS
+from mattermost_prefect.tasks.channel import pipeline
+from mattermost_prefect.tasks.policy import retrying
 
 __all__ = ["BATCH_POSTS", "extract_batch"]
 

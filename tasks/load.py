@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.channel import pipeline
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 from prefect import task
 
 from mattermost_connector.channel_run import BundleFile, ChannelRun
 from mattermost_connector.mattermost.posts import Cursor
+from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks.channel import pipeline
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 
 
 @task(

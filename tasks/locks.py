@@ -14,12 +14,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from mattermost_connector.errors import LeaseError, one_line
+from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
 log = logging.getLogger("mattermost_connector.locks")
 

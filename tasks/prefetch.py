@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from mattermost_prefect.tasks.attachments import fetch_attachments
-from mattermost_prefect.tasks.extract import extract_batch
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from prefect import task
 from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.stix import Attachment
+from mattermost_prefect.tasks.attachments import fetch_attachments
+from mattermost_prefect.tasks.extract import extract_batch
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
 
 @task(name="read-ahead", task_run_name="read-ahead-{run.channel_id}", **TASK_DEFAULTS)

@@ -6,8 +6,6 @@ import logging
 from typing import Any
 from uuid import UUID
 
-from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from prefect import task
 from prefect.artifacts import (
     create_progress_artifact,
@@ -22,6 +20,8 @@ from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import iso
+from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
 
 def channel_ids_to_sync(requested: list[str] | None) -> list[str]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mattermost_prefect.tasks.channel import pipeline
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from prefect import task
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelRun
 from mattermost_connector.stix import Attachment
+from mattermost_prefect.tasks.channel import pipeline
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
 
 @task(name="transform", task_run_name="transform-{run.channel_id}", **TASK_DEFAULTS)

@@ -8,16 +8,12 @@ received. With the AMQP transport, it points pycti at the real RabbitMQ (docs/op
 from __future__ import annotations
 
 import json
-import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from email import policy
-from email.parser import BytesParser
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-_OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")
+from tests.graphql_server import GraphQLServer
 
 
 @dataclass
@@ -59,7 +55,7 @@ class FakeOpenCTI:
         self.pushed_files: list[dict[str, Any]] = []
         self._observable_ids: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: GraphQLServer | None = None
 
     # -- operations ------------------------------------------------------------------------
 
@@ -186,85 +182,22 @@ class FakeOpenCTI:
     # -- serving ---------------------------------------------------------------------------
 
     def start(self) -> FakeOpenCTI:
-        platform = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True  # headers and body leave at once, no 40 ms stall
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Silent."""
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Authorization") != f"Bearer {platform.token}":
-                    self._send(200, {"errors": [{"message": "You must be logged in to do this."}]})
-                    return
-                content_type = self.headers.get("Content-Type") or ""
-                if content_type.startswith("multipart/form-data"):
-                    request = _multipart_request(body, content_type)
-                else:
-                    request = json.loads(body)
-                match = _OPERATION.search(request.get("query", ""))
-                operation = match.group(2) if match else ""
-                variables = request.get("variables") or {}
-                with platform._lock:
-                    platform.calls.append((operation, variables))
-                    answer = platform.answer(operation, variables)
-                self._send(200, answer)
-
-            def _send(self, status: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = GraphQLServer(self.token, self._recorded).start()
         return self
+
+    def _recorded(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self.calls.append((operation, variables))
+            return self.answer(operation, variables)
 
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
 
     def operations(self) -> list[str]:
         return [name for name, _ in self.calls]
-
-
-def _multipart_request(body: bytes, content_type: str) -> dict[str, Any]:
-    """The graphql-multipart-request-spec request pycti sends: `operations`, a `map` of part
-    -> variable paths, one part per file; each file becomes {filename, mimetype, data}."""
-    message = BytesParser(policy=policy.HTTP).parsebytes(
-        f"Content-Type: {content_type}\r\n\r\n".encode() + body
-    )
-    parts = {
-        part.get_param("name", header="content-disposition"): part for part in message.iter_parts()
-    }
-    request = json.loads(parts.pop("operations").get_content())
-    for name, paths in json.loads(parts.pop("map").get_content()).items():
-        part = parts[name]
-        upload = {
-            "filename": part.get_filename(),
-            "mimetype": part.get_content_type(),
-            "data": part.get_payload(decode=True),
-        }
-        for path in paths:
-            keys = path.split(".")[1:]  # past "variables"
-            target: Any = request["variables"]
-            for key in keys[:-1]:
-                target = target[int(key)] if isinstance(target, list) else target[key]
-            last = keys[-1]
-            if isinstance(target, list):
-                target[int(last)] = upload
-            else:
-                target[last] = upload
-    return request

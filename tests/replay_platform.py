@@ -44,13 +44,12 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from email.message import Message
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.graphql_server import GraphQLServer
+
 OASIS_NAMESPACE = uuid.UUID("00abedb4-aa42-466c-9c01-fed23315a9b7")
-_OPERATION = re.compile(r"\b(query|mutation)\s+(\w+)")
 # identifier.js STATIC_STANDARD_IDS: TLP markings keep the community's ids
 TLP_MARKINGS = {
     "TLP:CLEAR": "marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9",
@@ -234,56 +233,6 @@ def _relationship_id(data: dict[str, Any], source: Entity, target: Entity) -> st
     return _stix_uuid("relationship", contributing)
 
 
-def _parse_multipart(body: bytes, content_type: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """graphql-multipart-request-spec as pycti's `query` sends it: `operations` JSON, a
-    `map` of part name -> variable paths, then one part per file."""
-    header = Message()
-    header["content-type"] = content_type
-    boundary = header.get_param("boundary")
-    assert isinstance(boundary, str), "multipart request without a boundary"
-    parts: dict[str, tuple[str | None, str | None, bytes]] = {}
-    for chunk in body.split(b"--" + boundary.encode())[1:]:
-        if chunk.startswith(b"--"):
-            break
-        head, _, content = chunk[2:].partition(b"\r\n\r\n")
-        meta = Message()
-        for line in head.decode("utf-8").split("\r\n"):
-            key, _, value = line.partition(":")
-            meta[key.strip()] = value.strip()
-        name = meta.get_param("name", header="content-disposition")
-        filename = meta.get_param("filename", header="content-disposition")
-        parts[str(name)] = (
-            str(filename) if filename is not None else None,
-            meta.get("content-type"),
-            content[:-2] if content.endswith(b"\r\n") else content,
-        )
-    operations = json.loads(parts.pop("operations")[2])
-    mapping = json.loads(parts.pop("map")[2])
-    for part, paths in mapping.items():
-        filename, mime, data = parts[part]
-        upload = {
-            "filename": filename,
-            "mimetype": mime or "application/octet-stream",
-            "data": data,
-        }
-        for path in paths:
-            _set_path(operations, path.split("."), upload)
-    return operations, mapping
-
-
-def _set_path(root: Any, path: list[str], value: Any) -> None:
-    target = root
-    for step in path[:-1]:
-        target = target[int(step)] if isinstance(target, list) else target[step]
-    last = path[-1]
-    if isinstance(target, list):
-        index = int(last)
-        target.extend([None] * (index + 1 - len(target)))
-        target[index] = value
-    else:
-        target[last] = value
-
-
 class ReplayPlatform:
     """The knowledge side of OpenCTI, enough for pycti to import our bundles."""
 
@@ -297,7 +246,7 @@ class ReplayPlatform:
         self.rejected: list[dict[str, Any]] = []  # set by `replay`
         self._index: dict[str, Entity] = {}
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        self._server: GraphQLServer | None = None
         for definition, marking_id in TLP_MARKINGS.items():  # created at platform start
             self._store(
                 Entity(
@@ -569,51 +518,17 @@ class ReplayPlatform:
     # -- serving ---------------------------------------------------------------------------
 
     def start(self) -> ReplayPlatform:
-        platform = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-
-            def log_message(self, format: str, *args: Any) -> None:
-                """Silent."""
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                if self.headers.get("Authorization") != f"Bearer {platform.token}":
-                    self._send({"errors": [{"message": "You must be logged in to do this."}]})
-                    return
-                content_type = self.headers.get("Content-Type") or ""
-                if content_type.startswith("multipart/form-data"):
-                    request, _ = _parse_multipart(body, content_type)
-                else:
-                    request = json.loads(body)
-                match = _OPERATION.search(request.get("query", ""))
-                operation = match.group(2) if match else ""
-                self._send(platform.answer(operation, request.get("variables") or {}))
-
-            def _send(self, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload, default=_no_bytes).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server = GraphQLServer(self.token, self.answer).start()
         return self
 
     @property
     def url(self) -> str:
         assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._server.url
 
     def stop(self) -> None:
         if self._server:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
 
     # -- replaying -------------------------------------------------------------------------
@@ -637,12 +552,6 @@ class ReplayPlatform:
         finally:
             stix2_module.missing_ref_retry_delay = delay
         return rejected
-
-
-def _no_bytes(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return None  # uploads are never echoed back
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def bundle_texts(source: Sequence[str] | Path) -> list[str]:

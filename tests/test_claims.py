@@ -177,10 +177,10 @@ def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_over
     """What `serve` registers, read from the deployment objects the project builds, and what
     deployments/prefect.yaml declares for workers."""
     import yaml
-    from mattermost_prefect.deployments.serve import deployments
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
     from mattermost_connector.config import ConnectorSettings, load_settings
+    from mattermost_prefect.deployments.serve import deployments
 
     monkeypatch.setenv("CONNECTOR_RUN_EVERY", "15m")
     sync, backfill = deployments(load_settings(None))

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mattermost_prefect.tasks.extract import BATCH_POSTS
 
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
+from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.checks import (
     assert_valid_stix,
     delivered_messages,
@@ -362,6 +362,7 @@ def test_a_lease_the_state_store_refuses_fails_that_channel_in_one_line(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
     import sqlalchemy.exc
+
     from mattermost_prefect.flows.sync import mattermost_sync
 
     refused, fine = world.channel("refused"), world.channel("fine")

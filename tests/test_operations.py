@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from mattermost_prefect.tasks.extract import BATCH_POSTS
 
 from mattermost_connector.mattermost.client import PER_PAGE
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key, iso
+from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.conftest import clean_environ, run_cli
 from tests.support import POSTGRES, TOKEN, World
 
@@ -353,6 +353,7 @@ def readme_variables() -> list[str]:
 
 def test_prefect_yaml_declares_both_flows():
     import yaml
+
     from mattermost_prefect.flows.backfill import mattermost_backfill
     from mattermost_prefect.flows.sync import mattermost_sync
 

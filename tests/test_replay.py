@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from mattermost_prefect.tasks import resources
 
 from mattermost_connector.config import TLP
 from mattermost_connector.stix import (
@@ -23,6 +22,7 @@ from mattermost_connector.stix import (
     marking_object,
     serialize,
 )
+from mattermost_prefect.tasks import resources
 from tests.conftest import OWN_PREFIXES, apply_env, mattermost_env
 from tests.mattermost_sim import Demo, MattermostSimulator, seed_demo
 from tests.replay_platform import Entity, ReplayPlatform, bundle_texts, replay
