@@ -173,3 +173,8 @@ def expected_line(sim, channel: dict, bundles: list | None = None) -> str:
     objects = per_posts + count * header + copies
     fates = f" ({files} embedded)" if files else ""  # a directory embeds every file under the cap
     return f"ok, {len(posts)} posts, {files} files{fates}, {objects} objects"
+
+
+def channel_bundles(bundles: list[STIX], name: str) -> list[STIX]:
+    """The bundles that deliver the channel named `name` (each holds its Channel object)."""
+    return [b for b in bundles if any(o.get("name") == name for o in b["objects"])]

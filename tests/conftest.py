@@ -146,15 +146,19 @@ def mattermost_env(demo: Demo, channels: list[dict] | None = None) -> dict[str, 
 @pytest.fixture
 def directory_env(workdir: Path, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Offline export: bundles to a directory, state in a SQLite file, no platform."""
-    env = {
-        **mattermost_env(demo),
+    env = {**mattermost_env(demo), **offline_env(workdir)}
+    apply_env(monkeypatch, env)
+    return env
+
+
+def offline_env(workdir: Path) -> dict[str, str]:
+    """Bundles to `workdir/bundles`, state in `workdir/state.db`, no platform."""
+    return {
         "CONNECTOR_SEND_TO_QUEUE": "false",
         "CONNECTOR_SEND_TO_DIRECTORY": "true",
         "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(workdir / "bundles"),
         "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
     }
-    apply_env(monkeypatch, env)
-    return env
 
 
 def apply_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from mattermost_connector.state import StateStore
-from tests.checks import directory_bundles, expected_line, objects_by_id
-from tests.conftest import mattermost_env, run_cli
+from tests.checks import channel_bundles, directory_bundles, expected_line, objects_by_id
+from tests.conftest import mattermost_env, offline_env, run_cli
 from tests.mattermost_sim import MattermostSimulator
 from tests.support import World
 
@@ -86,10 +86,7 @@ def test_cli_reports_a_refused_archived_channel_in_one_line_and_succeeds(
     demo.sim.view_archived_channels = False
     env = {
         **mattermost_env(demo, [incident, sharing]),
-        "CONNECTOR_SEND_TO_QUEUE": "false",
-        "CONNECTOR_SEND_TO_DIRECTORY": "true",
-        "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(workdir / "bundles"),
-        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
+        **offline_env(workdir),
     }
     result = run_cli(["sync"], env, workdir, prefect_api)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -99,11 +96,7 @@ def test_cli_reports_a_refused_archived_channel_in_one_line_and_succeeds(
         "no one read archived channels (TeamSettings.ExperimentalViewArchivedChannels is off): "
         "skipped"
     )
-    bundles = [
-        b
-        for b in directory_bundles(workdir / "bundles")
-        if any(o.get("name") == "threat-intel/ioc-sharing" for o in b["objects"])
-    ]
+    bundles = channel_bundles(directory_bundles(workdir / "bundles"), "threat-intel/ioc-sharing")
     assert second.endswith(
         f"(threat-intel/ioc-sharing): {expected_line(demo.sim, sharing, bundles)}"
     )

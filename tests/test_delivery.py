@@ -195,18 +195,25 @@ def drain(queue: str) -> list[bytes]:
     return bodies
 
 
-def heavy_posts(world: World, channel) -> tuple[list[dict], dict[str, bytes]]:
-    """Issue 10's scenario, as the server allows it: a post holds at most 10 files
-    (PostFileidsMaxRunes), so 10 files of 8 MiB on one post, and the 40 MiB file on a reply
-    of its own with an 11 MiB one and two small files sharing one name."""
-    rng = random.Random(10)
-    data: dict[str, bytes] = {}
+def file_adder(world: World, rng: random.Random, data: dict[str, bytes]):
+    """`add(name, size, mime)`: a file of random bytes uploaded by the first author, its bytes
+    kept in `data` by file id to compare with what arrives."""
 
-    def add(name: str, size: int, mime: str = "application/octet-stream"):
+    def add(name: str, size: int, mime: str = "application/octet-stream") -> dict:
         blob = rng.randbytes(size)
         info = world.sim.add_file(world.authors[0], name, blob, mime)
         data[info["id"]] = blob
         return info
+
+    return add
+
+
+def heavy_posts(world: World, channel) -> tuple[list[dict], dict[str, bytes]]:
+    """Issue 10's scenario, as the server allows it: a post holds at most 10 files
+    (PostFileidsMaxRunes), so 10 files of 8 MiB on one post, and the 40 MiB file on a reply
+    of its own with an 11 MiB one and two small files sharing one name."""
+    data: dict[str, bytes] = {}
+    add = file_adder(world, random.Random(10), data)
 
     ten = [add(f"photo-{n}.jpg", 8 * MIB, "image/jpeg") for n in range(10)]
     root = world.sim.add_post(channel, world.authors[0], "", files=ten)  # files, no text
@@ -589,14 +596,8 @@ def test_queue_mode_files_of_every_size_reach_the_platform_through_pycti_in_any_
     from tests.replay_platform import Entity, ReplayPlatform
 
     channel = world.channel("heavy-replay")
-    rng = random.Random(4)
     data: dict[str, bytes] = {}
-
-    def add(name: str, size: int, mime: str = "application/octet-stream"):
-        blob = rng.randbytes(size)
-        info = world.sim.add_file(world.authors[0], name, blob, mime)
-        data[info["id"]] = blob
-        return info
+    add = file_adder(world, random.Random(4), data)
 
     ten = [add(f"photo-{n}.jpg", 300 * 1024, "image/jpeg") for n in range(10)]
     root = world.sim.add_post(channel, world.authors[0], "", files=ten)

@@ -15,13 +15,14 @@ from mattermost_connector.stix import marking_id
 from tests.checks import (
     assert_channel_complete,
     assert_valid_stix,
+    channel_bundles,
     directory_bundles,
     expected_line,
     objects_by_id,
     queue_messages,
     worker_reports,
 )
-from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN, mattermost_env, run_cli
+from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN, mattermost_env, offline_env, run_cli
 from tests.fake_opencti import FakeOpenCTI
 from tests.mattermost_sim import Demo
 
@@ -94,10 +95,7 @@ def test_inaccessible_channels_fail_alone(prefect_api, workdir, demo, monkeypatc
         "MATTERMOST_CHANNEL_IDS": ",".join(
             [unknown, demo.channels[1]["id"], forbidden["id"], demo.channels[2]["id"]]
         ),
-        "CONNECTOR_SEND_TO_QUEUE": "false",
-        "CONNECTOR_SEND_TO_DIRECTORY": "true",
-        "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(workdir / "bundles"),
-        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
+        **offline_env(workdir),
     }
     result = run_cli(["sync"], env, workdir, prefect_api)
     assert result.returncode == 1, result.stderr[-2000:]
@@ -212,9 +210,7 @@ def test_cli_sync_to_directory_as_a_user_would(prefect_api, workdir, directory_e
     assert result.returncode == 0, result.stderr[-3000:]
     bundles = directory_bundles(workdir / "bundles")
     channel = demo.channels[0]
-    own = [
-        b for b in bundles if any(o.get("name") == "threat-intel/ioc-sharing" for o in b["objects"])
-    ]
+    own = channel_bundles(bundles, "threat-intel/ioc-sharing")
     assert result.stdout.splitlines()[0].endswith(
         f"(threat-intel/ioc-sharing): {expected_line(demo.sim, channel, own)}"
     )
