@@ -7,15 +7,15 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed, State
 
-from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
+from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import parse_window
-from mattermost_prefect.flows.pipeline import run_channel
-from mattermost_prefect.flows.sync import outcome
-from mattermost_prefect.tasks.report import channel_ids_to_sync, start_progress, update_progress
+from mattermost_prefect.flows.names import backfill_run_name
+from mattermost_prefect.flows.sync import outcome, run_all
+from mattermost_prefect.tasks.report import channel_ids_to_sync
 
 
-@flow(name="mattermost-backfill", flow_run_name="backfill-{channel_id}", validate_parameters=True)
+@flow(name="mattermost-backfill", flow_run_name=backfill_run_name, validate_parameters=True)
 def mattermost_backfill(
     channel_id: str, start: str | int | float, end: str | int | float
 ) -> State[Any]:
@@ -26,10 +26,5 @@ def mattermost_backfill(
         window = parse_window(start, end)
     except ConfigError as error:
         return Failed(message=str(error))
-    progress = start_progress(RunKind.BACKFILL)
-    try:
-        result = run_channel(channel, RunKind.BACKFILL, window=window)
-    except AuthenticationError as error:
-        return outcome([], RunKind.BACKFILL, one_line(error))
-    update_progress(progress, 1, 1)
-    return outcome([result], RunKind.BACKFILL)
+    results, refused = run_all([channel], RunKind.BACKFILL, window=window)
+    return outcome(results, RunKind.BACKFILL, refused)

@@ -30,9 +30,9 @@ from mattermost_prefect.tasks.changes import (
     scan_changes,
     sweep_batch,
 )
-from mattermost_prefect.tasks.channel import close_channel, open_channel, start_run
+from mattermost_prefect.tasks.channel import begin_channel, close_channel, open_channel
 from mattermost_prefect.tasks.load import advance_cursor, configured_load
-from mattermost_prefect.tasks.locks import LeaseError, channel_lock
+from mattermost_prefect.tasks.locks import LeaseError, release_channel
 from mattermost_prefect.tasks.prefetch import read_ahead
 from mattermost_prefect.tasks.report import channel_progress
 from mattermost_prefect.tasks.transform import transform_batch
@@ -45,20 +45,12 @@ def run_channel(
     start_timestamp: int | None = None,
 ) -> ChannelResult:
     """Deliver everything after the channel's cursor (a sync) or within a window (a
-    backfill), holding the channel's lock: no other run works on it meanwhile. A failure
+    backfill), holding the channel's lease: no other run works on it meanwhile. A failure
     stays within this channel, except a refused token, which ends the whole run."""
     try:
-        with channel_lock(channel_id):
-            return _run_locked(channel_id, kind, window, start_timestamp)
+        holder, run_id = begin_channel(channel_id, kind, window)
     except LeaseError as error:  # before any run history could be written
         return ChannelResult(channel_id, None, kind, RunStatus.FAILED, error=describe(error))
-
-
-def _run_locked(
-    channel_id: str, kind: RunKind, window: tuple[int, int] | None, start_timestamp: int | None
-) -> ChannelResult:
-    """The run itself, once the channel is held: its history row, then every pass."""
-    run_id = start_run(channel_id, kind, window)
     run: ChannelRun | None = None
     try:
         run = open_channel(channel_id, run_id, kind, window, start_timestamp)
@@ -67,13 +59,16 @@ def _run_locked(
             run = take_missing_files(run)
             run = take_changes(run)
     except AuthenticationError as error:
-        close_channel(channel_id, run_id, run, kind, describe(error))
+        close_channel(channel_id, holder, run_id, run, kind, describe(error))
         raise
     except ChannelArchived as error:  # skipped, not failed: nothing to retry until allowed
-        return close_channel(channel_id, run_id, run, kind, None, archived=describe(error))
+        return close_channel(channel_id, holder, run_id, run, kind, None, archived=describe(error))
     except Exception as error:
-        return close_channel(channel_id, run_id, run, kind, describe(error))
-    return close_channel(channel_id, run_id, run, kind, None)
+        return close_channel(channel_id, holder, run_id, run, kind, describe(error))
+    except BaseException:  # interrupted: the run stays unfinished in the history, as a kill's
+        release_channel(channel_id, holder)
+        raise
+    return close_channel(channel_id, holder, run_id, run, kind, None)
 
 
 def deliver(

@@ -5,54 +5,70 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import AuthenticationError, ConfigError, one_line
+from mattermost_connector.errors import ConfigError, RunFailed, RunStopped
 from mattermost_connector.kinds import RunKind
-from mattermost_prefect.flows.pipeline import run_channel
-from mattermost_prefect.tasks.report import (
-    channel_ids_to_sync,
-    publish_report,
-    start_progress,
-    update_progress,
-)
+from mattermost_prefect.flows.dispatch import run_channels
+from mattermost_prefect.flows.names import sync_name, sync_run_name
+from mattermost_prefect.tasks.report import channel_ids_to_sync, publish_report
 
 
 def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = None) -> State[Any]:
-    """Publish the report, then end Completed, or Failed without a traceback when any
-    channel failed (the others still completed and kept their progress)."""
+    """Publish the report, then end Completed with it, or Failed with its one-line reason when
+    the token was refused or any channel failed (the others still completed and kept their
+    progress). A Failed state carries the report inside a RunFailed: Prefect resolves a
+    failed state's data as an exception, and logs a traceback for anything else."""
     report = [result.row() for result in results]
     publish_report(report, kind)
     failed = [r for r in results if not r.ok]
     if refused:
-        return Failed(message=f"run stopped: {refused}", data=report)
+        message = f"run stopped: {refused}"
+        return Failed(message=message, data=RunFailed(message, report))
     if failed:
         names = ", ".join(r.channel_id for r in failed)
-        return Failed(
-            message=f"{len(failed)} of {len(results)} channels failed: {names}", data=report
-        )
+        message = f"{len(failed)} of {len(results)} channels failed: {names}"
+        return Failed(message=message, data=RunFailed(message, report))
     return Completed(message=f"{len(results)} channels done", data=report)
 
 
-@flow(name="mattermost-sync", flow_run_name="sync-{channel_ids}", validate_parameters=True)
+def rename_run(name: str) -> None:
+    """The run's name once its channels are known (its flow_run_name guessed them first)."""
+    run_id = flow_run.get_id()
+    if not run_id or flow_run.get_name() == name:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run_id, name=name)
+
+
+def run_all(
+    channels: list[str],
+    kind: RunKind,
+    start_timestamp: int | None = None,
+    window: tuple[int, int] | None = None,
+) -> tuple[list[ChannelResult], str | None]:
+    """The channels' results, and why the run stopped early (a refused token), if it did."""
+    try:
+        return run_channels(channels, kind, start_timestamp, window), None
+    except RunStopped as stopped:
+        return stopped.results, stopped.reason
+
+
+@flow(name="mattermost-sync", flow_run_name=sync_run_name, validate_parameters=True)
 def mattermost_sync(
     channel_ids: list[str] | None = None, start_timestamp: int | None = None
 ) -> State[Any]:
-    """Sync the given channels (default: MATTERMOST_CHANNEL_IDS). `start_timestamp` (epoch
-    seconds) replaces MATTERMOST_START_TIMESTAMP for channels never synced before."""
+    """Sync the given channels (default: MATTERMOST_CHANNEL_IDS), each in its own flow run,
+    CONNECTOR_CHANNEL_CONCURRENCY at once. `start_timestamp` (epoch seconds) replaces
+    MATTERMOST_START_TIMESTAMP for channels never synced before."""
     try:
         channels = channel_ids_to_sync(channel_ids)
     except ConfigError as error:
         return Failed(message=str(error))
-    results: list[ChannelResult] = []
-    refused: str | None = None
-    progress = start_progress(RunKind.SYNC, len(channels))
-    for channel_id in channels:
-        try:
-            results.append(run_channel(channel_id, RunKind.SYNC, start_timestamp=start_timestamp))
-        except AuthenticationError as error:
-            refused = one_line(error)
-            break
-        update_progress(progress, len(results), len(channels))
+    rename_run(sync_name(channels))
+    results, refused = run_all(channels, RunKind.SYNC, start_timestamp)
     return outcome(results, RunKind.SYNC, refused)

@@ -179,6 +179,8 @@ class ConnectorSettings(_Group):
     delivery_retries: int = Field(3, ge=0, le=20)
     delivery_retry_delay: float = Field(10.0, ge=0)
     delivery_concurrency: int = Field(4, ge=1, le=32)
+    channel_concurrency: int = Field(4, ge=1, le=64)
+    work_pool: str | None = None  # a Prefect work pool that runs the per-channel flow runs
     split_bundles: bool = False
     no_trigger_import: bool = True
 
@@ -215,6 +217,11 @@ class ConnectorSettings(_Group):
     @classmethod
     def _db_url(cls, value: str) -> str:
         return check_database_url(value)
+
+    @field_validator("work_pool", mode="before")
+    @classmethod
+    def _no_pool(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("duration_period", mode="before")
     @classmethod

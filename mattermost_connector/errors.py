@@ -4,6 +4,7 @@ and `one_line`: the one way any error becomes that line (run history, CLI, logs)
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from mattermost_connector.redact import redact
 
@@ -68,6 +69,31 @@ class LeaseError(ConnectorError):
 
 
 ELLIPSIS = "…"
+
+
+class RunFailed(ConnectorError):
+    """A run that ended Failed, with its per-channel report rows: a flow's Failed state
+    carries it as its data, which Prefect resolves as an exception (any other value there
+    makes Prefect log a TypeError and a traceback)."""
+
+    def __init__(self, message: str, report: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, report or [])
+        self.report: list[dict[str, Any]] = report or []
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class RunStopped(ConnectorError):
+    """The token was refused mid-run: no further channel starts. `results`: the channels
+    that finished before (ChannelResult)."""
+
+    def __init__(self, reason: str, results: list[Any]) -> None:
+        super().__init__(reason, results)
+        self.reason, self.results = reason, results
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def fold(text: str, secrets: Iterable[str] = (), limit: int = 1000) -> str:

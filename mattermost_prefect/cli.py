@@ -192,7 +192,11 @@ def _prepare() -> None:
 
 
 def _finish(state: Any, what: str) -> int:
+    from mattermost_connector.errors import RunFailed
+
     report = state.result(raise_on_failure=False)
+    if isinstance(report, RunFailed):  # a failed run's state carries its report this way
+        report = report.report
     if isinstance(report, list):
         _print_report(report)
     if state.is_completed():

@@ -11,15 +11,12 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from prefect import get_run_logger, task
+from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from mattermost_connector.errors import LeaseError, one_line
 from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
 log = logging.getLogger("mattermost_connector.locks")
 
@@ -43,9 +40,9 @@ def _reason(error: Exception) -> str:
     return one_line(error, limit=300, first_line=True)
 
 
-@task(name="acquire-channel", task_run_name="acquire-{channel_id}", **TASK_DEFAULTS)
 def acquire_channel(channel_id: str) -> str:
-    """Wait until the channel is free, take it, and keep renewing the lease meanwhile."""
+    """Wait until the channel is free, take it, and keep renewing the lease meanwhile. Called
+    within the channel's first task (tasks.channel.begin_channel): no task run of its own."""
     holder = f"{flow_run.get_id() or 'local'}/{uuid.uuid4().hex[:8]}"
     store, logger, waited = resources.store(), get_run_logger(), False
     while not _try_lease(channel_id, holder):
@@ -72,7 +69,6 @@ def _try_lease(channel_id: str, holder: str) -> bool:
         ) from None
 
 
-@task(name="release-channel", task_run_name="release-{channel_id}", **TASK_DEFAULTS)
 def release_channel(channel_id: str, holder: str) -> None:
     """Best effort: a lease left behind expires on its own within LEASE_SECONDS."""
     stop = _renewals.pop(holder, None)
@@ -82,13 +78,3 @@ def release_channel(channel_id: str, holder: str) -> None:
         resources.store().release_lease(channel_id, holder)
     except Exception as error:
         get_run_logger().warning("channel %s: lease not released (%s)", channel_id, _reason(error))
-
-
-@contextmanager
-def channel_lock(channel_id: str) -> Iterator[None]:
-    """Hold the channel for the length of a run; another run of it waits its turn."""
-    holder = acquire_channel(channel_id)
-    try:
-        yield
-    finally:
-        release_channel(channel_id, holder)

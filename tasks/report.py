@@ -39,8 +39,8 @@ log = logging.getLogger("mattermost_connector.progress")
 _runs: dict[str, list[Any]] = {}
 
 
-@task(name="start-progress", **TASK_DEFAULTS)
 def start_progress(kind: RunKind, channels: int = 1) -> UUID:
+    """The run's progress artifact (a plain call: a task run per update would be noise)."""
     artifact = create_progress_artifact(
         0.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
     )
@@ -48,7 +48,6 @@ def start_progress(kind: RunKind, channels: int = 1) -> UUID:
     return artifact
 
 
-@task(name="update-progress", **TASK_DEFAULTS)
 def update_progress(artifact_id: UUID, done: int, total: int) -> None:
     _runs.get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
     update_progress_artifact(artifact_id, progress.overall(done, total, 0.0))

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from mattermost_connector.config import TLP, MattermostSettings, load_settings
+from mattermost_connector.errors import RunFailed
 from mattermost_connector.mattermost.channels import channel_context
 from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
 from mattermost_connector.stix import marking_id, message_id
@@ -95,7 +96,7 @@ class World:
 
         self.before = set((self.workdir / "bundles").glob("*.json"))
         state = mattermost_sync(return_state=True)
-        report = state.result(raise_on_failure=False)
+        report = report_of(state)
         assert state.is_completed(), (state.message, report)
         return report
 
@@ -134,6 +135,13 @@ class World:
         return Counter(
             by_id[o["id"]] for b in bundles for o in delivered_messages(b) if o["id"] in by_id
         )
+
+
+def report_of(state: Any) -> list[dict[str, Any]]:
+    """A run's per-channel report: its result when Completed, inside the RunFailed a Failed
+    run carries."""
+    value = state.result(raise_on_failure=False)
+    return value.report if isinstance(value, RunFailed) else value
 
 
 def make_client(sim: MattermostSimulator, token: str, **retry) -> MattermostClient:

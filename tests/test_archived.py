@@ -12,7 +12,7 @@ from mattermost_connector.state import StateStore
 from tests.checks import channel_bundles, directory_bundles, expected_line, objects_by_id
 from tests.conftest import mattermost_env, offline_env, run_cli
 from tests.mattermost_sim import MattermostSimulator
-from tests.support import World
+from tests.support import World, report_of
 
 REFUSED = "api.user.view_archived_channels.get_posts_for_channel.app_error"
 
@@ -71,7 +71,7 @@ def test_a_403_or_404_on_a_channel_is_not_retried(world: World):
     started = time.monotonic()
     state = mattermost_sync(return_state=True)
     assert time.monotonic() - started < 30
-    reports = state.result(raise_on_failure=False)
+    reports = report_of(state)
     assert [r["status"] for r in reports] == ["failed", "failed"]
     assert reports[0]["error"].endswith("403 app.fault.injected Injected fault")
     listings = [r for r in world.sim.requests if r.path.endswith("/posts")]

@@ -156,19 +156,19 @@ def test_a_run_longer_than_its_lease_keeps_the_channel_while_another_waits(
     monkeypatch.setattr(locks, "POLL_SECONDS", 0.05)
     monkeypatch.setattr(locks, "get_run_logger", lambda: logging.getLogger("test"))
     channel = "c" * 26
-    first = locks.acquire_channel.fn(channel)
+    first = locks.acquire_channel(channel)
     second: list[str] = []
     waiter = threading.Thread(
-        target=lambda: second.append(locks.acquire_channel.fn(channel)), daemon=True
+        target=lambda: second.append(locks.acquire_channel(channel)), daemon=True
     )
     waiter.start()
     time.sleep(0.6 * 4)  # four leases long
     assert not second, "the competing run took a channel still in use"
     assert resources.store().lease_holder(channel)[0] == first
-    locks.release_channel.fn(channel, first)
+    locks.release_channel(channel, first)
     waiter.join(5)
     assert second and resources.store().lease_holder(channel)[0] == second[0]
-    locks.release_channel.fn(channel, second[0])
+    locks.release_channel(channel, second[0])
 
 
 def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_overlap(

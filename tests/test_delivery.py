@@ -22,7 +22,7 @@ from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.checks import objects_by_id, queue_messages, worker_reports
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
 from tests.fake_opencti import FakeOpenCTI
-from tests.support import World
+from tests.support import World, report_of
 
 
 @pytest.fixture
@@ -384,7 +384,7 @@ def outage_then_recovery(
 
     state = mattermost_sync(return_state=True)
     assert state.is_failed()
-    (report,) = state.result(raise_on_failure=False)
+    (report,) = report_of(state)
     assert report["status"] == "failed"
     assert error in report["error"], report["error"]
     store = StateStore(f"sqlite:///{world.workdir / 'state.db'}")

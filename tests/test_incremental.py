@@ -20,7 +20,7 @@ from tests.checks import (
     undefined_refs,
 )
 from tests.mattermost_sim import MattermostSimulator
-from tests.support import World
+from tests.support import World, report_of
 
 
 @pytest.fixture
@@ -348,7 +348,7 @@ def test_a_malformed_post_fails_its_channel_in_one_line(world: World):
     world.configure([bad, good])
     state = mattermost_sync(return_state=True)
     assert state.is_failed()
-    failed, done = state.result(raise_on_failure=False)
+    failed, done = report_of(state)
     assert failed["status"] == "failed" and done["status"] == "completed"
     assert failed["error"] == (
         f"GET /channels/{bad['id']}/posts: post '{posts[7]['id']}' has no valid user_id (None)"
@@ -379,7 +379,7 @@ def test_a_lease_the_state_store_refuses_fails_that_channel_in_one_line(
     monkeypatch.setattr(StateStore, "try_lease", try_lease)
     state = mattermost_sync(return_state=True)
     assert state.is_failed()
-    failed, done = state.result(raise_on_failure=False)
+    failed, done = report_of(state)
     assert failed["error"] == (
         f"channel {refused['id']} not started: the state store refused its lease "
         "(OperationalError: (builtins.Exception) locked)"

@@ -1,0 +1,75 @@
+"""One channel's run as its own Prefect flow run (`mattermost-channel`), named after the
+channel: a subflow of the sync or backfill that starts it, in the same process, or, with
+CONNECTOR_WORK_POOL, a run of the `mattermost-channel/channel` deployment on a work pool."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_table_artifact
+from prefect.runtime import deployment
+from prefect.states import Completed, Failed, State
+
+from mattermost_connector.channel_run import ChannelResult
+from mattermost_connector.errors import AuthenticationError, RunFailed, one_line
+from mattermost_connector.kinds import RunKind
+from mattermost_prefect.flows.names import channel_flow_run_name
+from mattermost_prefect.flows.pipeline import run_channel
+
+CHANNEL_FLOW = "mattermost-channel"
+CHANNEL_DEPLOYMENT = "channel"
+# The state name of a channel run stopped by a refused token: the whole run stops with it.
+TOKEN_REFUSED = "TokenRefused"
+# Where a dispatched channel run leaves its report row for the sync on another machine.
+RESULT_ARTIFACT = "mattermost-channel-result"
+
+
+@flow(name=CHANNEL_FLOW, flow_run_name=channel_flow_run_name, validate_parameters=True)
+def mattermost_channel(
+    channel_id: str,
+    kind: RunKind = RunKind.SYNC,
+    window: tuple[int, int] | None = None,
+    start_timestamp: int | None = None,
+) -> State[Any]:
+    """One channel's sync (or a backfill's window), holding its lease. Completed with its
+    report row, Failed with the row inside a RunFailed, or Failed as TokenRefused."""
+    try:
+        result = run_channel(channel_id, kind, window, start_timestamp)
+    except AuthenticationError as error:
+        reason = one_line(error)
+        return Failed(name=TOKEN_REFUSED, message=reason, data=RunFailed(reason))
+    row = result.row()
+    if deployment.get_id():  # dispatched: the sync reads the row back from the API
+        create_table_artifact([_plain(row)], key=RESULT_ARTIFACT, description=result.summary())
+    if result.ok:
+        return Completed(message=result.summary(), data=row)
+    return Failed(message=result.summary(), data=RunFailed(result.summary(), [row]))
+
+
+def _plain(row: dict[str, Any]) -> dict[str, Any]:
+    """The row as JSON has it (enums as their values), so that it reads back the same."""
+    return json.loads(json.dumps(row, default=str))
+
+
+def channel_result(state: State[Any], channel_id: str, kind: RunKind) -> ChannelResult:
+    """The channel's result from its run's final state (in this process): raises
+    AuthenticationError when the token was refused."""
+    if state.name == TOKEN_REFUSED:
+        raise AuthenticationError(state.message or "Mattermost refused the token")
+    value = state.result(raise_on_failure=False)
+    if isinstance(value, RunFailed) and value.report:
+        return ChannelResult.from_row(value.report[0])
+    if isinstance(value, dict):
+        return ChannelResult.from_row(value)
+    return crashed(channel_id, kind, state)
+
+
+def crashed(channel_id: str, kind: RunKind, state: State[Any] | None) -> ChannelResult:
+    """A channel run that ended without a result (crashed, cancelled): failed, with why."""
+    from mattermost_connector.kinds import RunStatus
+
+    reason = (state.message if state else None) or "the channel's flow run left no result"
+    label = f"{state.name}: " if state is not None else ""
+    return ChannelResult(channel_id, None, kind, RunStatus.FAILED, error=f"{label}{reason}")

@@ -1,0 +1,142 @@
+"""Run a list of channels, each as its own `mattermost-channel` flow run, up to
+CONNECTOR_CHANNEL_CONCURRENCY at once: in this process (subflows), or on the workers of
+CONNECTOR_WORK_POOL (`run_deployment` of `mattermost-channel/channel`). Each channel run
+still takes its channel's lease, so two runs never work on one channel at once."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextvars import copy_context
+
+from prefect.runtime import flow_run
+
+from mattermost_connector.channel_run import ChannelResult
+from mattermost_connector.errors import AuthenticationError, RunStopped, one_line
+from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_prefect.flows.channel import (
+    CHANNEL_DEPLOYMENT,
+    CHANNEL_FLOW,
+    RESULT_ARTIFACT,
+    TOKEN_REFUSED,
+    channel_result,
+    crashed,
+    mattermost_channel,
+)
+from mattermost_prefect.flows.names import channel_run_name
+from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks.channel import SHARED_RUN
+from mattermost_prefect.tasks.report import start_progress, update_progress
+
+Window = tuple[int, int] | None
+RunOne = Callable[[str, RunKind, Window, int | None], ChannelResult]
+
+
+def run_channels(
+    channel_ids: list[str],
+    kind: RunKind = RunKind.SYNC,
+    start_timestamp: int | None = None,
+    window: Window = None,
+) -> list[ChannelResult]:
+    """Every channel's result, in the order given. A refused token lets the channels
+    already running finish, starts no other, and raises RunStopped with the results so far."""
+    connector = resources.settings().connector
+    run_one = dispatched if connector.work_pool else in_process
+    progress = start_progress(kind, len(channel_ids))
+    stopped = threading.Event()
+    results: dict[str, ChannelResult] = {}
+    refused: str | None = None
+
+    def one(channel_id: str) -> ChannelResult | None:
+        if stopped.is_set():
+            return None
+        SHARED_RUN.set(flow_run.get_id())  # one user cache for all the channels of this run
+        try:
+            return run_one(channel_id, kind, window, start_timestamp)
+        except AuthenticationError:
+            stopped.set()
+            raise
+        except Exception as error:  # the run could not be started or followed: this channel
+            return ChannelResult(
+                channel_id, None, kind, RunStatus.FAILED, error=one_line(error, first_line=True)
+            )
+
+    workers = max(1, min(connector.channel_concurrency, len(channel_ids)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="channel") as pool:
+        # each channel runs in a copy of this flow run's context: its run is a subflow
+        futures = {
+            pool.submit(copy_context().run, one, channel_id): channel_id
+            for channel_id in channel_ids
+        }
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except AuthenticationError as error:
+                refused = refused or one_line(error)
+                continue
+            if result is not None:
+                results[futures[future]] = result
+                update_progress(progress, len(results), len(channel_ids))
+    ordered = [results[c] for c in channel_ids if c in results]
+    if refused:
+        raise RunStopped(refused, ordered)
+    return ordered
+
+
+def in_process(
+    channel_id: str, kind: RunKind, window: Window, start_timestamp: int | None
+) -> ChannelResult:
+    """The channel as a subflow of the current flow run, in this process."""
+    state = mattermost_channel(
+        channel_id=channel_id,
+        kind=kind,
+        window=window,
+        start_timestamp=start_timestamp,
+        return_state=True,
+    )
+    return channel_result(state, channel_id, kind)
+
+
+def dispatched(
+    channel_id: str, kind: RunKind, window: Window, start_timestamp: int | None
+) -> ChannelResult:
+    """The channel as a run of the per-channel deployment, executed by a worker of
+    CONNECTOR_WORK_POOL; waits for it, then reads its report row from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(
+        f"{CHANNEL_FLOW}/{CHANNEL_DEPLOYMENT}",
+        parameters={
+            "channel_id": channel_id,
+            "kind": str(kind),
+            "window": list(window) if window else None,
+            "start_timestamp": start_timestamp,
+        },
+        flow_run_name=channel_run_name(channel_id, kind, window),
+        timeout=None,
+        poll_interval=2,
+        as_subflow=True,
+    )
+    state = run.state
+    if state is not None and state.name == TOKEN_REFUSED:
+        raise AuthenticationError(state.message or "Mattermost refused the token")
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=[RESULT_ARTIFACT]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
+            )
+        )
+    for artifact in artifacts:
+        data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+        if data:
+            return ChannelResult.from_row(data[0])
+    return crashed(channel_id, kind, state)

@@ -1,0 +1,73 @@
+"""Readable flow run names: `sync 150 channels`, `sync acme/osint-feed`,
+`backfill acme/osint-feed [2024-01-01, 2024-02-01)`, and each channel's run named after it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from prefect.runtime import flow_run
+
+from mattermost_connector.errors import ConfigError
+from mattermost_connector.kinds import RunKind
+from mattermost_connector.window import iso, parse_window
+from mattermost_prefect.tasks import resources
+
+
+def channel_labels(channel_ids: list[str]) -> dict[str, str]:
+    """Each channel's team/channel name as the state store last saw it, else its id."""
+    try:
+        known = resources.store().channel_names()
+    except Exception:  # a name is a nicety: never fail a run for it
+        known = {}
+    return {channel_id: known.get(channel_id) or channel_id for channel_id in channel_ids}
+
+
+def _day_or_time(epoch_ms: int) -> str:
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    if moment.time() == datetime.min.time():
+        return moment.date().isoformat()
+    return iso(epoch_ms)
+
+
+def window_text(window: tuple[int, int]) -> str:
+    return f"[{_day_or_time(window[0])}, {_day_or_time(window[1])})"
+
+
+def sync_name(channel_ids: list[str]) -> str:
+    if len(channel_ids) == 1:
+        return f"{RunKind.SYNC} {channel_labels(channel_ids)[channel_ids[0]]}"
+    return f"{RunKind.SYNC} {len(channel_ids)} channels"
+
+
+def channel_run_name(channel_id: str, kind: RunKind, window: tuple[int, int] | None) -> str:
+    label = channel_labels([channel_id])[channel_id]
+    return f"{label} {kind} {window_text(window)}" if window else label
+
+
+def sync_run_name() -> str:
+    """flow_run_name of the sync: the channels asked for, else the configured ones."""
+    requested = flow_run.get_parameters().get("channel_ids")
+    try:
+        return sync_name(list(requested or resources.settings().mattermost.channel_ids))
+    except Exception:  # bad configuration: the run itself reports it
+        return str(RunKind.SYNC)
+
+
+def backfill_run_name() -> str:
+    parameters = flow_run.get_parameters()
+    channel_id = str(parameters.get("channel_id"))
+    try:
+        window = window_text(parse_window(parameters.get("start"), parameters.get("end")))
+    except (ConfigError, TypeError, ValueError):
+        window = f"[{parameters.get('start')}, {parameters.get('end')})"
+    return f"{RunKind.BACKFILL} {channel_labels([channel_id])[channel_id]} {window}"
+
+
+def channel_flow_run_name() -> str:
+    parameters = flow_run.get_parameters()
+    window = parameters.get("window")
+    return channel_run_name(
+        str(parameters.get("channel_id")),
+        RunKind(parameters.get("kind") or RunKind.SYNC),
+        tuple(window) if window else None,
+    )
