@@ -7,7 +7,10 @@ on other machines, deployments/prefect.yaml declares the same two deployments fo
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
+from uuid import UUID
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
@@ -16,6 +19,7 @@ from mattermost_prefect.flows.backfill import mattermost_backfill
 from mattermost_prefect.flows.sync import mattermost_sync
 
 TAGS = ["mattermost", "opencti"]
+log = logging.getLogger("mattermost_connector.serve")
 
 
 def deployments(settings: Settings) -> list[Any]:
@@ -39,6 +43,27 @@ def deployments(settings: Settings) -> list[Any]:
 
 
 def serve_all(settings: Settings) -> None:
-    from prefect import serve
+    """Prefect's `serve`, plus a sync at start-up: the schedule's first run would otherwise
+    come a whole CONNECTOR_RUN_EVERY later."""
+    from prefect.exceptions import TerminationSignal
+    from prefect.runner import Runner
 
-    serve(*deployments(settings))
+    runner = Runner(pause_on_shutdown=True)
+    sync, *others = deployments(settings)
+    sync_id = runner.add_deployment(sync)
+    for deployment in others:
+        runner.add_deployment(deployment)
+    start_up_sync(sync_id)
+    try:
+        asyncio.run(runner.start())
+    except (KeyboardInterrupt, TerminationSignal):
+        log.info("serve: stopped")
+
+
+def start_up_sync(deployment_id: UUID) -> None:
+    """A run of the sync deployment due now, which the runner starts at once."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(deployment_id, tags=["start-up"])
+    log.info("serve: start-up sync scheduled (flow run %s)", run.id)

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.states import Failed, State
 
-from mattermost_connector.errors import ConfigError
+from mattermost_connector.errors import ConfigError, RunFailed
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import parse_window
 from mattermost_prefect.flows.names import backfill_run_name
@@ -25,6 +25,6 @@ def mattermost_backfill(
         (channel,) = channel_ids_to_sync([channel_id])
         window = parse_window(start, end)
     except ConfigError as error:
-        return Failed(message=str(error))
+        return Failed(message=str(error), data=RunFailed(str(error)))
     results, refused = run_all([channel], RunKind.BACKFILL, window=window)
     return outcome(results, RunKind.BACKFILL, refused)

@@ -15,8 +15,11 @@ from prefect.states import Completed, Failed, State
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.errors import AuthenticationError, RunFailed, one_line
 from mattermost_connector.kinds import RunKind
-from mattermost_prefect.flows.names import channel_flow_run_name
+from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name, rename_run
 from mattermost_prefect.flows.pipeline import run_channel
+from mattermost_prefect.flows.quiet import quiet_expected_failures
+
+quiet_expected_failures()
 
 CHANNEL_FLOW = "mattermost-channel"
 CHANNEL_DEPLOYMENT = "channel"
@@ -40,6 +43,8 @@ def mattermost_channel(
     except AuthenticationError as error:
         reason = one_line(error)
         return Failed(name=TOKEN_REFUSED, message=reason, data=RunFailed(reason))
+    if result.name:  # known now, if the state store did not know it yet
+        rename_run(channel_run_name(channel_id, kind, window, result.name))
     row = result.row()
     if deployment.get_id():  # dispatched: the sync reads the row back from the API
         create_table_artifact([_plain(row)], key=RESULT_ARTIFACT, description=result.summary())

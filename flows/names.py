@@ -39,8 +39,10 @@ def sync_name(channel_ids: list[str]) -> str:
     return f"{RunKind.SYNC} {len(channel_ids)} channels"
 
 
-def channel_run_name(channel_id: str, kind: RunKind, window: tuple[int, int] | None) -> str:
-    label = channel_labels([channel_id])[channel_id]
+def channel_run_name(
+    channel_id: str, kind: RunKind, window: tuple[int, int] | None, name: str | None = None
+) -> str:
+    label = name or channel_labels([channel_id])[channel_id]
     return f"{label} {kind} {window_text(window)}" if window else label
 
 
@@ -71,3 +73,15 @@ def channel_flow_run_name() -> str:
         RunKind(parameters.get("kind") or RunKind.SYNC),
         tuple(window) if window else None,
     )
+
+
+def rename_run(name: str) -> None:
+    """Rename the current flow run once what it is about is known (its flow_run_name could
+    only guess: the channel's name before its first run, the channels before discovery)."""
+    run_id = flow_run.get_id()
+    if not run_id or flow_run.get_name() == name:
+        return
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(run_id, name=name)

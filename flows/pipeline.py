@@ -20,7 +20,6 @@ from mattermost_connector.pipeline import ordered
 from mattermost_connector.stix import Attachment
 from mattermost_prefect.tasks.attachments import (
     fetch_attachments,
-    files_as_delivered,
     posts_missing_files,
 )
 from mattermost_prefect.tasks.changes import (
@@ -91,8 +90,7 @@ def transform(
     attachments rows of the batch still loading, not yet in the state store."""
     if attachments is None:
         attachments = fetch_attachments(run, quote(batch.posts))
-    attachments = files_as_delivered(run, quote(batch), quote(attachments), quote(recent))
-    bundles = transform_batch(run, quote(batch), quote(attachments))
+    bundles = transform_batch(run, quote(batch), quote(attachments), quote(recent))
     return run.delivering(bundles), bundles
 
 

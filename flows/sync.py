@@ -5,15 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.errors import ConfigError, RunFailed, RunStopped
 from mattermost_connector.kinds import RunKind
 from mattermost_prefect.flows.dispatch import run_channels
-from mattermost_prefect.flows.names import sync_name, sync_run_name
+from mattermost_prefect.flows.names import rename_run, sync_name, sync_run_name
+from mattermost_prefect.flows.quiet import quiet_expected_failures
 from mattermost_prefect.tasks.report import channel_ids_to_sync, publish_report
+
+quiet_expected_failures()
 
 
 def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = None) -> State[Any]:
@@ -32,17 +34,6 @@ def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = N
         message = f"{len(failed)} of {len(results)} channels failed: {names}"
         return Failed(message=message, data=RunFailed(message, report))
     return Completed(message=f"{len(results)} channels done", data=report)
-
-
-def rename_run(name: str) -> None:
-    """The run's name once its channels are known (its flow_run_name guessed them first)."""
-    run_id = flow_run.get_id()
-    if not run_id or flow_run.get_name() == name:
-        return
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        client.update_flow_run(run_id, name=name)
 
 
 def run_all(
@@ -68,7 +59,8 @@ def mattermost_sync(
     try:
         channels = channel_ids_to_sync(channel_ids)
     except ConfigError as error:
-        return Failed(message=str(error))
+        return Failed(message=str(error), data=RunFailed(str(error)))
     rename_run(sync_name(channels))
     results, refused = run_all(channels, RunKind.SYNC, start_timestamp)
+    rename_run(sync_name(channels))  # a channel's name, once its first run has learnt it
     return outcome(results, RunKind.SYNC, refused)

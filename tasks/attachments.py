@@ -20,22 +20,6 @@ def fetch_attachments(run: ChannelRun, posts: list[dict]) -> dict[str, list[Atta
 
 
 @task(
-    name="files-as-delivered",
-    task_run_name="files-as-delivered-{run.channel_id}",
-    **retrying(2, 10),
-)
-def files_as_delivered(
-    run: ChannelRun,
-    batch: Batch,
-    attachments: dict[str, list[Attachment]],
-    recent: list[dict] | None = None,
-) -> dict[str, list[Attachment]]:
-    """The batch's files as its bundles must carry them, given what earlier deliveries did
-    (ChannelPipeline.files_as_delivered)."""
-    return pipeline().files_as_delivered(run, batch, attachments, recent)
-
-
-@task(
     name="missing-attachments",
     task_run_name="missing-attachments-{run.channel_id}",
     **retrying(2, 10),

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 from prefect import task
-from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, ChannelRun
 from mattermost_connector.stix import Attachment
-from mattermost_prefect.tasks.attachments import fetch_attachments
-from mattermost_prefect.tasks.extract import extract_batch
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS
+from mattermost_prefect.tasks.channel import pipeline
+from mattermost_prefect.tasks.policy import retrying
 
 
-@task(name="read-ahead", task_run_name="read-ahead-{run.channel_id}", **TASK_DEFAULTS)
+@task(name="read-ahead", task_run_name="read-ahead-{run.channel_id}", **retrying(2, 10, 30))
 def read_ahead(
     run: ChannelRun, pending: list[dict] | None = None
 ) -> tuple[Batch, dict[str, list[Attachment]]]:
-    """Both steps keep their own task runs and retries; this one only groups them so that
-    they run in order, off the flow's thread. Reading waits on the server most of the time:
-    done meanwhile, it hides behind the delivery of the batch before."""
-    batch = extract_batch(run, quote(pending))  # unquoted, Prefect walks every post twice
-    return batch, fetch_attachments(run, quote(batch.posts))
+    """The next batch (ChannelPipeline.read_batch) and its files, in one task run, off the
+    flow's thread: reading waits on the server most of the time, so done meanwhile it hides
+    behind the delivery of the batch before. Both are reads: a retry does both again. One
+    task run rather than three: the UI learns nothing from the split."""
+    services = pipeline()
+    batch = services.read_batch(run, pending)
+    return batch, services.fetch_files(run, batch.posts)

@@ -247,7 +247,13 @@ def test_no_token_in_the_logs_prefect_keeps(world: World, prefect_api: str):
     import asyncio
 
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
     from prefect.client.schemas.sorting import FlowRunSort
 
     channel = world.channel("logged")
@@ -270,11 +276,22 @@ def test_no_token_in_the_logs_prefect_keeps(world: World, prefect_api: str):
     assert result.returncode == 0, result.stderr[-2000:]
 
     async def logs() -> list[str]:
+        """The sync's run and its channel's run (a subflow), as the UI shows them."""
         async with get_client() as client:
-            (run,) = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
-            assert run.name == "sync-None"
+            (run,) = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["sync cti/logged"])),
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=1,
+            )
+            children = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
+                )
+            )
+            assert [child.name for child in children] == ["cti/logged"]
+            ids = [run.id, *(child.id for child in children)]
             found = await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200
             )
             return [log.message for log in found]
 

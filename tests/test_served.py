@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import iso
@@ -19,6 +20,7 @@ from tests.conftest import clean_environ
 from tests.mattermost_sim import MattermostSimulator
 
 TOKEN = "served-reader-token"
+UNKNOWN = "u" * 26  # a channel id the server does not know
 
 
 def free_port() -> int:
@@ -51,7 +53,23 @@ def wait_for(
         time.sleep(0.5)
 
 
-def test_backfill_through_a_served_deployment(sim: MattermostSimulator, tmp_path: Path):
+def flow_runs(api: str, flow_name: str) -> list[dict]:
+    answer = httpx.post(
+        f"{api}/flow_runs/filter",
+        json={"flows": {"name": {"any_": [flow_name]}}},
+        timeout=5,
+    )
+    answer.raise_for_status()
+    return answer.json()
+
+
+@pytest.mark.slow
+def test_serve_syncs_at_start_up_fails_in_one_line_and_backfills_on_demand(
+    sim: MattermostSimulator, tmp_path: Path
+):
+    """Served: the first sync at start-up, not a CONNECTOR_RUN_EVERY later; a channel the
+    server does not know fails that sync, Failed with its one-line reason and no traceback
+    anywhere; runs named after what they do; a backfill triggered by CLI."""
     reader = sim.add_user("reader", token=TOKEN)
     author = sim.add_user("alice")
     channel = sim.add_channel(sim.add_team("t"), "served", members=[reader, author])
@@ -111,7 +129,10 @@ def test_backfill_through_a_served_deployment(sim: MattermostSimulator, tmp_path
             "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(tmp_path / "bundles"),
             "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}",
             "CONNECTOR_RUN_EVERY": "1d",
+            # the start-up sync of `channel` finds nothing: the backfill below delivers alone
+            "MATTERMOST_START_TIMESTAMP": str(base // 1000 + 10**6),
         }
+        connector_env["MATTERMOST_CHANNEL_IDS"] += f",{UNKNOWN}"
         with open(serve_log, "w") as out:
             serve = subprocess.Popen(
                 [str(bin_dir / "mattermost-connector"), "serve"],
@@ -133,6 +154,26 @@ def test_backfill_through_a_served_deployment(sim: MattermostSimulator, tmp_path
             serve,
             serve_log,
         )
+
+        def start_up_syncs() -> list[dict]:
+            return [
+                r
+                for r in flow_runs(api, "mattermost-sync")
+                if r["state"] and r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")
+            ]
+
+        wait_for(lambda: start_up_syncs(), 180, "the start-up sync", serve, serve_log)
+        (run,) = start_up_syncs()
+        assert run["name"] == "sync 2 channels"
+        assert run["state"]["type"] == "FAILED", run["state"]
+        assert run["state"]["message"] == f"1 of 2 channels failed: {UNKNOWN}"
+        channel_runs = {r["name"]: r["state"] for r in flow_runs(api, "mattermost-channel")}
+        assert channel_runs.keys() == {"t/served", UNKNOWN}
+        assert channel_runs["t/served"]["type"] == "COMPLETED"
+        assert channel_runs[UNKNOWN]["type"] == "FAILED"
+        assert channel_runs[UNKNOWN]["message"].startswith(f"channel {UNKNOWN}: FAILED: ")
+        assert "\n" not in channel_runs[UNKNOWN]["message"]
+
         triggered = subprocess.run(
             [
                 str(bin_dir / "prefect"),
@@ -158,6 +199,11 @@ def test_backfill_through_a_served_deployment(sim: MattermostSimulator, tmp_path
             triggered.stdout[-2000:] + triggered.stderr[-2000:] + serve_log.read_text()[-3000:]
         )
         assert "Completed" in triggered.stdout
+        (backfill,) = flow_runs(api, "mattermost-backfill")
+        assert backfill["name"] == f"backfill t/served [{iso(start)}, {iso(end)})"
+        logs = server_log.read_text() + serve_log.read_text()
+        at = max(logs.find("Traceback"), logs.find("TypeError"))
+        assert at < 0, logs[max(0, at - 2000) : at + 6000]
         store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
         backfills = [r for r in store.runs() if r.kind == "backfill"]
         assert [(r.status, r.posts) for r in backfills] == [("completed", 100)]

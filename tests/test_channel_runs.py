@@ -1,0 +1,154 @@
+"""Each channel as its own flow run: several at once within CONNECTOR_CHANNEL_CONCURRENCY,
+leases still respected, every post delivered once, a few coarse task runs per channel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mattermost_connector.pipeline import ChannelPipeline
+from mattermost_connector.state import StateStore
+from tests.mattermost_sim import MattermostSimulator
+from tests.support import World
+
+# Task runs of one small channel's flow run. First sync: begin, open, read-ahead, transform,
+# load, missing-attachments, commit-changes, close; a later one adds scan-changes. Before
+# they were coarsened: 13 per channel, and one more in the sync's run (41 for 3 channels).
+MAX_TASK_RUNS_PER_CHANNEL = {"first": 8, "later": 9}
+
+
+@pytest.fixture
+def world(prefect_api: str, sim: MattermostSimulator, workdir: Path, monkeypatch) -> World:
+    return World(sim, workdir, monkeypatch)
+
+
+def flow_runs_of(parent_name: str) -> tuple[object, list[object]]:
+    """The latest run named `parent_name`, and the flow runs it started."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        (parent,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[parent_name])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id])
+            )
+        )
+    return parent, children
+
+
+def task_runs_of(flow_run_id: object) -> list[object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+
+
+def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    channels = [world.channel(f"feed-{n}") for n in range(6)]
+    for channel in channels:
+        world.populate(channel, 40, files_every=7)
+    world.configure(channels, CONNECTOR_CHANNEL_CONCURRENCY="2")
+
+    running: set[str] = set()
+    peak: list[int] = [0]
+    guard = threading.Lock()
+    real_open = ChannelPipeline.open
+
+    def slow_open(self, channel_id, *args, **kwargs):
+        with guard:
+            running.add(channel_id)
+            peak[0] = max(peak[0], len(running))
+        time.sleep(3)  # longer than starting a subflow on a loaded SQLite test server
+        return real_open(self, channel_id, *args, **kwargs)
+
+    real_close = ChannelPipeline.close
+
+    def close(self, channel_id, *args, **kwargs):
+        try:
+            return real_close(self, channel_id, *args, **kwargs)
+        finally:
+            with guard:
+                running.discard(channel_id)
+
+    monkeypatch.setattr(ChannelPipeline, "open", slow_open)
+    monkeypatch.setattr(ChannelPipeline, "close", close)
+    report = world.sync()
+
+    assert peak[0] == 2
+    assert [row["channel_id"] for row in report] == [c["id"] for c in channels]
+    assert all(row["status"] == "completed" and row["posts"] == 40 for row in report)
+    bundles = world.bundles()
+    for channel in channels:
+        counts = world.deliveries(channel, bundles)
+        assert len(counts) == 40 and set(counts.values()) == {1}
+
+    parent, children = flow_runs_of("sync 6 channels")
+    assert parent.state.is_completed()
+    assert sorted(run.name for run in children) == sorted(f"cti/{c['name']}" for c in channels)
+    per_channel = {run.name: len(task_runs_of(run.id)) for run in children}
+    print("task runs per channel, first sync:", per_channel)
+    assert max(per_channel.values()) <= MAX_TASK_RUNS_PER_CHANNEL["first"], per_channel
+    # the parent: a tracking task run per channel's flow run, and the report
+    assert len(task_runs_of(parent.id)) == len(channels) + 1
+
+    for channel in channels:
+        world.populate(channel, 5)
+    world.sync()
+    _, children = flow_runs_of("sync 6 channels")
+    per_channel = {run.name: len(task_runs_of(run.id)) for run in children}
+    print("task runs per channel, next sync:", per_channel)
+    assert max(per_channel.values()) <= MAX_TASK_RUNS_PER_CHANNEL["later"], per_channel
+
+
+def test_a_channel_another_process_holds_is_run_only_once_it_is_released(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """A lease held elsewhere (a backfill, another machine) keeps the channel's run waiting,
+    while the other channels go ahead concurrently."""
+    from mattermost_prefect.tasks import locks
+
+    monkeypatch.setattr(locks, "POLL_SECONDS", 0.1)
+    held, *others = [world.channel(f"ops-{n}") for n in range(4)]
+    for channel in (held, *others):
+        world.populate(channel, 20)
+    world.configure([held, *others], CONNECTOR_CHANNEL_CONCURRENCY="4")
+    store = StateStore(f"sqlite:///{world.workdir / 'state.db'}")
+    assert store.try_lease(held["id"], "another-process", 60)
+    released: list[float] = []
+
+    def release_later() -> None:
+        time.sleep(8)
+        released.append(time.time())
+        store.release_lease(held["id"], "another-process")
+
+    releaser = threading.Thread(target=release_later)
+    releaser.start()
+    report = world.sync()
+    releaser.join()
+    assert all(row["status"] == "completed" and row["posts"] == 20 for row in report)
+    runs = {run.channel_id: run for run in store.runs()}
+    assert runs[held["id"]].started_at.timestamp() >= released[0] - 0.05
+    # the others did not wait for it
+    assert all(runs[c["id"]].ended_at.timestamp() < released[0] for c in others), [
+        runs[c["id"]].ended_at.timestamp() - released[0] for c in others
+    ]
+    counts = world.deliveries(held, world.bundles())
+    assert len(counts) == 20 and set(counts.values()) == {1}
