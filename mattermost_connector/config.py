@@ -447,6 +447,25 @@ def load_state_database_url(env_file: str | None = ".env") -> str:
     return _load(StateStoreSettings, env_file).state_database_url  # type: ignore[attr-defined]
 
 
+def load_run_every(env_file: str | None = ".env") -> timedelta:
+    """The scheduled sync's interval (CONNECTOR_DURATION_PERIOD or CONNECTOR_RUN_EVERY),
+    without asking for anything else."""
+    return _load(ConnectorSettings, env_file).run_every  # type: ignore[attr-defined]
+
+
+_RRULE_UNITS = (("DAILY", 86400), ("HOURLY", 3600), ("MINUTELY", 60), ("SECONDLY", 1))
+
+
+def recurrence(every: timedelta) -> str:
+    """`every` as an RFC 5545 rule from a fixed start (2020-01-01 UTC), in the largest unit
+    that divides it: what deployments/prefect.yaml schedules the sync with. Prefect 3.9.1
+    validates a schedule's `interval` there before templating (a placeholder is refused),
+    its `rrule` as a string."""
+    seconds = int(every.total_seconds())
+    unit, size = next((u, s) for u, s in _RRULE_UNITS if seconds % s == 0)
+    return f"DTSTART:20200101T000000\nRRULE:FREQ={unit};INTERVAL={seconds // size}"
+
+
 def _tokens_from_blocks(settings: Settings) -> None:
     """Fill MATTERMOST_TOKEN / OPENCTI_TOKEN from the Prefect Secret blocks named by
     MATTERMOST_TOKEN_BLOCK / OPENCTI_TOKEN_BLOCK, for users who keep secrets in Prefect."""

@@ -120,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
         "--runs", type=_positive, default=10, metavar="N", help="how many runs (default 10)"
     )
     command(
+        "schedule",
+        "print the sync's interval, as deployments/prefect.yaml reads it",
+        "Print CONNECTOR_DURATION_PERIOD or CONNECTOR_RUN_EVERY as an RFC 5545 rule "
+        "(FREQ=HOURLY;INTERVAL=1 from 2020-01-01 UTC): `prefect deploy --prefect-file "
+        "deployments/prefect.yaml` runs this to schedule the sync deployment. Reads only "
+        "the CONNECTOR_ settings.",
+    )
+    command(
         "check",
         "check the token, channels, platform and state store",
         "Try the configuration without changing anything: the Mattermost token, every "
@@ -251,6 +259,13 @@ def _status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _schedule(_: argparse.Namespace) -> int:
+    from mattermost_connector.config import load_run_every, recurrence
+
+    print(recurrence(load_run_every()))
+    return EXIT_OK
+
+
 def _check(_: argparse.Namespace) -> int:
     """Without Prefect or pycti unless a Secret block is configured: a check stays quick."""
     from mattermost_connector.check import run_checks
@@ -273,6 +288,7 @@ COMMANDS = {
     RunKind.BACKFILL: _backfill,
     "serve": _serve,
     "status": _status,
+    "schedule": _schedule,
     "check": _check,
 }
 

@@ -172,7 +172,7 @@ def test_a_run_longer_than_its_lease_keeps_the_channel_while_another_waits(
 
 
 def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_overlap(
-    directory_env, monkeypatch
+    directory_env, monkeypatch, capsys
 ):
     """What `serve` registers, read from the deployment objects the project builds, and what
     deployments/prefect.yaml declares for workers."""
@@ -180,6 +180,7 @@ def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_over
     from prefect.client.schemas.objects import ConcurrencyLimitStrategy
 
     from mattermost_connector.config import ConnectorSettings, load_settings
+    from mattermost_prefect.cli import main
     from mattermost_prefect.deployments.serve import deployments
 
     monkeypatch.setenv("CONNECTOR_RUN_EVERY", "15m")
@@ -193,8 +194,26 @@ def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_over
         d["name"]: d
         for d in yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())["deployments"]
     }
+    # the interval is what `mattermost-connector schedule` prints where `prefect deploy` runs
+    prefect_file = yaml.safe_load((ROOT / "deployments" / "prefect.yaml").read_text())
+    (step,) = prefect_file["build"]
+    shell = step["prefect.deployments.steps.run_shell_script"]
+    assert shell["script"] == "mattermost-connector schedule"
+    assert declared["sync"]["schedules"] == [
+        {"rrule": f"{{{{ {shell['id']}.stdout }}}}", "timezone": "UTC"}
+    ]
+    start = "DTSTART:20200101T000000\nRRULE:"
+    assert main(["schedule"]) == 0
+    assert capsys.readouterr().out.strip() == f"{start}FREQ=MINUTELY;INTERVAL=15"
+    monkeypatch.delenv("CONNECTOR_RUN_EVERY")
+    assert main(["schedule"]) == 0
     default_every = ConnectorSettings.model_fields["run_every"].default
-    assert declared["sync"]["schedules"] == [{"interval": int(default_every.total_seconds())}]
+    assert default_every == timedelta(hours=1)
+    assert capsys.readouterr().out.strip() == f"{start}FREQ=HOURLY;INTERVAL=1"
+    monkeypatch.setenv("CONNECTOR_RUN_EVERY", "90s")
+    assert main(["schedule"]) == 0
+    assert capsys.readouterr().out.strip() == f"{start}FREQ=SECONDLY;INTERVAL=90"
+    assert set(declared) == {"sync", "backfill", "channel"}
     assert declared["sync"]["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
     assert "schedules" not in declared["backfill"]
 
