@@ -18,6 +18,7 @@ from mattermost_connector.kinds import RunKind
 from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name, rename_run
 from mattermost_prefect.flows.pipeline import run_channel
 from mattermost_prefect.flows.quiet import quiet_expected_failures
+from mattermost_prefect.tasks.report import forget_progress
 
 quiet_expected_failures()
 
@@ -41,8 +42,10 @@ def mattermost_channel(
     try:
         result = run_channel(channel_id, kind, window, start_timestamp)
     except AuthenticationError as error:
+        forget_progress()
         reason = one_line(error)
         return Failed(name=TOKEN_REFUSED, message=reason, data=RunFailed(reason))
+    forget_progress()
     if result.name:  # known now, if the state store did not know it yet
         rename_run(channel_run_name(channel_id, kind, window, result.name))
     row = result.row()

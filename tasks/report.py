@@ -54,18 +54,30 @@ def update_progress(artifact_id: UUID, done: int, total: int) -> None:
 
 
 def channel_progress(run: ChannelRun) -> None:
-    """Within a channel: posts done of about how many, in the log and the run's progress
-    artifact. A plain call, not a task: a task run per batch would only add noise."""
+    """Within a channel: posts done of about how many, in the log and the progress artifact
+    of the channel's flow run, made at its first batch (a channel with nothing new costs no
+    artifact). A plain call, not a task: a task run per batch would only add noise."""
     done = run.posts_before + run.counts.posts
     text = progress.describe(run.context.name, run.kind, run.counts.posts, done, run.total_posts)
     log.info(text)
-    entry = _runs.get(flow_run.get_id() or "")
+    run_id = flow_run.get_id()
+    if run_id and run_id not in _runs:
+        artifact = create_progress_artifact(
+            0.0, key="mattermost-channel-progress", description=text
+        )
+        _runs[run_id] = [artifact, 0, 1]
+    entry = _runs.get(run_id or "")
     if entry is not None:
         artifact, channels_done, channels = entry
         current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
         update_progress_artifact(
             artifact, progress.overall(channels_done, channels, current), description=text
         )
+
+
+def forget_progress() -> None:
+    """The end of a channel's flow run: its progress entry is no longer needed."""
+    _runs.pop(flow_run.get_id() or "", None)
 
 
 def _position(cursor: dict[str, Any] | None) -> str:
