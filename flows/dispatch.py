@@ -25,13 +25,13 @@ from mattermost_prefect.flows.channel import (
     crashed,
     mattermost_channel,
 )
-from mattermost_prefect.flows.names import channel_run_name
+from mattermost_prefect.flows.names import channel_labels, channel_run_name
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.channel import SHARED_RUN
 from mattermost_prefect.tasks.report import start_progress, update_progress
 
 Window = tuple[int, int] | None
-RunOne = Callable[[str, RunKind, Window, int | None], ChannelResult]
+RunOne = Callable[[str, str, RunKind, Window, int | None], ChannelResult]
 
 
 def run_channels(
@@ -45,6 +45,7 @@ def run_channels(
     connector = resources.settings().connector
     run_one = dispatched if connector.work_pool else in_process
     progress = start_progress(kind, len(channel_ids))
+    labels = channel_labels(channel_ids)  # one read for all: each run is named after one
     stopped = threading.Event()
     results: dict[str, ChannelResult] = {}
     refused: str | None = None
@@ -54,7 +55,8 @@ def run_channels(
             return None
         SHARED_RUN.set(flow_run.get_id())  # one user cache for all the channels of this run
         try:
-            return run_one(channel_id, kind, window, start_timestamp)
+            name = channel_run_name(channel_id, kind, window, labels[channel_id])
+            return run_one(channel_id, name, kind, window, start_timestamp)
         except AuthenticationError:
             stopped.set()
             raise
@@ -70,15 +72,20 @@ def run_channels(
             pool.submit(copy_context().run, one, channel_id): channel_id
             for channel_id in channel_ids
         }
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except AuthenticationError as error:
-                refused = refused or one_line(error)
-                continue
-            if result is not None:
-                results[futures[future]] = result
-                update_progress(progress, len(results), len(channel_ids))
+        try:
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except AuthenticationError as error:
+                    refused = refused or one_line(error)
+                    continue
+                if result is not None:
+                    results[futures[future]] = result
+                    update_progress(progress, len(results), len(channel_ids))
+        except BaseException:  # interrupted: no other channel starts; those running finish
+            stopped.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     ordered = [results[c] for c in channel_ids if c in results]
     if refused:
         raise RunStopped(refused, ordered)
@@ -86,10 +93,10 @@ def run_channels(
 
 
 def in_process(
-    channel_id: str, kind: RunKind, window: Window, start_timestamp: int | None
+    channel_id: str, name: str, kind: RunKind, window: Window, start_timestamp: int | None
 ) -> ChannelResult:
     """The channel as a subflow of the current flow run, in this process."""
-    state = mattermost_channel(
+    state = mattermost_channel.with_options(flow_run_name=name)(
         channel_id=channel_id,
         kind=kind,
         window=window,
@@ -100,7 +107,7 @@ def in_process(
 
 
 def dispatched(
-    channel_id: str, kind: RunKind, window: Window, start_timestamp: int | None
+    channel_id: str, name: str, kind: RunKind, window: Window, start_timestamp: int | None
 ) -> ChannelResult:
     """The channel as a run of the per-channel deployment, executed by a worker of
     CONNECTOR_WORK_POOL; waits for it, then reads its report row from the Prefect API."""
@@ -120,7 +127,7 @@ def dispatched(
             "window": list(window) if window else None,
             "start_timestamp": start_timestamp,
         },
-        flow_run_name=channel_run_name(channel_id, kind, window),
+        flow_run_name=name,
         timeout=None,
         poll_interval=2,
         as_subflow=True,

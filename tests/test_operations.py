@@ -351,10 +351,11 @@ def readme_variables() -> list[str]:
     return re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M)
 
 
-def test_prefect_yaml_declares_both_flows():
+def test_prefect_yaml_declares_the_three_flows():
     import yaml
 
     from mattermost_prefect.flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.channel import mattermost_channel
     from mattermost_prefect.flows.sync import mattermost_sync
 
     root = Path(__file__).resolve().parents[1]
@@ -362,14 +363,20 @@ def test_prefect_yaml_declares_both_flows():
     flows = {
         "flows/sync.py:mattermost_sync": mattermost_sync,
         "flows/backfill.py:mattermost_backfill": mattermost_backfill,
+        "flows/channel.py:mattermost_channel": mattermost_channel,
     }
     assert {d["name"]: d["entrypoint"] for d in declared} == {
         "sync": "flows/sync.py:mattermost_sync",
         "backfill": "flows/backfill.py:mattermost_backfill",
+        "channel": "flows/channel.py:mattermost_channel",
     }
     for item in declared:
         assert (root / item["entrypoint"].split(":")[0]).exists()
-        assert flows[item["entrypoint"]].name in {"mattermost-sync", "mattermost-backfill"}
+        assert flows[item["entrypoint"]].name in {
+            "mattermost-sync",
+            "mattermost-backfill",
+            "mattermost-channel",
+        }
 
 
 def wait_for(predicate, seconds: float, what: str) -> None:
