@@ -242,10 +242,15 @@ def last_flow_run_seconds() -> float:
     """The sync's flow run as Prefect recorded it (start to end): the time a scheduled run
     takes once its process is up, without interpreter start and imports."""
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
     from prefect.client.schemas.sorting import FlowRunSort
 
     with get_client(sync_client=True) as client:
-        (flow_run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        (flow_run,) = client.read_flow_runs(  # the sync's run, not one of its channels' runs
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["mattermost-sync"])),
+            sort=FlowRunSort.START_TIME_DESC,
+            limit=1,
+        )
     return (flow_run.end_time - flow_run.start_time).total_seconds()
 
 
