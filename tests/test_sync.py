@@ -131,6 +131,7 @@ def test_bad_token_stops_the_run_at_once(prefect_api, workdir, demo):
         "CONNECTOR_SEND_TO_QUEUE": "false",
         "CONNECTOR_SEND_TO_DIRECTORY": "true",
         "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
+        "CONNECTOR_CHANNEL_CONCURRENCY": "2",
     }
     result = run_cli(["sync"], env, workdir, prefect_api)
     assert result.returncode == 1
@@ -138,10 +139,10 @@ def test_bad_token_stops_the_run_at_once(prefect_api, workdir, demo):
         "sync failed: run stopped: Mattermost refused the token (401 api.context.session_expired.app_error): check MATTERMOST_TOKEN"
         in result.stderr
     )
-    # channels run concurrently: those already started each made one request, none retried,
-    # and no channel started after the refusal
+    # two channels run at once: both started, each made one request, none retried, and the
+    # third channel never started after the refusal
     runs = StateStore(env["CONNECTOR_STATE_DATABASE_URL"]).runs()
-    assert len(demo.sim.requests) == len(runs) <= len(demo.channels)
+    assert len(demo.sim.requests) == len(runs) == 2 < len(demo.channels)
     assert "revoked-token-abcdef" not in result.stdout + result.stderr
     for run in runs:
         assert run.status == "failed" and "check MATTERMOST_TOKEN" in run.error
