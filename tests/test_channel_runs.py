@@ -152,3 +152,21 @@ def test_a_channel_another_process_holds_is_run_only_once_it_is_released(
     ]
     counts = world.deliveries(held, world.bundles())
     assert len(counts) == 20 and set(counts.values()) == {1}
+
+
+def test_a_refused_token_reads_back_from_the_api_as_token_refused(world: World):
+    """A channel run on a worker tells the sync that the token was refused by its state's
+    name alone (flows.dispatch.dispatched): the Prefect API keeps that name."""
+    from prefect.client.orchestration import get_client
+
+    from mattermost_prefect.flows.channel import TOKEN_REFUSED, mattermost_channel
+
+    channel = world.channel("refused")
+    world.populate(channel, 3)
+    world.configure([channel], MATTERMOST_TOKEN="revoked-token-abcdef")
+    state = mattermost_channel(channel_id=channel["id"], return_state=True)
+    assert state.is_failed() and state.name == TOKEN_REFUSED
+    assert "check MATTERMOST_TOKEN" in state.message
+    with get_client(sync_client=True) as client:
+        stored = client.read_flow_run(state.state_details.flow_run_id).state
+    assert stored.name == TOKEN_REFUSED and stored.message == state.message
