@@ -14,7 +14,7 @@ from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.errors import AuthenticationError, RunFailed, one_line
-from mattermost_connector.kinds import RunKind
+from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name, rename_run
 from mattermost_prefect.flows.pipeline import run_channel
 from mattermost_prefect.flows.quiet import quiet_expected_failures
@@ -42,10 +42,10 @@ def mattermost_channel(
     try:
         result = run_channel(channel_id, kind, window, start_timestamp)
     except AuthenticationError as error:
-        forget_progress()
         reason = one_line(error)
         return Failed(name=TOKEN_REFUSED, message=reason, data=RunFailed(reason))
-    forget_progress()
+    finally:
+        forget_progress()
     if result.name:  # known now, if the state store did not know it yet
         rename_run(channel_run_name(channel_id, kind, window, result.name))
     row = result.row()
@@ -76,8 +76,6 @@ def channel_result(state: State[Any], channel_id: str, kind: RunKind) -> Channel
 
 def crashed(channel_id: str, kind: RunKind, state: State[Any] | None) -> ChannelResult:
     """A channel run that ended without a result (crashed, cancelled): failed, with why."""
-    from mattermost_connector.kinds import RunStatus
-
     reason = (state.message if state else None) or "the channel's flow run left no result"
     label = f"{state.name}: " if state is not None else ""
     return ChannelResult(channel_id, None, kind, RunStatus.FAILED, error=f"{label}{reason}")
