@@ -104,8 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     command(
         "serve",
         "serve the sync (scheduled) and backfill deployments",
-        "Serve the mattermost-sync/sync deployment (every CONNECTOR_DURATION_PERIOD or "
-        "CONNECTOR_RUN_EVERY) and the mattermost-backfill/backfill deployment from this "
+        "Serve the mattermost-sync/sync deployment (a sync at once, then every "
+        "CONNECTOR_DURATION_PERIOD or CONNECTOR_RUN_EVERY) and the "
+        "mattermost-backfill/backfill deployment from this "
         "process, until interrupted. Set PREFECT_API_URL to a Prefect server to see and "
         "trigger them in its UI.",
     )
