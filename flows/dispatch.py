@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from contextvars import copy_context
 
 from prefect.runtime import flow_run
@@ -96,14 +97,30 @@ def in_process(
     channel_id: str, name: str, kind: RunKind, window: Window, start_timestamp: int | None
 ) -> ChannelResult:
     """The channel as a subflow of the current flow run, in this process."""
-    state = mattermost_channel.with_options(flow_run_name=name)(
-        channel_id=channel_id,
-        kind=kind,
-        window=window,
-        start_timestamp=start_timestamp,
-        return_state=True,
-    )
+    with without_heartbeats():
+        state = mattermost_channel.with_options(flow_run_name=name)(
+            channel_id=channel_id,
+            kind=kind,
+            window=window,
+            start_timestamp=start_timestamp,
+            return_state=True,
+        )
     return channel_result(state, channel_id, kind)
+
+
+@contextmanager
+def without_heartbeats() -> Iterator[None]:
+    """No heartbeat thread for a subflow in this process (in this thread's context only):
+    the sync's run already beats for the process, and stopping a flow run's heartbeat thread
+    costs up to a second at its end (it sleeps in one-second steps), per channel."""
+    import prefect.context
+
+    current = prefect.context.get_settings_context()
+    settings = current.settings
+    flows = settings.flows.model_copy(update={"heartbeat_frequency": None})
+    quiet = settings.model_copy(update={"flows": flows})
+    with prefect.context.SettingsContext(profile=current.profile, settings=quiet):
+        yield
 
 
 def dispatched(
