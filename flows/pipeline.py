@@ -18,6 +18,7 @@ from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.pipeline import ordered
 from mattermost_connector.stix import Attachment
+from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.attachments import (
     fetch_attachments,
     files_as_delivered,
@@ -31,11 +32,30 @@ from mattermost_prefect.tasks.changes import (
     sweep_batch,
 )
 from mattermost_prefect.tasks.channel import close_channel, open_channel, start_run
+from mattermost_prefect.tasks.extract import extract_batch
 from mattermost_prefect.tasks.load import advance_cursor, configured_load
 from mattermost_prefect.tasks.locks import LeaseError, channel_lock
+from mattermost_prefect.tasks.policy import apply_budget
 from mattermost_prefect.tasks.prefetch import read_ahead
 from mattermost_prefect.tasks.report import channel_progress
 from mattermost_prefect.tasks.transform import transform_batch
+
+# Every task of a channel's run that reaches a service: one budget for transient and busy
+# faults, set from the configuration when a run starts (tasks/policy.py).
+BUDGETED = (
+    start_run,
+    open_channel,
+    extract_batch,
+    fetch_attachments,
+    files_as_delivered,
+    posts_missing_files,
+    commit_changes,
+    mark_listed,
+    reconcile_batch,
+    scan_changes,
+    sweep_batch,
+    advance_cursor,
+)
 
 
 def run_channel(
@@ -47,6 +67,7 @@ def run_channel(
     """Deliver everything after the channel's cursor (a sync) or within a window (a
     backfill), holding the channel's lock: no other run works on it meanwhile. A failure
     stays within this channel, except a refused token, which ends the whole run."""
+    apply_budget(resources.settings().connector, BUDGETED)
     try:
         with channel_lock(channel_id):
             return _run_locked(channel_id, kind, window, start_timestamp)
@@ -57,9 +78,19 @@ def run_channel(
 def _run_locked(
     channel_id: str, kind: RunKind, window: tuple[int, int] | None, start_timestamp: int | None
 ) -> ChannelResult:
-    """The run itself, once the channel is held: its history row, then every pass."""
-    run_id = start_run(channel_id, kind, window)
+    """The run itself, once the channel is held: its history row, then every pass. Whatever
+    fails, the run is closed (history, OpenCTI work, spool) and a result returned; only a
+    refused token is raised, after closing."""
+    try:
+        run_id = start_run(channel_id, kind, window)
+    except Exception as error:  # the state store, after its retries: no history row to close
+        return ChannelResult(
+            channel_id, None, kind, RunStatus.FAILED, error=f"state store: {describe(error)}"
+        )
     run: ChannelRun | None = None
+    refused: AuthenticationError | None = None
+    archived: str | None = None
+    failure: str | None = None
     try:
         run = open_channel(channel_id, run_id, kind, window, start_timestamp)
         run = take_new_posts(run)
@@ -67,13 +98,24 @@ def _run_locked(
             run = take_missing_files(run)
             run = take_changes(run)
     except AuthenticationError as error:
-        close_channel(channel_id, run_id, run, kind, describe(error))
-        raise
+        refused, failure = error, describe(error)
     except ChannelArchived as error:  # skipped, not failed: nothing to retry until allowed
-        return close_channel(channel_id, run_id, run, kind, None, archived=describe(error))
+        archived = describe(error)
     except Exception as error:
-        return close_channel(channel_id, run_id, run, kind, describe(error))
-    return close_channel(channel_id, run_id, run, kind, None)
+        failure = describe(error)
+    try:
+        result = close_channel(channel_id, run_id, run, kind, failure, archived=archived)
+    except Exception as error:  # closing itself failed: the channel's result says why
+        result = ChannelResult(
+            channel_id,
+            run.context.name if run else None,
+            kind,
+            RunStatus.FAILED,
+            error="; ".join(filter(None, [failure, f"closing the run: {describe(error)}"])),
+        )
+    if refused is not None:
+        raise refused
+    return result
 
 
 def deliver(

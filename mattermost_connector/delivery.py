@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from mattermost_connector.amqp import Publisher, RefusalLimit, plain_publish, queue_message
 from mattermost_connector.config import Settings
-from mattermost_connector.errors import DeliveryError, one_line
+from mattermost_connector.errors import DeliveryError, Fault, fault_of, local_fault, one_line
+from mattermost_connector.retries import retry_call
 from mattermost_connector.stix import Upload
 from mattermost_connector.upload import ArtifactUploader
 
@@ -94,6 +95,9 @@ class DirectoryDestination:
             os.replace(partial, final)
         except OSError as error:
             partial.unlink(missing_ok=True)
+            local = local_fault(error, self.path, len(bundle.encode("utf-8")))
+            if local is not None:
+                raise local from None
             raise DeliveryError(f"cannot write bundle {final}: {error.strerror}") from None
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None:
@@ -169,6 +173,40 @@ def forget_helpers() -> None:
         _helpers.clear()
 
 
+ADD_EXPECTATIONS = """
+    mutation addExpectations($id: ID!, $expectations: Int) {
+        workEdit(id: $id) { addExpectations(expectations: $expectations) }
+    }
+"""
+TO_PROCESSED = """
+    mutation workToProcessed($id: ID!, $message: String, $inError: Boolean) {
+        workEdit(id: $id) { toProcessed(message: $message, inError: $inError) }
+    }
+"""
+
+
+class Expectations:
+    """What each OpenCTI work is owed: the objects of messages the broker confirmed, less
+    those the platform acknowledged expecting. Expectations follow confirmed publishes only,
+    so a failed or retried publish never counts twice, and a failed `addExpectations` (which
+    pycti would swallow) is owed until it succeeds: at the latest when the work closes."""
+
+    def __init__(self) -> None:
+        self._owed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def confirmed(self, work_id: str, objects: int) -> None:
+        with self._lock:
+            self._owed[work_id] = self._owed.get(work_id, 0) + objects
+
+    def take(self, work_id: str) -> int:
+        with self._lock:
+            return self._owed.pop(work_id, 0)
+
+    def give_back(self, work_id: str, objects: int) -> None:
+        self.confirmed(work_id, objects)
+
+
 class OpenCTIDestination:
     """Drives pycti's helper ourselves: works, bundles and state, never its scheduler."""
 
@@ -183,10 +221,16 @@ class OpenCTIDestination:
         )
         self._uploader: ArtifactUploader | None = None
         self._uploader_lock = threading.Lock()
+        self.expectations = Expectations()
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
+        """One line naming the call; a platform that answered (500, a GraphQL error) is busy,
+        one that could not be reached is a transient fault."""
         reason = one_line(error, self._settings.secrets, limit=300)
-        return DeliveryError(f"OpenCTI {action} failed: {reason}")
+        kind = fault_of(error)
+        if isinstance(error, ValueError) and not isinstance(error, DeliveryError):
+            kind = Fault.BUSY  # pycti's ValueError: the API answered with an error
+        return DeliveryError(f"OpenCTI {action} failed: {reason}", fault=kind)
 
     def open_work(self, work: Work) -> None:
         try:
@@ -195,6 +239,28 @@ class OpenCTIDestination:
             )
         except Exception as error:
             raise self._fail("workAdd", error) from None
+
+    def _expect(self, work_id: str, patient: bool) -> None:
+        """Tell the platform what `work_id` is owed. Impatient (after each publish): one try,
+        a failure stays owed. Patient (closing the work): the retry budget, then raise."""
+        owed = self.expectations.take(work_id)
+        if not owed:
+            return
+
+        def add() -> None:
+            self._helper.api.query(ADD_EXPECTATIONS, {"id": work_id, "expectations": owed}, True)
+
+        try:
+            if patient:
+                retry_call(add, self._settings.connector, f"OpenCTI work {work_id} expectations")
+            else:
+                add()
+        except Exception as error:
+            self.expectations.give_back(work_id, owed)
+            failure = self._fail(f"addExpectations({owed}) on work {work_id}", error)
+            if patient:
+                raise failure from None
+            log.info("%s; added when the work closes", failure)
 
     def upload(self, work: Work, upload: Upload) -> None:
         """A file too large for any queue message, uploaded as an Artifact before the bundle
@@ -228,11 +294,13 @@ class OpenCTIDestination:
                 if len(body) > limit:  # bundles are built to fit: never sent to be refused
                     raise DeliveryError(
                         f"a {len(body)}-byte message exceeds CONNECTOR_QUEUE_MAX_MESSAGE_SIZE "
-                        f"({limit})"
+                        f"({limit})",
+                        fault=Fault.PERMANENT,
                     )
+                self._publisher.publish(body)  # returns once the broker confirmed it
                 if work_id:
-                    self._helper.api.work.add_expectations(work_id, objects)
-                self._publisher.publish(body)
+                    self.expectations.confirmed(work_id, objects)
+                    self._expect(work_id, patient=False)
                 return
             if whole and work_id and objects > 1:  # pycti adds 1 itself
                 self._helper.api.work.add_expectations(work_id, objects - 1)
@@ -249,7 +317,8 @@ class OpenCTIDestination:
         except AMQPConnectionError:
             connection = self._helper.connector_config["connection"]
             raise DeliveryError(
-                f"RabbitMQ at {connection['host']}:{connection['port']} is unreachable"
+                f"RabbitMQ at {connection['host']}:{connection['port']} is unreachable",
+                fault=Fault.TRANSIENT,
             ) from None
         except Exception as error:
             raise self._fail("bundle delivery", error) from None
@@ -263,10 +332,19 @@ class OpenCTIDestination:
         work_id = work.ids.get(self.name)
         if not work_id:
             return
-        try:
-            self._helper.api.work.to_processed(work_id, message, in_error)
+
+        def close() -> None:
+            variables = {"id": work_id, "message": message, "inError": in_error}
+            self._helper.api.query(TO_PROCESSED, variables, True)
+
+        try:  # expectations first: the platform completes a work whose counts then match
+            self._expect(work_id, patient=True)
+            retry_call(close, self._settings.connector, f"OpenCTI work {work_id} closing")
         except Exception as error:
-            log.warning("could not close OpenCTI work %s: %s", work_id, self._fail("", error))
+            failure = (
+                error if isinstance(error, DeliveryError) else self._fail("workToProcessed", error)
+            )
+            log.warning("OpenCTI work %s left open: %s", work_id, failure)
 
     def save_state(self, channel_id: str, state: dict[str, Any]) -> None:
         """Mirror the channel's cursor into the connector state shown in OpenCTI's UI."""

@@ -11,13 +11,15 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 from prefect import get_run_logger, task
 from prefect.runtime import flow_run
 
 from mattermost_connector.errors import LeaseError, one_line
+from mattermost_connector.retries import retry_call
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
@@ -26,6 +28,7 @@ log = logging.getLogger("mattermost_connector.locks")
 LEASE_SECONDS = 60  # a run killed outright keeps its channel this long at most
 POLL_SECONDS = 2.0
 _renewals: dict[str, threading.Event] = {}
+T = TypeVar("T")
 
 
 def _renew(channel_id: str, holder: str, stop: threading.Event) -> None:
@@ -47,10 +50,10 @@ def _reason(error: Exception) -> str:
 def acquire_channel(channel_id: str) -> str:
     """Wait until the channel is free, take it, and keep renewing the lease meanwhile."""
     holder = f"{flow_run.get_id() or 'local'}/{uuid.uuid4().hex[:8]}"
-    store, logger, waited = resources.store(), get_run_logger(), False
+    logger, waited = get_run_logger(), False
     while not _try_lease(channel_id, holder):
         if not waited:
-            current = store.lease_holder(channel_id)
+            current = _patiently(channel_id, lambda: resources.store().lease_holder(channel_id))
             logger.info(
                 "channel %s is busy (%s): waiting for it", channel_id, current and current[0]
             )
@@ -63,8 +66,16 @@ def acquire_channel(channel_id: str) -> str:
 
 
 def _try_lease(channel_id: str, holder: str) -> bool:
+    return _patiently(
+        channel_id, lambda: resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+    )
+
+
+def _patiently(channel_id: str, action: Callable[[], T]) -> T:
+    """A lease query under the retry budget: a blip of the state store as a channel starts
+    delays it; a longer outage fails this channel only."""
     try:
-        return resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+        return retry_call(action, resources.settings().connector, f"channel {channel_id} lease")
     except Exception as error:
         raise LeaseError(
             f"channel {channel_id} not started: the state store refused its lease "
@@ -74,14 +85,24 @@ def _try_lease(channel_id: str, holder: str) -> bool:
 
 @task(name="release-channel", task_run_name="release-{channel_id}", **TASK_DEFAULTS)
 def release_channel(channel_id: str, holder: str) -> None:
-    """Best effort: a lease left behind expires on its own within LEASE_SECONDS."""
+    """Retried like any transient fault; a lease left behind still expires on its own
+    within LEASE_SECONDS."""
     stop = _renewals.pop(holder, None)
     if stop:
         stop.set()
     try:
-        resources.store().release_lease(channel_id, holder)
+        retry_call(
+            lambda: resources.store().release_lease(channel_id, holder),
+            resources.settings().connector,
+            f"channel {channel_id} lease release",
+        )
     except Exception as error:
-        get_run_logger().warning("channel %s: lease not released (%s)", channel_id, _reason(error))
+        get_run_logger().warning(
+            "channel %s: lease not released, it expires within %ds (%s)",
+            channel_id,
+            LEASE_SECONDS,
+            _reason(error),
+        )
 
 
 @contextmanager
