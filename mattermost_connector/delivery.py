@@ -150,7 +150,9 @@ def opencti_helper(settings: Settings) -> Any:
     key = (settings.opencti.url or "", str(settings.connector.id))
     with _helpers_lock:
         if key not in _helpers:
-            hook = sys.excepthook
+            hook, root = sys.excepthook, logging.getLogger()
+            handlers, level = list(root.handlers), root.level
+            quiet_libraries(settings.mattermost.debug, settings.connector.name)
             try:
                 helper = _helper_class()(_helper_config(settings))
                 helper.publish_attempts = settings.connector.delivery_retries + 1
@@ -163,7 +165,20 @@ def opencti_helper(settings: Settings) -> Any:
                 ) from None
             finally:
                 sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
+                quiet_libraries(settings.mattermost.debug, settings.connector.name)
+                if not settings.mattermost.debug:  # pycti's JSON root handler replaced ours
+                    root.handlers[:] = handlers
+                    root.setLevel(level)
         return _helpers[key]
+
+
+def quiet_libraries(debug: bool, connector_name: str) -> None:
+    """pycti sends every record to stderr as JSON (the root handler it installs), pika's
+    with tracebacks of each lost connection: the connector reports each failure in one line
+    of its own, so theirs are shown only with MATTERMOST_DEBUG=true."""
+    level = logging.DEBUG if debug else logging.CRITICAL
+    for name in ("pika", "api", "urllib3", connector_name):
+        logging.getLogger(name).setLevel(level)
 
 
 def forget_helpers() -> None:

@@ -338,7 +338,9 @@ class FakeStore:
     def __init__(self) -> None:
         self.recorded: list[tuple[int | None, Cursor | None]] = []
 
-    def record_delivery(self, key, channel_id, cursor, posts, count, files, run_id, tally=None) -> None:
+    def record_delivery(
+        self, key, channel_id, cursor, posts, count, files, run_id, tally=None
+    ) -> None:
         self.recorded.append((posts[0]["create_at"] if posts else None, cursor))
 
 
