@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 
 from mattermost_connector.amqp import Publisher
+from mattermost_connector.delivery import OpenCTIDestination
 from mattermost_connector.kinds import RunStatus
 from mattermost_connector.pipeline import ChannelPipeline
 from mattermost_connector.state import StateStore
@@ -192,8 +193,8 @@ def test_platform_answering_500_leaves_exact_expectations_and_a_closed_work(
     world.configure([channel], **env(platform))
     from mattermost_prefect.tasks import resources
 
-    resources.outputs()  # registered: the outage starts with the run's first call
-    platform.fail_for(OUTAGE)
+    resources.outputs()  # registered before the outages
+    on_call(monkeypatch, OpenCTIDestination, "open_work", 1, lambda: platform.fail_for(OUTAGE))
     on_call(monkeypatch, Publisher, "publish", 3, lambda: platform.fail_for(OUTAGE))
     state, (report,) = sync(world)
     assert state.is_completed(), report
