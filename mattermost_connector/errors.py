@@ -158,6 +158,8 @@ TRANSIENT_NAMES = frozenset(
     }
 )
 BUSY_NAMES = frozenset({"NackError", "UnroutableError"})
+# a statement the store refuses (a constraint, bad SQL): the same statement fails again
+PERMANENT_NAMES = frozenset({"IntegrityError", "ProgrammingError", "DataError"})
 # Answers that asking again cannot change: a malformed request, refused access, nothing there.
 FINAL_STATUSES = frozenset({400, 403, 404})
 
@@ -179,6 +181,8 @@ def fault_of(error: BaseException) -> Fault:
     names = {klass.__name__ for klass in type(error).__mro__}
     if names & BUSY_NAMES:
         return Fault.BUSY
+    if names & PERMANENT_NAMES:
+        return Fault.PERMANENT
     if names & TRANSIENT_NAMES or "ConnectionError" in names:
         return Fault.TRANSIENT
     return Fault.TRANSIENT  # unknown: worth the same bounded retries as a dropped connection
