@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -105,8 +106,23 @@ class ChannelPipeline:
         window: tuple[int, int] | None,
         flow_run_id: str | None,
     ) -> int:
+        self.write_unwritten()
         bounds = tuple(_utc(ms) for ms in window) if window else (None, None)
         return self.store.start_run(channel_id, kind, flow_run_id=flow_run_id, window=bounds)
+
+    def write_unwritten(self) -> None:
+        """Outcomes of runs this process closed while the state store was down, written now
+        it answers: their rows then tell the real cause rather than "interrupted"."""
+        with _unwritten_lock:
+            pending = dict(_unwritten)
+        for run_id, (status, counts, error) in pending.items():
+            try:
+                self.store.finish_run(run_id, status, counts, error=error)
+            except Exception as fault:
+                log.info("run %d: outcome still not written (%s)", run_id, one_line(fault))
+                continue
+            with _unwritten_lock:
+                _unwritten.pop(run_id, None)
 
     def open(
         self,
@@ -556,6 +572,8 @@ class ChannelPipeline:
             error = (error + "; " if error else "") + (
                 f"state store unavailable, run history not written ({unrecorded})"
             )
+            with _unwritten_lock:  # written by this process's next run start
+                _unwritten[run_id] = (status, None, error)
         return ChannelResult(
             channel_id=channel_id,
             name=run.context.name if run else None,
@@ -567,6 +585,10 @@ class ChannelPipeline:
             cursor_after=run.cursor if run else None,
         )
 
+
+# run id -> (status, counts, error) of runs closed while the state store was unreachable
+_unwritten: dict[int, tuple[RunStatus, Counts | None, str]] = {}
+_unwritten_lock = threading.Lock()
 
 SPOOL_PREFIX = "mattermost-{channel_id}-"
 
