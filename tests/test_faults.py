@@ -235,8 +235,9 @@ def test_state_store_blips_at_lease_load_and_close_are_ridden_out(
 def test_state_store_down_at_close_fails_that_channel_only_and_releases_its_lease(
     world: World, platform: FakeOpenCTI, push_queue: str, postgres: str, monkeypatch
 ):
-    """Down longer than closing's budget (2.1 s), back within the release's: the first
-    channel fails with the store's cause, its lease is released, the second one runs."""
+    """Down from the first channel's closing until its lease's release (longer than
+    closing's budget): that channel fails with the store's cause, its lease is released,
+    its outcome written once the store answers, and the second channel runs."""
     first, second = world.channel("store-down-1"), world.channel("store-down-2")
     world.populate(first, 100)
     world.populate(second, 100)
@@ -244,7 +245,8 @@ def test_state_store_down_at_close_fails_that_channel_only_and_releases_its_leas
     url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
     url += f"?options=-csearch_path%3D{postgres}"
     world.configure([first, second], **env(platform, CONNECTOR_STATE_DATABASE_URL=url))
-    on_call(monkeypatch, ChannelPipeline, "close", 1, lambda: proxy.outage(3.0))
+    on_call(monkeypatch, ChannelPipeline, "close", 1, proxy.cut)
+    on_call(monkeypatch, StateStore, "release_lease", 1, proxy.restore)
     state, (one, two) = sync(world)
     assert state.is_failed()
     assert one["status"] == "failed" and "state store unavailable" in one["error"], one
