@@ -11,7 +11,7 @@
   never retried.
 
 The Mattermost client first retries its own requests (429 with Retry-After, 5xx, dropped
-connections: MATTERMOST_MAX_RETRIES); a task's retries come on top, with the same budget as
+connections: 5 attempts, with jitter); a task's retries come on top, with the same budget as
 every other step.
 """
 
