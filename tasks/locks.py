@@ -27,7 +27,7 @@ log = logging.getLogger("mattermost_connector.locks")
 
 LEASE_SECONDS = 60  # a run killed outright keeps its channel this long at most
 POLL_SECONDS = 2.0
-_renewals: dict[str, threading.Event] = {}
+_renewals: dict[str, tuple[threading.Event, threading.Thread]] = {}
 T = TypeVar("T")
 
 
@@ -60,8 +60,9 @@ def acquire_channel(channel_id: str) -> str:
             waited = True
         time.sleep(POLL_SECONDS)
     stop = threading.Event()
-    _renewals[holder] = stop
-    threading.Thread(target=_renew, args=(channel_id, holder, stop), daemon=True).start()
+    renewer = threading.Thread(target=_renew, args=(channel_id, holder, stop), daemon=True)
+    _renewals[holder] = (stop, renewer)
+    renewer.start()
     return holder
 
 
@@ -87,9 +88,10 @@ def _patiently(channel_id: str, action: Callable[[], T]) -> T:
 def release_channel(channel_id: str, holder: str) -> None:
     """Retried like any transient fault; a lease left behind still expires on its own
     within LEASE_SECONDS."""
-    stop = _renewals.pop(holder, None)
-    if stop:
-        stop.set()
+    renewal = _renewals.pop(holder, None)
+    if renewal:  # stopped first: a renewal finishing after the release would take it again
+        renewal[0].set()
+        renewal[1].join(timeout=LEASE_SECONDS)
     try:
         retry_call(
             lambda: resources.store().release_lease(channel_id, holder),
