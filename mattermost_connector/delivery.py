@@ -221,6 +221,10 @@ class Expectations:
     def give_back(self, work_id: str, objects: int) -> None:
         self.confirmed(work_id, objects)
 
+    def owes(self, work_id: str) -> bool:
+        with self._lock:
+            return bool(self._owed.get(work_id))
+
 
 class OpenCTIDestination:
     """Drives pycti's helper ourselves: works, bundles and state, never its scheduler."""
@@ -237,6 +241,9 @@ class OpenCTIDestination:
         self._uploader: ArtifactUploader | None = None
         self._uploader_lock = threading.Lock()
         self.expectations = Expectations()
+        # works this process could not close (the API down past the budget): closed when it
+        # opens its next work
+        self._unclosed: dict[str, tuple[str, bool]] = {}
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
         """One line naming the call; a platform that answered (500, a GraphQL error) is busy,
@@ -254,6 +261,30 @@ class OpenCTIDestination:
             )
         except Exception as error:
             raise self._fail("workAdd", error) from None
+        for work_id, (message, in_error) in list(self._unclosed.items()):
+            try:
+                self._close(work_id, message, in_error, patient=False)
+            except Exception as error:
+                log.info("OpenCTI work %s still open: %s", work_id, one_line(error, limit=200))
+            else:
+                del self._unclosed[work_id]
+                log.info("OpenCTI work %s closed, by a run after its own", work_id)
+
+    def _close(self, work_id: str, message: str, in_error: bool, patient: bool) -> None:
+        """Owed expectations, then workToProcessed: the platform completes a work whose counts
+        then match (docs/opencti-pycti.md). Patient: each under the retry budget."""
+        self._expect(work_id, patient=patient)
+        if self.expectations.owes(work_id):
+            raise DeliveryError(f"OpenCTI work {work_id}: expectations still owed")
+        variables = {"id": work_id, "message": message, "inError": in_error}
+
+        def close() -> None:
+            self._helper.api.query(TO_PROCESSED, variables, True)
+
+        if patient:
+            retry_call(close, self._settings.connector, f"OpenCTI work {work_id} closing")
+        else:
+            close()
 
     def _expect(self, work_id: str, patient: bool) -> None:
         """Tell the platform what `work_id` is owed. Impatient (after each publish): one try,
@@ -347,19 +378,14 @@ class OpenCTIDestination:
         work_id = work.ids.get(self.name)
         if not work_id:
             return
-
-        def close() -> None:
-            variables = {"id": work_id, "message": message, "inError": in_error}
-            self._helper.api.query(TO_PROCESSED, variables, True)
-
-        try:  # expectations first: the platform completes a work whose counts then match
-            self._expect(work_id, patient=True)
-            retry_call(close, self._settings.connector, f"OpenCTI work {work_id} closing")
+        try:
+            self._close(work_id, message, in_error, patient=True)
         except Exception as error:
             failure = (
                 error if isinstance(error, DeliveryError) else self._fail("workToProcessed", error)
             )
-            log.warning("OpenCTI work %s left open: %s", work_id, failure)
+            self._unclosed[work_id] = (message, in_error)
+            log.warning("OpenCTI work %s left open, closed by the next run: %s", work_id, failure)
 
     def save_state(self, channel_id: str, state: dict[str, Any]) -> None:
         """Mirror the channel's cursor into the connector state shown in OpenCTI's UI."""

@@ -333,3 +333,26 @@ def test_the_cli_reports_a_broker_outage_in_one_line_per_problem(
     assert OPENCTI_TOKEN not in done.stderr
     assert any(f"RabbitMQ at 127.0.0.1:{proxy.port} is unreachable" in line for line in lines)
     assert all(len(line) < 700 for line in lines), lines
+
+
+def test_a_work_the_api_would_not_close_is_closed_by_the_next_run(
+    world: World, platform: FakeOpenCTI, push_queue: str, monkeypatch
+):
+    """The API down from the end of a run past the budget (2.1 s): the run still completes,
+    its work is left open with one warning line, and the next run closes it, expectations
+    first."""
+    channel = world.channel("close-refused")
+    world.populate(channel, 200)
+    world.configure([channel], **env(platform))
+    on_call(monkeypatch, OpenCTIDestination, "close_work", 1, lambda: platform.fail_for(3.0))
+    state, (report,) = sync(world)
+    assert state.is_completed(), report
+    (work,) = platform.works.values()
+    assert work.status == "wait"  # left open
+    first = world.sim.add_post(channel, world.authors[0], "after the outage")
+    time.sleep(max(0.0, platform.down_until - time.monotonic()))
+    state, (report,) = sync(world)
+    assert state.is_completed(), report
+    messages = queue_messages(push_queue)
+    check_works(platform, messages)  # both works closed, each with its exact expectations
+    assert len(platform.works) == 2 and first
