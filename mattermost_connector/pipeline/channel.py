@@ -567,13 +567,13 @@ class ChannelPipeline:
                 )
             except Exception as fault:
                 unrecorded = one_line(fault, limit=300, first_line=True)
-        if unrecorded is not None:  # the run's outcome stands; its history row could not
+        if unrecorded is not None:  # the report says so; the row gets the run's own outcome
+            with _unwritten_lock:  # written by this process's next run start
+                _unwritten[run_id] = (status, None if error else counts, error or archived)
             status = RunStatus.FAILED
             error = (error + "; " if error else "") + (
                 f"state store unavailable, run history not written ({unrecorded})"
             )
-            with _unwritten_lock:  # written by this process's next run start
-                _unwritten[run_id] = (status, None, error)
         return ChannelResult(
             channel_id=channel_id,
             name=run.context.name if run else None,
@@ -587,7 +587,7 @@ class ChannelPipeline:
 
 
 # run id -> (status, counts, error) of runs closed while the state store was unreachable
-_unwritten: dict[int, tuple[RunStatus, Counts | None, str]] = {}
+_unwritten: dict[int, tuple[RunStatus, Counts | None, str | None]] = {}
 _unwritten_lock = threading.Lock()
 
 SPOOL_PREFIX = "mattermost-{channel_id}-"
