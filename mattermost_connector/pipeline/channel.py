@@ -150,6 +150,9 @@ class ChannelPipeline:
         cursor = store.cursor(key) or Cursor(boundary_ms=start_ms)
         since = iso(cursor.boundary_ms)
         work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
+        posts_before = store.posts_delivered(key)
+        spool = new_spool(channel_id)
+        # last: a retried open (the store, the disk) leaves no OpenCTI work behind unclosed
         for destination in self.services.destinations:
             destination.open_work(work)
         run = ChannelRun(
@@ -162,13 +165,13 @@ class ChannelPipeline:
             last_post_at=int(channel.get("last_post_at") or 0),
             msg_count=int(channel.get("total_msg_count") or 0),
             work=work,
-            spool=new_spool(channel_id),
+            spool=spool,
             start_ms=start_ms,
             server_start_ms=server_now,
             cursor_key=key,
             end_ms=window[1] if window else None,
             total_posts=int(channel.get("total_msg_count") or 0),
-            posts_before=store.posts_delivered(key),
+            posts_before=posts_before,
         )
         return Opened(run, since)
 
