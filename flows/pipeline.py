@@ -18,6 +18,7 @@ from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.pipeline import ordered
 from mattermost_connector.stix import Attachment
+from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.attachments import (
     fetch_attachments,
     posts_missing_files,
@@ -32,9 +33,27 @@ from mattermost_prefect.tasks.changes import (
 from mattermost_prefect.tasks.channel import begin_channel, close_channel, open_channel
 from mattermost_prefect.tasks.load import advance_cursor, configured_load
 from mattermost_prefect.tasks.locks import LeaseError, release_channel
+from mattermost_prefect.tasks.policy import apply_budget
 from mattermost_prefect.tasks.prefetch import read_ahead
 from mattermost_prefect.tasks.report import channel_progress
 from mattermost_prefect.tasks.transform import transform_batch
+
+# Every task of a channel's run that reaches a service: one budget for transient and busy
+# faults, set from the configuration when a run starts (tasks/policy.py).
+BUDGETED = (
+    begin_channel,
+    open_channel,
+    read_ahead,
+    fetch_attachments,
+    transform_batch,
+    posts_missing_files,
+    commit_changes,
+    mark_listed,
+    reconcile_batch,
+    scan_changes,
+    sweep_batch,
+    advance_cursor,
+)
 
 
 def run_channel(
@@ -44,13 +63,22 @@ def run_channel(
     start_timestamp: int | None = None,
 ) -> ChannelResult:
     """Deliver everything after the channel's cursor (a sync) or within a window (a
-    backfill), holding the channel's lease: no other run works on it meanwhile. A failure
-    stays within this channel, except a refused token, which ends the whole run."""
+    backfill), holding the channel's lease: no other run works on it meanwhile. Whatever
+    fails, the run is closed (history, OpenCTI work, spool, lease) and a result returned;
+    only a refused token is raised, after closing, as it ends the whole run."""
+    apply_budget(resources.settings().connector, BUDGETED)
     try:
         holder, run_id = begin_channel(channel_id, kind, window)
     except LeaseError as error:  # before any run history could be written
         return ChannelResult(channel_id, None, kind, RunStatus.FAILED, error=describe(error))
+    except Exception as error:  # the state store, after its retries: no history row to close
+        return ChannelResult(
+            channel_id, None, kind, RunStatus.FAILED, error=f"state store: {describe(error)}"
+        )
     run: ChannelRun | None = None
+    refused: AuthenticationError | None = None
+    archived: str | None = None
+    failure: str | None = None
     try:
         run = open_channel(channel_id, run_id, kind, window, start_timestamp)
         run = take_new_posts(run)
@@ -58,16 +86,27 @@ def run_channel(
             run = take_missing_files(run)
             run = take_changes(run)
     except AuthenticationError as error:
-        close_channel(channel_id, holder, run_id, run, kind, describe(error))
-        raise
+        refused, failure = error, describe(error)
     except ChannelArchived as error:  # skipped, not failed: nothing to retry until allowed
-        return close_channel(channel_id, holder, run_id, run, kind, None, archived=describe(error))
+        archived = describe(error)
     except Exception as error:
-        return close_channel(channel_id, holder, run_id, run, kind, describe(error))
+        failure = describe(error)
     except BaseException:  # interrupted: the run stays unfinished in the history, as a kill's
         release_channel(channel_id, holder)
         raise
-    return close_channel(channel_id, holder, run_id, run, kind, None)
+    try:
+        result = close_channel(channel_id, holder, run_id, run, kind, failure, archived=archived)
+    except Exception as error:  # closing itself failed (the lease is released): say why
+        result = ChannelResult(
+            channel_id,
+            run.context.name if run else None,
+            kind,
+            RunStatus.FAILED,
+            error="; ".join(filter(None, [failure, f"closing the run: {describe(error)}"])),
+        )
+    if refused is not None:
+        raise refused
+    return result
 
 
 def deliver(

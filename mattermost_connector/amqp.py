@@ -5,7 +5,8 @@ one expectation, then serialises the message with the json module. For one messa
 that was most of the delivery's CPU (py-spy: a connection handshake, a GraphQL call and a
 5 ms json.dumps of the base64 text, per bundle). Here the message is the one pycti's
 `_send_bundle` builds (tests/test_amqp.py compares the two), published on a connection reused
-while it is fresh, with one expectation call per bundle made by the caller.
+while it is fresh, with publisher confirms: `publish` returns once the broker has the
+message, and only then does the caller count its objects on the work (delivery.Expectations).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from mattermost_connector.errors import DeliveryError
+from mattermost_connector.errors import DeliveryError, Fault
 
 log = logging.getLogger("mattermost_connector.amqp")
 
@@ -50,7 +51,9 @@ class RefusalLimit:
                 )
                 if attempt + 1 < self._attempts:
                     time.sleep(self._delay * 2**attempt)
-        raise DeliveryError(f"RabbitMQ refused the bundle {self._attempts} times (nack)")
+        raise DeliveryError(
+            f"RabbitMQ refused the bundle {self._attempts} times (nack)", fault=Fault.BUSY
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._channel, name)

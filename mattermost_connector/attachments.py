@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mattermost_connector.errors import AuthenticationError, MattermostError
+from mattermost_connector.errors import AuthenticationError, MattermostError, local_fault
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.mattermost.client import FileTooLarge, MattermostClient
 from mattermost_connector.stix import Attachment, safe_file_name, with_hashes
@@ -67,6 +67,12 @@ def _fetch(
         target.unlink(missing_ok=True)
         log.warning("file %s (%s) not downloaded: %s", file_id, name, error)
         return Attachment(file_id, name, mime, size, status=Fate.FAILED, error=str(error))
+    except OSError as error:  # the spool's disk: the channel's fault, not the file's
+        target.unlink(missing_ok=True)
+        local = local_fault(error, spool, size)
+        if local is None:
+            raise
+        raise local from None
     return Attachment(
         file_id,
         name,

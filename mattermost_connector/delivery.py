@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from mattermost_connector.amqp import Publisher, RefusalLimit, plain_publish, queue_message
 from mattermost_connector.config import Settings
-from mattermost_connector.errors import DeliveryError, one_line
+from mattermost_connector.errors import DeliveryError, Fault, fault_of, local_fault, one_line
+from mattermost_connector.retries import retry_call
 from mattermost_connector.stix import Upload
 from mattermost_connector.upload import ArtifactUploader
 
@@ -94,6 +95,9 @@ class DirectoryDestination:
             os.replace(partial, final)
         except OSError as error:
             partial.unlink(missing_ok=True)
+            local = local_fault(error, self.path, len(bundle.encode("utf-8")))
+            if local is not None:
+                raise local from None
             raise DeliveryError(f"cannot write bundle {final}: {error.strerror}") from None
 
     def close_work(self, work: Work, message: str, in_error: bool) -> None:
@@ -146,7 +150,9 @@ def opencti_helper(settings: Settings) -> Any:
     key = (settings.opencti.url or "", str(settings.connector.id))
     with _helpers_lock:
         if key not in _helpers:
-            hook = sys.excepthook
+            hook, root = sys.excepthook, logging.getLogger()
+            handlers, level = list(root.handlers), root.level
+            quiet_libraries(settings.mattermost.debug, settings.connector.name)
             try:
                 helper = _helper_class()(_helper_config(settings))
                 helper.publish_attempts = settings.connector.delivery_retries + 1
@@ -159,7 +165,20 @@ def opencti_helper(settings: Settings) -> Any:
                 ) from None
             finally:
                 sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
+                quiet_libraries(settings.mattermost.debug, settings.connector.name)
+                if not settings.mattermost.debug:  # pycti's JSON root handler replaced ours
+                    root.handlers[:] = handlers
+                    root.setLevel(level)
         return _helpers[key]
+
+
+def quiet_libraries(debug: bool, connector_name: str) -> None:
+    """pycti sends every record to stderr as JSON (the root handler it installs), pika's
+    with tracebacks of each lost connection: the connector reports each failure in one line
+    of its own, so theirs are shown only with MATTERMOST_DEBUG=true."""
+    level = logging.DEBUG if debug else logging.CRITICAL
+    for name in ("pika", "api", "urllib3", connector_name):
+        logging.getLogger(name).setLevel(level)
 
 
 def forget_helpers() -> None:
@@ -167,6 +186,44 @@ def forget_helpers() -> None:
     registration: a new helper registers the same connector id again."""
     with _helpers_lock:
         _helpers.clear()
+
+
+ADD_EXPECTATIONS = """
+    mutation addExpectations($id: ID!, $expectations: Int) {
+        workEdit(id: $id) { addExpectations(expectations: $expectations) }
+    }
+"""
+TO_PROCESSED = """
+    mutation workToProcessed($id: ID!, $message: String, $inError: Boolean) {
+        workEdit(id: $id) { toProcessed(message: $message, inError: $inError) }
+    }
+"""
+
+
+class Expectations:
+    """What each OpenCTI work is owed: the objects of messages the broker confirmed, less
+    those the platform acknowledged expecting. Expectations follow confirmed publishes only,
+    so a failed or retried publish never counts twice, and a failed `addExpectations` (which
+    pycti would swallow) is owed until it succeeds: at the latest when the work closes."""
+
+    def __init__(self) -> None:
+        self._owed: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def confirmed(self, work_id: str, objects: int) -> None:
+        with self._lock:
+            self._owed[work_id] = self._owed.get(work_id, 0) + objects
+
+    def take(self, work_id: str) -> int:
+        with self._lock:
+            return self._owed.pop(work_id, 0)
+
+    def give_back(self, work_id: str, objects: int) -> None:
+        self.confirmed(work_id, objects)
+
+    def owes(self, work_id: str) -> bool:
+        with self._lock:
+            return bool(self._owed.get(work_id))
 
 
 class OpenCTIDestination:
@@ -183,10 +240,19 @@ class OpenCTIDestination:
         )
         self._uploader: ArtifactUploader | None = None
         self._uploader_lock = threading.Lock()
+        self.expectations = Expectations()
+        # works this process could not close (the API down past the budget): closed when it
+        # opens its next work
+        self._unclosed: dict[str, tuple[str, bool]] = {}
 
     def _fail(self, action: str, error: Exception) -> DeliveryError:
+        """One line naming the call; a platform that answered (500, a GraphQL error) is busy,
+        one that could not be reached is a transient fault."""
         reason = one_line(error, self._settings.secrets, limit=300)
-        return DeliveryError(f"OpenCTI {action} failed: {reason}")
+        kind = fault_of(error)
+        if isinstance(error, ValueError) and not isinstance(error, DeliveryError):
+            kind = Fault.BUSY  # pycti's ValueError: the API answered with an error
+        return DeliveryError(f"OpenCTI {action} failed: {reason}", fault=kind)
 
     def open_work(self, work: Work) -> None:
         try:
@@ -195,6 +261,52 @@ class OpenCTIDestination:
             )
         except Exception as error:
             raise self._fail("workAdd", error) from None
+        for work_id, (message, in_error) in list(self._unclosed.items()):
+            try:
+                self._close(work_id, message, in_error, patient=False)
+            except Exception as error:
+                log.info("OpenCTI work %s still open: %s", work_id, one_line(error, limit=200))
+            else:
+                del self._unclosed[work_id]
+                log.info("OpenCTI work %s closed, by a run after its own", work_id)
+
+    def _close(self, work_id: str, message: str, in_error: bool, patient: bool) -> None:
+        """Owed expectations, then workToProcessed: the platform completes a work whose counts
+        then match (docs/opencti-pycti.md). Patient: each under the retry budget."""
+        self._expect(work_id, patient=patient)
+        if self.expectations.owes(work_id):
+            raise DeliveryError(f"OpenCTI work {work_id}: expectations still owed")
+        variables = {"id": work_id, "message": message, "inError": in_error}
+
+        def close() -> None:
+            self._helper.api.query(TO_PROCESSED, variables, True)
+
+        if patient:
+            retry_call(close, self._settings.connector, f"OpenCTI work {work_id} closing")
+        else:
+            close()
+
+    def _expect(self, work_id: str, patient: bool) -> None:
+        """Tell the platform what `work_id` is owed. Impatient (after each publish): one try,
+        a failure stays owed. Patient (closing the work): the retry budget, then raise."""
+        owed = self.expectations.take(work_id)
+        if not owed:
+            return
+
+        def add() -> None:
+            self._helper.api.query(ADD_EXPECTATIONS, {"id": work_id, "expectations": owed}, True)
+
+        try:
+            if patient:
+                retry_call(add, self._settings.connector, f"OpenCTI work {work_id} expectations")
+            else:
+                add()
+        except Exception as error:
+            self.expectations.give_back(work_id, owed)
+            failure = self._fail(f"addExpectations({owed}) on work {work_id}", error)
+            if patient:
+                raise failure from None
+            log.info("%s; added when the work closes", failure)
 
     def upload(self, work: Work, upload: Upload) -> None:
         """A file too large for any queue message, uploaded as an Artifact before the bundle
@@ -228,11 +340,13 @@ class OpenCTIDestination:
                 if len(body) > limit:  # bundles are built to fit: never sent to be refused
                     raise DeliveryError(
                         f"a {len(body)}-byte message exceeds CONNECTOR_QUEUE_MAX_MESSAGE_SIZE "
-                        f"({limit})"
+                        f"({limit})",
+                        fault=Fault.PERMANENT,
                     )
+                self._publisher.publish(body)  # returns once the broker confirmed it
                 if work_id:
-                    self._helper.api.work.add_expectations(work_id, objects)
-                self._publisher.publish(body)
+                    self.expectations.confirmed(work_id, objects)
+                    self._expect(work_id, patient=False)
                 return
             if whole and work_id and objects > 1:  # pycti adds 1 itself
                 self._helper.api.work.add_expectations(work_id, objects - 1)
@@ -249,7 +363,8 @@ class OpenCTIDestination:
         except AMQPConnectionError:
             connection = self._helper.connector_config["connection"]
             raise DeliveryError(
-                f"RabbitMQ at {connection['host']}:{connection['port']} is unreachable"
+                f"RabbitMQ at {connection['host']}:{connection['port']} is unreachable",
+                fault=Fault.TRANSIENT,
             ) from None
         except Exception as error:
             raise self._fail("bundle delivery", error) from None
@@ -264,9 +379,13 @@ class OpenCTIDestination:
         if not work_id:
             return
         try:
-            self._helper.api.work.to_processed(work_id, message, in_error)
+            self._close(work_id, message, in_error, patient=True)
         except Exception as error:
-            log.warning("could not close OpenCTI work %s: %s", work_id, self._fail("", error))
+            failure = (
+                error if isinstance(error, DeliveryError) else self._fail("workToProcessed", error)
+            )
+            self._unclosed[work_id] = (message, in_error)
+            log.warning("OpenCTI work %s left open, closed by the next run: %s", work_id, failure)
 
     def save_state(self, channel_id: str, state: dict[str, Any]) -> None:
         """Mirror the channel's cursor into the connector state shown in OpenCTI's UI."""

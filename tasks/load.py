@@ -10,7 +10,7 @@ from mattermost_connector.channel_run import BundleFile, ChannelRun
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.channel import pipeline
-from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying, with_budget
 
 
 @task(
@@ -32,9 +32,7 @@ def _record(run: ChannelRun, bundle: BundleFile) -> None:
 
 def configured_load() -> Any:
     """The load task with CONNECTOR_DELIVERY_RETRIES and CONNECTOR_DELIVERY_RETRY_DELAY."""
-    connector = resources.settings().connector
-    delays = [connector.delivery_retry_delay * 2**n for n in range(connector.delivery_retries)]
-    return load_bundles.with_options(retries=connector.delivery_retries, retry_delay_seconds=delays)
+    return with_budget(load_bundles, resources.settings().connector)
 
 
 @task(name="advance-cursor", task_run_name="advance-{run.channel_id}", **TASK_DEFAULTS)

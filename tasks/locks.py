@@ -11,18 +11,22 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import TypeVar
 
 from prefect import get_run_logger
 from prefect.runtime import flow_run
 
 from mattermost_connector.errors import LeaseError, one_line
+from mattermost_connector.retries import retry_call
 from mattermost_prefect.tasks import resources
 
 log = logging.getLogger("mattermost_connector.locks")
 
 LEASE_SECONDS = 60  # a run killed outright keeps its channel this long at most
 POLL_SECONDS = 2.0
-_renewals: dict[str, threading.Event] = {}
+_renewals: dict[str, tuple[threading.Event, threading.Thread]] = {}
+T = TypeVar("T")
 
 
 def _renew(channel_id: str, holder: str, stop: threading.Event) -> None:
@@ -44,24 +48,33 @@ def acquire_channel(channel_id: str) -> str:
     """Wait until the channel is free, take it, and keep renewing the lease meanwhile. Called
     within the channel's first task (tasks.channel.begin_channel): no task run of its own."""
     holder = f"{flow_run.get_id() or 'local'}/{uuid.uuid4().hex[:8]}"
-    store, logger, waited = resources.store(), get_run_logger(), False
+    logger, waited = get_run_logger(), False
     while not _try_lease(channel_id, holder):
         if not waited:
-            current = store.lease_holder(channel_id)
+            current = _patiently(channel_id, lambda: resources.store().lease_holder(channel_id))
             logger.info(
                 "channel %s is busy (%s): waiting for it", channel_id, current and current[0]
             )
             waited = True
         time.sleep(POLL_SECONDS)
     stop = threading.Event()
-    _renewals[holder] = stop
-    threading.Thread(target=_renew, args=(channel_id, holder, stop), daemon=True).start()
+    renewer = threading.Thread(target=_renew, args=(channel_id, holder, stop), daemon=True)
+    _renewals[holder] = (stop, renewer)
+    renewer.start()
     return holder
 
 
 def _try_lease(channel_id: str, holder: str) -> bool:
+    return _patiently(
+        channel_id, lambda: resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+    )
+
+
+def _patiently(channel_id: str, action: Callable[[], T]) -> T:
+    """A lease query under the retry budget: a blip of the state store as a channel starts
+    delays it; a longer outage fails this channel only."""
     try:
-        return resources.store().try_lease(channel_id, holder, LEASE_SECONDS)
+        return retry_call(action, resources.settings().connector, f"channel {channel_id} lease")
     except Exception as error:
         raise LeaseError(
             f"channel {channel_id} not started: the state store refused its lease "
@@ -70,11 +83,22 @@ def _try_lease(channel_id: str, holder: str) -> bool:
 
 
 def release_channel(channel_id: str, holder: str) -> None:
-    """Best effort: a lease left behind expires on its own within LEASE_SECONDS."""
-    stop = _renewals.pop(holder, None)
-    if stop:
-        stop.set()
+    """Retried like any transient fault; a lease left behind still expires on its own
+    within LEASE_SECONDS."""
+    renewal = _renewals.pop(holder, None)
+    if renewal:  # stopped first: a renewal finishing after the release would take it again
+        renewal[0].set()
+        renewal[1].join(timeout=LEASE_SECONDS)
     try:
-        resources.store().release_lease(channel_id, holder)
+        retry_call(
+            lambda: resources.store().release_lease(channel_id, holder),
+            resources.settings().connector,
+            f"channel {channel_id} lease release",
+        )
     except Exception as error:
-        get_run_logger().warning("channel %s: lease not released (%s)", channel_id, _reason(error))
+        get_run_logger().warning(
+            "channel %s: lease not released, it expires within %ds (%s)",
+            channel_id,
+            LEASE_SECONDS,
+            _reason(error),
+        )

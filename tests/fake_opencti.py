@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,13 +57,22 @@ class FakeOpenCTI:
         self._observable_ids: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._server: GraphQLServer | None = None
+        self.down_until = 0.0
+        self.refused: list[str] = []  # operations answered 500 by `fail_for`
 
     # -- operations ------------------------------------------------------------------------
 
     def push_routing(self, connector_id: str) -> str:
         return f"push_routing_{connector_id}"
 
+    def fail_for(self, seconds: float) -> None:
+        """Answer every call with HTTP 500 for `seconds` from now (an API that is down)."""
+        self.down_until = time.monotonic() + seconds
+
     def answer(self, operation: str, variables: dict[str, Any]) -> dict[str, Any]:
+        if time.monotonic() < self.down_until:
+            self.refused.append(operation)
+            return {"__status__": 500, "errors": [{"message": "Internal Server Error"}]}
         if operation in self.fail_operations:
             return {"errors": [{"message": f"{operation} refused", "name": "FUNCTIONAL_ERROR"}]}
         handler = getattr(self, f"_op_{operation}", None)

@@ -111,8 +111,9 @@ class GraphQLServer:
                 self._send(served.answer(operation_name(request), variables))
 
             def _send(self, payload: dict[str, Any]) -> None:
+                status = payload.pop("__status__", 200)  # an HTTP error the fake stages
                 data = json.dumps(payload, default=_no_bytes).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()

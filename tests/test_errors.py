@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import errno
+from types import SimpleNamespace
+
+import pytest
 import sqlalchemy.exc
 
-from mattermost_connector.errors import ELLIPSIS, DeliveryError, fold, one_line
+from mattermost_connector.errors import (
+    ELLIPSIS,
+    AuthenticationError,
+    ConfigError,
+    DeliveryError,
+    Fault,
+    MattermostError,
+    fault_of,
+    fold,
+    local_fault,
+    one_line,
+)
+from mattermost_connector.retries import delays, retry_call
 
 SECRET = "tok-9f8e7d6c5b4a"
 
@@ -37,3 +53,63 @@ def test_a_long_message_is_cut_at_a_word_within_the_limit():
     unbroken = "x" * 500  # no word boundary: cut where the limit falls
     assert fold(unbroken, limit=100) == "x" * 99 + ELLIPSIS
     assert fold(words, limit=799) == words
+
+
+# -- the kind of a fault decides its retries (README, Reliability) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (ConnectionRefusedError(111, "refused"), Fault.TRANSIENT),
+        (TimeoutError(), Fault.TRANSIENT),
+        (MattermostError("dropped"), Fault.TRANSIENT),
+        (MattermostError("busy", status=503), Fault.BUSY),
+        (MattermostError("slow down", status=429), Fault.BUSY),
+        (MattermostError("gone", status=404), Fault.PERMANENT),
+        (AuthenticationError("revoked", status=401), Fault.PERMANENT),
+        (ConfigError("bad"), Fault.PERMANENT),
+        (OSError(errno.ENOSPC, "No space left on device"), Fault.LOCAL),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), Fault.LOCAL),
+        (PermissionError(errno.EACCES, "denied"), Fault.PERMANENT),
+        (DeliveryError("nack", fault=Fault.BUSY), Fault.BUSY),
+        (type("OperationalError", (Exception,), {})("server closed"), Fault.TRANSIENT),
+        (type("NackError", (Exception,), {})("nack"), Fault.BUSY),
+        (sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("closed")), Fault.TRANSIENT),
+        (sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("dup")), Fault.PERMANENT),
+    ],
+)
+def test_each_fault_has_its_kind(error: BaseException, kind: Fault):
+    assert fault_of(error) == kind
+
+
+def test_disk_full_names_the_path_the_space_and_the_temporary_directory(tmp_path):
+    full = local_fault(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "x", 4096)
+    assert full is not None and fault_of(full) == Fault.LOCAL
+    line = one_line(full)
+    assert line.startswith(f"No space left on device writing {tmp_path / 'x'}: 4096 bytes needed")
+    assert " free (temporary directory: " in line and "TMPDIR" in line
+    assert local_fault(OSError(errno.EACCES, "denied"), tmp_path) is None
+
+
+def test_only_transient_and_busy_faults_are_retried_within_the_budget():
+    connector = SimpleNamespace(delivery_retries=3, delivery_retry_delay=0.0)
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionResetError(104, "reset")
+        return "ok"
+
+    assert retry_call(flaky, connector, "test") == "ok" and len(calls) == 3  # type: ignore[arg-type]
+    calls.clear()
+
+    def full() -> None:
+        calls.append(1)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError):
+        retry_call(full, connector, "test")  # type: ignore[arg-type]
+    assert len(calls) == 1
+    assert delays(SimpleNamespace(delivery_retries=3, delivery_retry_delay=10)) == [10, 20, 40]  # type: ignore[arg-type]

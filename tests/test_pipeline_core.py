@@ -338,7 +338,9 @@ class FakeStore:
     def __init__(self) -> None:
         self.recorded: list[tuple[int | None, Cursor | None]] = []
 
-    def record_delivery(self, key, channel_id, cursor, posts, count, files, run_id) -> None:
+    def record_delivery(
+        self, key, channel_id, cursor, posts, count, files, run_id, tally=None
+    ) -> None:
         self.recorded.append((posts[0]["create_at"] if posts else None, cursor))
 
 
@@ -383,3 +385,44 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
     assert [c for _, c in store.recorded] == [b.cursor for b in bundles[2:]]
     (state,) = destination.states
     assert state == {"cursor": bundles[-1].cursor.to_dict(), "updated_at": clock().isoformat()}
+
+
+class SlowRefusal(FakeDestination):
+    """Refuses bundle `refuse` after the bundles sent beside it have gone through."""
+
+    def __init__(self, refuse: int) -> None:
+        super().__init__(refuse)
+        self.sent: list[int] = []
+
+    def send(self, work, text, objects, sequence) -> None:
+        if sequence == self.refuse:
+            time.sleep(0.3)
+            raise RuntimeError(f"bundle {sequence} refused")
+        self.sent.append(sequence)
+
+
+def test_a_retried_load_sends_again_only_what_no_attempt_delivered(tmp_path: Path):
+    """Bundles 3 and 4 were delivered while 2 failed, but not recorded (order): the retry
+    records them without sending them again, so retries do not multiply duplicates."""
+    settings = SimpleNamespace(
+        connector=SimpleNamespace(delivery_concurrency=3, delivery_retries=0)
+    )
+    store, destination = FakeStore(), SlowRefusal(refuse=2)
+    services = Services(settings, None, store, [destination], None)  # type: ignore[arg-type]
+    pipeline = ChannelPipeline(services)
+    run = channel_run(tmp_path)
+    bundles, cursor = [], run.cursor
+    for n in range(1, 6):
+        path = tmp_path / f"bundle-{n}.json"
+        path.write_text("{}")
+        cursor = cursor.advance(post(n))
+        bundles.append(BundleFile(path, 1, 0, [post(n)], [], cursor, sequence=n))
+    with pytest.raises(RuntimeError, match="bundle 2 refused"):
+        pipeline.load(run, bundles)
+    assert sorted(destination.sent) == [1, 3, 4]
+    assert [c for _, c in store.recorded] == [bundles[0].cursor]
+    destination.refuse, destination.sent = -1, []
+    pipeline.load(replace(run), bundles)
+    assert destination.sent == [2, 5]
+    assert [c for _, c in store.recorded[1:]] == [b.cursor for b in bundles[1:]]
+    assert not list(tmp_path.glob("bundle-*"))  # recorded: files and markers gone

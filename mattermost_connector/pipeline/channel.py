@@ -7,12 +7,13 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mattermost_connector.attachments import (
     download_attachments,
@@ -34,7 +35,13 @@ from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, C
 from mattermost_connector.config import Settings
 from mattermost_connector.counts import Counts
 from mattermost_connector.delivery import Destination, Work
-from mattermost_connector.errors import AuthenticationError, DeliveryError, MattermostError
+from mattermost_connector.errors import (
+    AuthenticationError,
+    DeliveryError,
+    MattermostError,
+    local_fault,
+    one_line,
+)
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.channels import channel_context, first_imported
@@ -43,6 +50,7 @@ from mattermost_connector.mattermost.posts import Cursor, read_batch
 from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order
+from mattermost_connector.retries import retry_call
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import Attachment, iter_bundles
 from mattermost_connector.window import backfill_key, iso
@@ -52,6 +60,7 @@ log = logging.getLogger("mattermost_connector.load")
 BATCH_POSTS = 5000  # 25 pages: few task runs, bounded memory (bundles split it further)
 DELIVERED = (Fate.EMBEDDED, Fate.UPLOADED)
 Files = dict[str, list[Attachment]]
+T = TypeVar("T")
 
 
 def _utc_now() -> datetime:
@@ -97,8 +106,23 @@ class ChannelPipeline:
         window: tuple[int, int] | None,
         flow_run_id: str | None,
     ) -> int:
+        self.write_unwritten()
         bounds = tuple(_utc(ms) for ms in window) if window else (None, None)
         return self.store.start_run(channel_id, kind, flow_run_id=flow_run_id, window=bounds)
+
+    def write_unwritten(self) -> None:
+        """Outcomes of runs this process closed while the state store was down, written now
+        it answers: their rows then tell the real cause rather than "interrupted"."""
+        with _unwritten_lock:
+            pending = dict(_unwritten)
+        for run_id, (status, counts, error) in pending.items():
+            try:
+                self.store.finish_run(run_id, status, counts, error=error)
+            except Exception as fault:
+                log.info("run %d: outcome still not written (%s)", run_id, one_line(fault))
+                continue
+            with _unwritten_lock:
+                _unwritten.pop(run_id, None)
 
     def open(
         self,
@@ -126,6 +150,9 @@ class ChannelPipeline:
         cursor = store.cursor(key) or Cursor(boundary_ms=start_ms)
         since = iso(cursor.boundary_ms)
         work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
+        posts_before = store.posts_delivered(key)
+        spool = new_spool(channel_id)
+        # last: a retried open (the store, the disk) leaves no OpenCTI work behind unclosed
         for destination in self.services.destinations:
             destination.open_work(work)
         run = ChannelRun(
@@ -138,13 +165,13 @@ class ChannelPipeline:
             last_post_at=int(channel.get("last_post_at") or 0),
             msg_count=int(channel.get("total_msg_count") or 0),
             work=work,
-            spool=Path(tempfile.mkdtemp(prefix=f"mattermost-{channel_id}-")),
+            spool=spool,
             start_ms=start_ms,
             server_start_ms=server_now,
             cursor_key=key,
             end_ms=window[1] if window else None,
             total_posts=int(channel.get("total_msg_count") or 0),
-            posts_before=store.posts_delivered(key),
+            posts_before=posts_before,
         )
         return Opened(run, since)
 
@@ -263,8 +290,15 @@ class ChannelPipeline:
             for part in parts:
                 sequence = run.counts.bundles + len(written) + 1
                 path = run.spool / f"bundle-{sequence:06d}.json"
-                with open(path, "w", encoding="utf-8") as handle:
-                    part.write(handle)
+                try:
+                    with open(path, "w", encoding="utf-8") as handle:
+                        part.write(handle)
+                except OSError as error:
+                    path.unlink(missing_ok=True)
+                    local = local_fault(error, run.spool, connector.bundle_bytes)
+                    if local is None:
+                        raise
+                    raise local from None
                 keep.update(upload.path for upload in part.uploads)
                 written.append(
                     BundleFile(
@@ -311,7 +345,7 @@ class ChannelPipeline:
             recorded.append(bundle)
 
         deliver_in_order(
-            [bundle for bundle in bundles if bundle.path.exists()],
+            [b for b in bundles if b.path.exists() and not recorded_marker(b.path).exists()],
             lambda bundle: self.send(run, bundle),
             settle,
             self.settings.connector.delivery_concurrency,
@@ -342,7 +376,11 @@ class ChannelPipeline:
                                 row.update(status=Fate.FAILED, error=str(error))
         text = bundle.path.read_text(encoding="utf-8")
         for destination in self.services.destinations:
+            sent = sent_marker(bundle.path, destination.name)
+            if sent.exists():  # delivered there by an attempt whose batch failed later
+                continue
             destination.send(run.work, text, bundle.objects, bundle.sequence)
+            sent.touch()
 
     def record(self, run: ChannelRun, bundle: BundleFile) -> None:
         """Record posts, attachments and (if the bundle moves it) the cursor, once
@@ -355,11 +393,16 @@ class ChannelPipeline:
             len(bundle.posts),
             files=bundle.attachments,
             run_id=run.run_id,
+            tally=Counts(posts=len(bundle.posts), files=bundle.files, objects=bundle.objects),
         )
-        if bundle.cursor is not None:  # else a retry sends it again: the run's spool keeps it
-            bundle.path.unlink(missing_ok=True)
-            for upload in bundle.uploads:
-                upload.path.unlink(missing_ok=True)
+        if bundle.cursor is None:  # a post's first parts: kept until its last part moves it
+            recorded_marker(bundle.path).touch()
+            return
+        bundle.path.unlink(missing_ok=True)
+        for upload in bundle.uploads:
+            upload.path.unlink(missing_ok=True)
+        for destination in self.services.destinations:
+            sent_marker(bundle.path, destination.name).unlink(missing_ok=True)
 
     def publish_state(self, channel_id: str, cursor: Cursor) -> None:
         """Mirror the cursor where operators look (the connector state in OpenCTI's UI)."""
@@ -469,6 +512,20 @@ class ChannelPipeline:
 
     # -- closing -------------------------------------------------------------------------
 
+    def _stored(self, action: Callable[[], T]) -> T:
+        """A state-store call under the retry budget for transient faults."""
+        return retry_call(action, self.settings.connector, "state store")
+
+    def _final_counts(self, run_id: int, counts: Counts, failed: bool) -> Counts:
+        """The run's counts with its files by fate; a failed run's delivered ones as its
+        history row tallied them bundle by bundle (its passes did not all return)."""
+        if failed:
+            tallied = self.store.run_counts(run_id)
+            counts = replace(
+                counts, posts=tallied.posts, files=tallied.files, objects=tallied.objects
+            )
+        return replace(counts, fates=self.store.file_fates(run_id))
+
     def close(
         self,
         channel_id: str,
@@ -483,8 +540,12 @@ class ChannelPipeline:
         status = (
             RunStatus.FAILED if error else RunStatus.ARCHIVED if archived else RunStatus.COMPLETED
         )
-        fates = self.store.file_fates(run_id)
-        counts = replace(run.counts if run else Counts(), fates=fates)
+        counts = run.counts if run else Counts()
+        unrecorded: str | None = None
+        try:  # what the history row tallied: for a failed run, what it did deliver
+            counts = self._stored(lambda: self._final_counts(run_id, counts, failed=bool(error)))
+        except Exception as fault:
+            unrecorded = one_line(fault, limit=300, first_line=True)
         if run is not None:
             by_fate = counts.fates_text()
             message = (
@@ -500,7 +561,22 @@ class ChannelPipeline:
             for destination in self.services.destinations:
                 destination.close_work(run.work, error or archived or message, in_error=bool(error))
             shutil.rmtree(run.spool, ignore_errors=True)
-        self.store.finish_run(run_id, status, counts, error=error or archived)
+        if unrecorded is None:
+            try:
+                self._stored(
+                    lambda: self.store.finish_run(
+                        run_id, status, None if error else counts, error=error or archived
+                    )
+                )
+            except Exception as fault:
+                unrecorded = one_line(fault, limit=300, first_line=True)
+        if unrecorded is not None:  # the report says so; the row gets the run's own outcome
+            with _unwritten_lock:  # written by this process's next run start
+                _unwritten[run_id] = (status, None if error else counts, error or archived)
+            status = RunStatus.FAILED
+            error = (error + "; " if error else "") + (
+                f"state store unavailable, run history not written ({unrecorded})"
+            )
         return ChannelResult(
             channel_id=channel_id,
             name=run.context.name if run else None,
@@ -511,6 +587,44 @@ class ChannelPipeline:
             cursor_before=run.cursor_before if run else None,
             cursor_after=run.cursor if run else None,
         )
+
+
+# run id -> (status, counts, error) of runs closed while the state store was unreachable
+_unwritten: dict[int, tuple[RunStatus, Counts | None, str | None]] = {}
+_unwritten_lock = threading.Lock()
+
+SPOOL_PREFIX = "mattermost-{channel_id}-"
+
+
+def new_spool(channel_id: str) -> Path:
+    """The run's spool directory in the temporary directory, after removing those of earlier
+    runs of the channel that were killed before clearing theirs (the caller holds the
+    channel's lease: no other run of it is using one)."""
+    prefix = SPOOL_PREFIX.format(channel_id=channel_id)
+    temp = Path(tempfile.gettempdir())
+    for left in temp.glob(f"{prefix}*"):
+        if left.is_dir():
+            log.info("channel %s: removing %s, left by a run that was killed", channel_id, left)
+            shutil.rmtree(left, ignore_errors=True)
+    try:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    except OSError as error:
+        local = local_fault(error, temp)
+        if local is None:
+            raise
+        raise local from None
+
+
+def sent_marker(bundle: Path, destination: str) -> Path:
+    """Beside a spooled bundle: it reached `destination` (a broker's confirm, a renamed
+    file). A retried load skips it there, so a retry re-sends only what may not have been
+    delivered."""
+    return bundle.with_name(f"{bundle.name}.sent-{destination}")
+
+
+def recorded_marker(bundle: Path) -> Path:
+    """Beside a spooled bundle that moves no cursor: recorded already, not to send again."""
+    return bundle.with_name(f"{bundle.name}.recorded")
 
 
 def _utc(epoch_ms: int) -> datetime:

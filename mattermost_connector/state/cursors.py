@@ -11,12 +11,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mattermost_connector.counts import Counts
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state.files import upsert_attachments
 from mattermost_connector.state.schema import (
     EngineBound,
     channel_cursors,
     delivered_posts,
+    runs,
     upsert_values,
     utc_now,
 )
@@ -137,15 +139,27 @@ class CursorStore(EngineBound):
         posts_delivered: int = 0,
         files: Iterable[dict[str, Any]] = (),
         run_id: int | None = None,
+        tally: Counts | None = None,
     ) -> None:
         """One delivered bundle in one transaction (one commit per bundle, not three): its
-        posts, its files' fates and, when it moves it, the cursor under `key`. Call only
-        after delivery."""
+        posts, its files' fates, when it moves it the cursor under `key`, and `tally` (its
+        posts, files, objects) added to run `run_id`'s history row, so that a run that fails
+        or is killed later still shows what it delivered. Call only after delivery."""
         with self._engine.begin() as connection:
             upsert_posts(connection, channel_id, delivered)
             upsert_attachments(connection, channel_id, files, run_id)
             if cursor is not None:
                 write_cursor(connection, key, cursor, posts_delivered)
+            if tally is not None and run_id is not None:
+                connection.execute(
+                    runs.update()
+                    .where(runs.c.id == run_id)
+                    .values(
+                        posts=runs.c.posts + tally.posts,
+                        files=runs.c.files + tally.files,
+                        objects=runs.c.objects + tally.objects,
+                    )
+                )
 
     def record_posts(self, channel_id: str, delivered: Iterable[dict[str, Any]]) -> None:
         with self._engine.begin() as connection:

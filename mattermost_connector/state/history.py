@@ -79,21 +79,21 @@ class RunHistory(EngineBound):
         *,
         error: str | None = None,
     ) -> None:
-        """Close the run's row with its outcome and what it delivered."""
-        counts = counts or Counts()
+        """Close the run's row with its outcome and what it delivered. `counts` None: keep
+        what the row tallied bundle by bundle (a failed run: what it did deliver)."""
+        values: dict[str, Any] = {"status": status, "ended_at": utc_now(), "error": error}
+        if counts is not None:
+            values.update(posts=counts.posts, files=counts.files, objects=counts.objects)
         with self._engine.begin() as connection:
-            connection.execute(
-                runs.update()
-                .where(runs.c.id == run_id)
-                .values(
-                    status=status,
-                    ended_at=utc_now(),
-                    posts=counts.posts,
-                    files=counts.files,
-                    objects=counts.objects,
-                    error=error,
-                )
-            )
+            connection.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+    def run_counts(self, run_id: int) -> Counts:
+        """The posts, files and objects run `run_id` recorded as delivered so far."""
+        with self._engine.connect() as connection:
+            row = connection.execute(
+                sa.select(runs.c.posts, runs.c.files, runs.c.objects).where(runs.c.id == run_id)
+            ).first()
+        return Counts(posts=row[0], files=row[1], objects=row[2]) if row else Counts()
 
     def runs(self, limit: int = 20, channel_id: str | None = None) -> list[RunRecord]:
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
