@@ -28,7 +28,7 @@ from mattermost_connector.stix import message_id
 from tests.checks import delivered_messages, queue_messages
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN, run_cli
 from tests.fake_opencti import FakeOpenCTI
-from tests.support import POSTGRES, TOKEN, World
+from tests.support import POSTGRES, TOKEN, World, report_of
 from tests.tcp_proxy import TcpProxy
 
 CONCURRENCY = 3
@@ -88,7 +88,7 @@ def sync(world: World) -> tuple[Any, list[dict]]:
     from mattermost_prefect.flows.sync import mattermost_sync
 
     state = mattermost_sync(return_state=True)
-    return state, state.result(raise_on_failure=False)
+    return state, report_of(state)
 
 
 def check_works(platform: FakeOpenCTI, messages: list[dict], broker_faults: int = 0) -> None:
