@@ -35,6 +35,7 @@ class ChannelRun:
     counts: Counts = field(default_factory=Counts)
     total_posts: int = 0  # the channel's total_msg_count when the run began: an estimate
     posts_before: int = 0  # delivered by earlier runs (of this cursor)
+    note: str | None = None  # why every post was checked (changes.FULL_CHECK_REASONS)
 
     def delivering(self, bundles: list[BundleFile]) -> ChannelRun:
         """The run as it stands once `bundles` are delivered: at the last cursor one of them

@@ -500,7 +500,8 @@ class ChannelPipeline:
             for destination in self.services.destinations:
                 destination.close_work(run.work, error or archived or message, in_error=bool(error))
             shutil.rmtree(run.spool, ignore_errors=True)
-        self.store.finish_run(run_id, status, counts, error=error or archived)
+        note = run.note if run else None
+        self.store.finish_run(run_id, status, counts, error=error or archived or note)
         return ChannelResult(
             channel_id=channel_id,
             name=run.context.name if run else None,
@@ -510,6 +511,7 @@ class ChannelPipeline:
             error=error or archived,
             cursor_before=run.cursor_before if run else None,
             cursor_after=run.cursor if run else None,
+            note=note,
         )
 
 
