@@ -132,7 +132,10 @@ def probe_channels(
             )
         except AuthenticationError:
             raise
-        except MattermostError as error:  # the pipeline meets it again and reports it
+        except MattermostError as error:
+            if error.status is None:  # unreachable, or failing, after the client's retries:
+                raise  # the run's failure, once, not each channel's in turn
+            # a refusal of this channel: the pipeline meets it again and reports it
             return channel_id, cursor, None, f"probe failed: {one_line(error)}"
         return channel_id, cursor, channel, why
 

@@ -83,3 +83,25 @@ def test_unreachable_platform(workdir: Path, demo: Demo):
     assert code == 1 and took < FAST
     assert_one_line(output, "error: OpenCTI at http://127.0.0.1:", "not reachable", "OPENCTI_URL")
     assert OPENCTI_TOKEN not in output
+
+
+def test_server_gone_when_the_flow_starts_is_one_run_failure(
+    prefect_api, sim, workdir, monkeypatch
+):
+    """Past the CLI's check (a scheduled run under `serve`): one run-level failure after the
+    client's bounded retries, no channel run, no task retries multiplied per channel."""
+    from mattermost_connector.state import StateStore
+    from mattermost_prefect.flows.sync import mattermost_sync
+    from tests.support import World
+
+    world = World(sim, workdir, monkeypatch)
+    channels = [world.channel(f"c{i}") for i in range(3)]
+    world.configure(channels)
+    sim.stop()
+    started = time.monotonic()
+    state = mattermost_sync(return_state=True)
+    assert state.is_failed()
+    assert state.message.startswith("GET /users/me: gave up after 5 attempts"), state.message
+    assert "\n" not in state.message
+    assert time.monotonic() - started < 30
+    assert StateStore(f"sqlite:///{workdir / 'state.db'}").runs() == []
