@@ -24,7 +24,7 @@ from mattermost_connector.errors import (
 )
 from mattermost_connector.mattermost.channels import named_channel
 from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
-from mattermost_connector.mattermost.discovery import resolve_teams
+from mattermost_connector.mattermost.discovery import discover, resolve_teams
 from mattermost_connector.redact import redact
 from mattermost_connector.state import StateStore
 
@@ -114,6 +114,13 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
                 yield False, f"channel {channel_id}: {one_line(error)}"
             else:
                 yield True, f"channel {channel_id} ({name}): readable"
+        if settings.mattermost.discovers:
+            try:
+                found = discover(client, settings.mattermost)
+            except MattermostError as error:
+                yield False, one_line(error)
+            else:
+                yield True, f"channels to sync: {len(found.channel_ids)} (found now on the server)"
 
 
 def _state_store(settings: Settings) -> Finding:

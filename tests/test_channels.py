@@ -184,3 +184,19 @@ def test_busy_channel_pays_the_full_check_once(prefect_api, world):
     (row,) = world.sync()
     assert row["note"] == "unchanged"
     assert posts_requests(sim, mark) == Counter({busy["id"]: 2})
+
+
+def test_the_probe_never_moves_a_held_or_moved_cursor(tmp_path: Path):
+    from mattermost_connector.mattermost.posts import Cursor
+
+    store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
+    old = Cursor(100, ("a",), "b", changes_ms=50, messages=(3, 100, 0))
+    new = Cursor(100, ("a",), "b", changes_ms=90, messages=(3, 100, 0))
+    for key in ("free", "held", "moved"):
+        store.save_cursor(key, old)
+    assert store.try_lease("held", "another-run", 60)
+    store.save_cursor("moved", Cursor(120, ("c",), "a", changes_ms=50, messages=(4, 120, 0)))
+    moved = store.advance_watermarks([(key, old, new) for key in ("free", "held", "moved")])
+    assert moved == {"free"}
+    assert store.cursor("free") == new and store.cursor("held") == old
+    assert store.cursor("moved").boundary_ms == 120

@@ -216,6 +216,7 @@ def test_status_and_check(world: World, prefect_api: str):
     status = run_cli(["status"], env, world.workdir)
     assert status.returncode == 0
     assert channel["id"] in status.stdout and "completed" in status.stdout and "30" in status.stdout
+    assert "cti/inspected" in status.stdout
     check = run_cli(["check"], env, world.workdir)
     assert check.returncode == 0, check.stdout
     assert "ok    Mattermost token: valid, acting as @reader" in check.stdout
@@ -239,6 +240,11 @@ def test_status_and_check(world: World, prefect_api: str):
     revoked = run_cli(["check"], {**env, "MATTERMOST_TOKEN": "revoked-1234"}, world.workdir)
     assert revoked.returncode == 1 and "FAIL  Mattermost token" in revoked.stdout
     assert "revoked-1234" not in revoked.stdout + revoked.stderr
+    teams = run_cli(["check"], {**env, "MATTERMOST_TEAMS": "cti"}, world.workdir)
+    assert "ok    channels to sync: 2 (found now on the server)" in teams.stdout, teams.stdout
+    unknown = run_cli(["check"], {**env, "MATTERMOST_TEAMS": "nope"}, world.workdir)
+    assert unknown.returncode == 1
+    assert "FAIL  MATTERMOST_TEAMS: 'nope' is not a team of the token's account" in unknown.stdout
 
 
 def test_check_reports_the_platform(world: World, platform):
