@@ -180,13 +180,14 @@ def _channels(values: list[str] | None) -> list[str] | None:
 
 
 def _prepare(channels: list[str] | None = None) -> None:
-    """Fail early, in one line, on what would fail later, before Prefect starts: the token,
-    the channels, the teams and the platform (check.preflight), the state store,
+    """Fail early, in one line, on what would fail later, before Prefect starts: the state
+    store, the token, the channels, the teams and the platform (check.preflight), then
     registration."""
     from mattermost_connector.check import preflight
     from mattermost_prefect.tasks import resources
 
     settings = resources.settings()
+    resources.store()  # local and quick: first
     # the client's retry warnings would only repeat the one line the failure prints
     client_log = logging.getLogger("mattermost_connector.mattermost")
     level = client_log.level
@@ -195,7 +196,6 @@ def _prepare(channels: list[str] | None = None) -> None:
         preflight(settings, channels)
     finally:
         client_log.setLevel(level)
-    resources.store()
     import mattermost_prefect.flows.sync  # noqa: F401 - Prefect's logging setup, before ours
 
     _configure_logging(settings.connector.log_level, settings.mattermost.debug)

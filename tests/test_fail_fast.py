@@ -7,6 +7,7 @@ import socket
 import time
 from pathlib import Path
 
+from mattermost_connector.state import StateStore
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN, mattermost_env, offline_env, run_cli
 from tests.mattermost_sim import Demo
 
@@ -42,7 +43,7 @@ def test_bad_token(workdir: Path, demo: Demo):
     assert code == 1 and took < FAST
     assert_one_line(output, "error: Mattermost refused the token (401", "MATTERMOST_TOKEN")
     assert "revoked-token-x" not in output
-    assert not (workdir / "state.db").exists()  # nothing started
+    assert StateStore(f"sqlite:///{workdir / 'state.db'}").runs() == []  # nothing started
 
 
 def test_unknown_channel(workdir: Path, demo: Demo):
@@ -90,7 +91,6 @@ def test_server_gone_when_the_flow_starts_is_one_run_failure(
 ):
     """Past the CLI's check (a scheduled run under `serve`): one run-level failure after the
     client's bounded retries, no channel run, no task retries multiplied per channel."""
-    from mattermost_connector.state import StateStore
     from mattermost_prefect.flows.sync import mattermost_sync
     from tests.support import World
 
