@@ -13,12 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from mattermost_connector.config import Settings
+from mattermost_connector.config import MattermostSettings, Settings
 from mattermost_connector.errors import (
-    AuthenticationError,
     ChannelNotAccessible,
     DeliveryError,
     MattermostError,
+    ServerUnavailable,
     fold,
     one_line,
 )
@@ -41,35 +41,36 @@ PREFLIGHT_THREADS = 8
 def preflight(settings: Settings, channel_ids: list[str] | None = None) -> None:
     """What would make every channel of a run fail, checked before Prefect starts: the token,
     each channel listed by id (or `channel_ids`), the teams of MATTERMOST_TEAMS and the
-    platform. Raises a ConnectorError whose one line names what is wrong."""
-    mattermost = settings.mattermost.model_copy(
-        update={"timeout": min(settings.mattermost.timeout, PREFLIGHT_TIMEOUT)}
-    )
-    with MattermostClient(mattermost, retry=CHECK_RETRY) as client:
-        try:
-            client.me()
-        except AuthenticationError:
-            raise
-        except MattermostError as error:
+    platform. Raises a ConnectorError whose one line names what is wrong. A server that
+    answers, but with 5xx, is left to the run's own patient retries."""
+    mattermost = settings.mattermost
+    try:
+        _mattermost_preflight(mattermost, channel_ids)
+    except ServerUnavailable as error:
+        if not error.reachable:
             raise MattermostError(
                 f"Mattermost at {mattermost.api_url}: {one_line(error)}; check "
-                "MATTERMOST_DOMAIN, MATTERMOST_PORT and that the server is up",
-                status=error.status,
+                "MATTERMOST_DOMAIN, MATTERMOST_PORT and that the server is up"
             ) from None
-        wanted = channel_ids or [
-            c for c in mattermost.channel_ids if c not in set(mattermost.exclude_channel_ids)
-        ]
+    if settings.connector.send_to_queue:
+        ok, finding = _platform(settings, timeout=PREFLIGHT_TIMEOUT * 2)
+        if not ok:
+            raise DeliveryError(finding)
+
+
+def _mattermost_preflight(settings: MattermostSettings, channel_ids: list[str] | None) -> None:
+    quick = settings.model_copy(update={"timeout": min(settings.timeout, PREFLIGHT_TIMEOUT)})
+    with MattermostClient(quick, retry=CHECK_RETRY) as client:
+        client.me()
+        excluded = set(settings.exclude_channel_ids)
+        wanted = channel_ids or [c for c in settings.channel_ids if c not in excluded]
         with ThreadPoolExecutor(PREFLIGHT_THREADS) as pool:
             failures = [f for f in pool.map(lambda c: _channel_problem(client, c), wanted) if f]
         if failures:
             more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
             raise ChannelNotAccessible(failures[0] + more)
-        if mattermost.teams and not channel_ids:
-            resolve_teams(client, mattermost.teams)
-    if settings.connector.send_to_queue:
-        ok, finding = _platform(settings, timeout=PREFLIGHT_TIMEOUT * 2)
-        if not ok:
-            raise DeliveryError(finding)
+        if settings.teams and not channel_ids:
+            resolve_teams(client, settings.teams)
 
 
 def _channel_problem(client: MattermostClient, channel_id: str) -> str | None:
@@ -77,8 +78,6 @@ def _channel_problem(client: MattermostClient, channel_id: str) -> str | None:
     meanwhile) are raised: they are the run's, not the channel's."""
     try:
         client.channel(channel_id)
-    except AuthenticationError:
-        raise
     except MattermostError as error:
         if error.status in (403, 404):
             return (

@@ -22,7 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mattermost_connector.changes import CHANGES_MARGIN_MS, judge_since, scan_since
-from mattermost_connector.errors import AuthenticationError, MattermostError, one_line
+from mattermost_connector.errors import (
+    AuthenticationError,
+    MattermostError,
+    ServerUnavailable,
+    one_line,
+)
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import StateStore
@@ -133,8 +138,8 @@ def probe_channels(
         except AuthenticationError:
             raise
         except MattermostError as error:
-            if error.status is None:  # unreachable, or failing, after the client's retries:
-                raise  # the run's failure, once, not each channel's in turn
+            if isinstance(error, ServerUnavailable):  # after the client's retries: the
+                raise  # run's failure, once, not each channel's in turn
             # a refusal of this channel: the pipeline meets it again and reports it
             return channel_id, cursor, None, f"probe failed: {one_line(error)}"
         return channel_id, cursor, channel, why

@@ -25,6 +25,7 @@ from mattermost_connector.errors import (
     FileTooLarge,
     MalformedPost,
     MattermostError,
+    ServerUnavailable,
     one_line,
 )
 
@@ -236,8 +237,9 @@ class MattermostClient:
                 reason = str(error) if isinstance(error, _Transient) else one_line(error)
                 log.warning("%s %s failed (%s), attempt %d", method, path, reason, failures)
                 if failures >= self._retry.attempts:
-                    raise MattermostError(
-                        f"{method} {path}: gave up after {failures} attempts ({reason})"
+                    raise ServerUnavailable(
+                        f"{method} {path}: gave up after {failures} attempts ({reason})",
+                        reachable=isinstance(error, _Transient),
                     ) from None
                 self._sleep(self._retry.backoff(failures - 1))
 
