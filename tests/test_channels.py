@@ -36,6 +36,29 @@ def posts_requests(sim: MattermostSimulator, since: int) -> Counter:
     return counts
 
 
+def task_runs_of_last_flow_run() -> list[str]:
+    """The task runs' names (without Prefect's suffix) of the latest flow run, once the API
+    has them all (task runs reach it as events, a moment later)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    names: list[str] = []
+    with get_client(sync_client=True) as client:
+        (run,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+        for _ in range(20):
+            found = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+            )
+            if len(found) == len(names) and names:
+                break
+            names = [t.name.rsplit("-", 1)[0] for t in found]
+            time.sleep(0.5)
+    return names
+
+
 def test_teams_find_every_readable_channel_and_a_new_one_at_the_next_run(prefect_api, world):
     sim = world.sim
     general = world.channel("general")
@@ -143,6 +166,11 @@ def test_an_unchanged_channel_costs_two_requests_at_most(prefect_api, world):
     assert per_channel == Counter({c["id"]: 2 for c in channels})  # metadata, then `since`
     since = [r for r in world.sim.requests[mark:] if r.path.endswith("/posts")]
     assert all("since" in r.query for r in since) and len(since) == 4
+    assert sorted(task_runs_of_last_flow_run()) == [
+        "probe-channels",
+        "publish-report",
+        "select-channels",
+    ]
 
     # found by MATTERMOST_TEAMS, the listing holds the metadata: one request per channel
     world.configure([], MATTERMOST_TEAMS="cti")
