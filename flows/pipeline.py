@@ -170,10 +170,10 @@ def take_changes(run: ChannelRun) -> ChannelRun:
     """Re-deliver edited and deleted posts, deliver posts found behind the cursor, then move
     the change watermark to this run."""
     if run.cursor.changes_ms is not None:
-        batch = scan_changes(run)
+        batch, note = scan_changes(run)
         # None: `since` was cut at 1000 rows, or the channel counts posts no listing returned:
-        # every post is checked instead
-        run = reconcile(run) if batch is None else deliver_changes(run, batch)
+        # every post is checked instead, and the report says why
+        run = reconcile(replace(run, note=note)) if batch is None else deliver_changes(run, batch)
     return replace(run, cursor=commit_changes(run))
 
 

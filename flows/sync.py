@@ -6,14 +6,22 @@ from typing import Any
 
 from prefect import flow
 from prefect.states import Completed, Failed, State
+from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import ConfigError, RunFailed, RunStopped
+from mattermost_connector.errors import (
+    ConfigError,
+    MattermostError,
+    RunFailed,
+    RunStopped,
+    one_line,
+)
 from mattermost_connector.kinds import RunKind
 from mattermost_prefect.flows.dispatch import run_channels
 from mattermost_prefect.flows.names import rename_run, sync_name, sync_run_name
 from mattermost_prefect.flows.quiet import quiet_expected_failures
-from mattermost_prefect.tasks.report import channel_ids_to_sync, publish_report
+from mattermost_prefect.tasks.probe import probe_all, select_channels
+from mattermost_prefect.tasks.report import publish_report
 
 quiet_expected_failures()
 
@@ -43,6 +51,8 @@ def run_all(
     window: tuple[int, int] | None = None,
 ) -> tuple[list[ChannelResult], str | None]:
     """The channels' results, and why the run stopped early (a refused token), if it did."""
+    if not channels:
+        return [], None
     try:
         return run_channels(channels, kind, start_timestamp, window), None
     except RunStopped as stopped:
@@ -53,14 +63,20 @@ def run_all(
 def mattermost_sync(
     channel_ids: list[str] | None = None, start_timestamp: int | None = None
 ) -> State[Any]:
-    """Sync the given channels (default: MATTERMOST_CHANNEL_IDS), each in its own flow run,
-    CONNECTOR_CHANNEL_CONCURRENCY at once. `start_timestamp` (epoch seconds) replaces
-    MATTERMOST_START_TIMESTAMP for channels never synced before."""
+    """Sync the given channels (default: MATTERMOST_CHANNEL_IDS and the channels
+    MATTERMOST_TEAMS finds). The channels with nothing new are found and finished by one
+    probe; each of the others runs in its own flow run, CONNECTOR_CHANNEL_CONCURRENCY at once.
+    `start_timestamp` (epoch seconds) replaces MATTERMOST_START_TIMESTAMP for channels never
+    synced before."""
     try:
-        channels = channel_ids_to_sync(channel_ids)
-    except ConfigError as error:
-        return Failed(message=str(error), data=RunFailed(str(error)))
-    rename_run(sync_name(channels))
-    results, refused = run_all(channels, RunKind.SYNC, start_timestamp)
-    rename_run(sync_name(channels))  # a channel's name, once its first run has learnt it
-    return outcome(results, RunKind.SYNC, refused)
+        selection = select_channels(channel_ids)
+        rename_run(sync_name(selection.channel_ids))
+        probed = probe_all(quote(selection), start_timestamp)
+    except (ConfigError, MattermostError) as error:  # the token, a team, the server
+        message = one_line(error)
+        return Failed(message=message, data=RunFailed(message))
+    results, refused = run_all(probed.due, RunKind.SYNC, start_timestamp)
+    rename_run(sync_name(selection.channel_ids))  # names a channel's first run has learnt
+    order = {channel_id: at for at, channel_id in enumerate(selection.channel_ids)}
+    merged = sorted(probed.unchanged + results, key=lambda r: order.get(r.channel_id, len(order)))
+    return outcome(merged, RunKind.SYNC, refused)

@@ -25,9 +25,18 @@ from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import message_digest
 
 SINCE_CAP = 1000
-# Edits are looked for from a little before the last run started, by the server's clock:
-# a post edited while that run was reading it must not fall between two runs.
-CHANGES_MARGIN_MS = 5 * 60 * 1000
+# Changes are looked for from a little before the last check, by the server's clock: the
+# margin covers a change the server had stamped but not yet committed when that check read.
+# The server's facts: `update_at` is model.GetMillis() on the app server just before the
+# store writes the row (Post.PreSave / PreUpdate), so the row becomes visible at most one
+# write transaction later, and SqlSettings.QueryTimeout (30 s by default) cancels any
+# statement running longer. The check's time is the server's own (its Date header, which
+# HTTP truncates to the second: up to 1 s early, the safe side), so our clock plays no part.
+# Application nodes of a cluster each stamp with their own clock: NTP keeps them within
+# milliseconds of each other, well inside the margin. 5 minutes (before) made a channel that
+# got more than 1,000 changes within 5 minutes of a run pay the full check at the next run
+# too; with 30 s only a burst in the last 30 s before a run does.
+CHANGES_MARGIN_MS = 30 * 1000
 
 Post = dict[str, Any]
 
@@ -204,6 +213,19 @@ class FullCheck(StrEnum):
     UNCOUNTED = "uncounted"  # the channel counts posts that no listing returned
 
 
+FULL_CHECK_REASONS = {
+    FullCheck.CAPPED: (
+        "full check: 1,000 or more posts changed since the last run (Mattermost's `since` "
+        "returns 1,000 at most); a shorter CONNECTOR_RUN_EVERY (or live mode, where available) "
+        "keeps a busy channel under it"
+    ),
+    FullCheck.UNCOUNTED: (
+        "full check: the server counts posts no listing returned (created with an earlier "
+        "time, or imported)"
+    ),
+}
+
+
 @dataclass(frozen=True)
 class ChangesVerdict:
     """The edits/deletions decision: trust `since` (deliver `stale` again and the posts found
@@ -213,6 +235,11 @@ class ChangesVerdict:
     stale: list[Post] = field(default_factory=list)
     behind: list[Post] = field(default_factory=list)
     missing: int = 0  # posts counted by the server beyond those listed (UNCOUNTED)
+
+    @property
+    def note(self) -> str | None:
+        """Why every post was checked, and what would avoid it: for the report and `status`."""
+        return FULL_CHECK_REASONS[self.full_check] if self.full_check else None
 
 
 def judge_since(

@@ -35,6 +35,7 @@ class ChannelRun:
     counts: Counts = field(default_factory=Counts)
     total_posts: int = 0  # the channel's total_msg_count when the run began: an estimate
     posts_before: int = 0  # delivered by earlier runs (of this cursor)
+    note: str | None = None  # why every post was checked (changes.FULL_CHECK_REASONS)
 
     def delivering(self, bundles: list[BundleFile]) -> ChannelRun:
         """The run as it stands once `bundles` are delivered: at the last cursor one of them
@@ -94,6 +95,9 @@ class ChannelResult:
     error: str | None = None
     cursor_before: Cursor | None = None
     cursor_after: Cursor | None = None
+    # what the operator should know of a run that went well: "unchanged" (found so by the
+    # probe, no pipeline run), or why every post was checked and what would avoid it
+    note: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -108,9 +112,13 @@ class ChannelResult:
         fates = f" ({counts.fates_text()})" if counts.fates else ""
         if not self.ok:
             return f"{label}: FAILED: {self.error}" + (f"; files{fates}" if fates else "")
+        if self.note == UNCHANGED:
+            return f"{label}: unchanged"
         return (
             f"{label}: ok, {counts.posts} posts, {counts.files} files{fates}, "
-            f"{counts.objects} objects" + (f", {counts.skipped} skipped" if counts.skipped else "")
+            f"{counts.objects} objects"
+            + (f", {counts.skipped} skipped" if counts.skipped else "")
+            + (f"; {self.note}" if self.note else "")
         )
 
     def row(self) -> dict[str, Any]:
@@ -126,6 +134,7 @@ class ChannelResult:
             "cursor_before": self.cursor_before.to_dict() if self.cursor_before else None,
             "cursor_after": self.cursor_after.to_dict() if self.cursor_after else None,
             "fates": dict(counts.fates),
+            "note": self.note,
         }
 
     @classmethod
@@ -142,8 +151,11 @@ class ChannelResult:
             error=row["error"],
             cursor_before=cursor(row["cursor_before"]),
             cursor_after=cursor(row["cursor_after"]),
+            note=row.get("note"),
         )
 
+
+UNCHANGED = "unchanged"  # the note of a channel the probe found with nothing to do
 
 # the counts a report shows per channel (bundles only in the OpenCTI work's message)
 REPORTED = ("posts", "files", "objects", "skipped", "updated", "deleted")

@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from mattermost_connector.config import Settings
-from mattermost_connector.errors import MattermostError, fold, one_line
+from mattermost_connector.config import MattermostSettings, Settings
+from mattermost_connector.errors import (
+    ChannelNotAccessible,
+    DeliveryError,
+    MattermostError,
+    ServerUnavailable,
+    fold,
+    one_line,
+)
 from mattermost_connector.mattermost.channels import named_channel
 from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
+from mattermost_connector.mattermost.discovery import discover, resolve_teams
 from mattermost_connector.redact import redact
 from mattermost_connector.state import StateStore
 
@@ -23,6 +32,60 @@ Finding = tuple[bool, str]
 # A check is interactive: one retry, soon, rather than a sync's patient backoff.
 CHECK_RETRY = RetryPolicy(attempts=2, base_delay=0.5, max_delay=1.0)
 PLATFORM_TIMEOUT = 15.0
+# Before a run starts (`preflight`): each answer within this, so that a server that does not
+# answer is reported within 5 s in all (two attempts, 0.5 s apart at most, plus start-up).
+PREFLIGHT_TIMEOUT = 1.5
+PREFLIGHT_THREADS = 8
+
+
+def preflight(settings: Settings, channel_ids: list[str] | None = None) -> None:
+    """What would make every channel of a run fail, checked before Prefect starts: the token,
+    each channel listed by id (or `channel_ids`), the teams of MATTERMOST_TEAMS and the
+    platform. Raises a ConnectorError whose one line names what is wrong. A server that
+    answers, but with 5xx, is left to the run's own patient retries."""
+    mattermost = settings.mattermost
+    try:
+        _mattermost_preflight(mattermost, channel_ids)
+    except ServerUnavailable as error:
+        if not error.reachable:
+            raise MattermostError(
+                f"Mattermost at {mattermost.api_url}: {one_line(error)}; check "
+                "MATTERMOST_DOMAIN, MATTERMOST_PORT and that the server is up"
+            ) from None
+    if settings.connector.send_to_queue:
+        ok, finding = _platform(settings, timeout=PREFLIGHT_TIMEOUT * 2)
+        if not ok:
+            raise DeliveryError(finding)
+
+
+def _mattermost_preflight(settings: MattermostSettings, channel_ids: list[str] | None) -> None:
+    quick = settings.model_copy(update={"timeout": min(settings.timeout, PREFLIGHT_TIMEOUT)})
+    with MattermostClient(quick, retry=CHECK_RETRY) as client:
+        client.me()
+        excluded = set(settings.exclude_channel_ids)
+        wanted = channel_ids or [c for c in settings.channel_ids if c not in excluded]
+        with ThreadPoolExecutor(PREFLIGHT_THREADS) as pool:
+            failures = [f for f in pool.map(lambda c: _channel_problem(client, c), wanted) if f]
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise ChannelNotAccessible(failures[0] + more)
+        if settings.teams and not channel_ids:
+            resolve_teams(client, settings.teams)
+
+
+def _channel_problem(client: MattermostClient, channel_id: str) -> str | None:
+    """Why the channel cannot be synced (404, 403), or None. Other errors (the server gone
+    meanwhile) are raised: they are the run's, not the channel's."""
+    try:
+        client.channel(channel_id)
+    except MattermostError as error:
+        if error.status in (403, 404):
+            return (
+                f"channel {channel_id} is not accessible: {error.status} {error.error_id}; "
+                "check MATTERMOST_CHANNEL_IDS"
+            )
+        raise
+    return None
 
 
 def run_checks(settings: Settings) -> Iterator[Finding]:
@@ -50,6 +113,13 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
                 yield False, f"channel {channel_id}: {one_line(error)}"
             else:
                 yield True, f"channel {channel_id} ({name}): readable"
+        if settings.mattermost.discovers:
+            try:
+                found = discover(client, settings.mattermost)
+            except MattermostError as error:
+                yield False, one_line(error)
+            else:
+                yield True, f"channels to sync: {len(found.channel_ids)} (found now on the server)"
 
 
 def _state_store(settings: Settings) -> Finding:
@@ -75,7 +145,7 @@ def _directory(settings: Settings) -> Finding:
     return True, f"bundle directory {path}: writable"
 
 
-def _platform(settings: Settings) -> Finding:
+def _platform(settings: Settings, timeout: float = PLATFORM_TIMEOUT) -> Finding:
     """Ask the platform its version with the connector's token; registers nothing."""
     url = settings.opencti.url
     token = settings.opencti.token.get_secret_value() if settings.opencti.token else ""
@@ -86,11 +156,11 @@ def _platform(settings: Settings) -> Finding:
             f"{url}/graphql",
             json={"query": "query healthCheck { about { version } }"},
             headers={"Authorization": f"Bearer {token}"},
-            timeout=PLATFORM_TIMEOUT,
+            timeout=timeout,
             verify=verify,
         )
     except httpx.HTTPError as error:
-        return False, f"OpenCTI at {url}: {_unreachable(error)}"
+        return False, f"OpenCTI at {url}: {_unreachable(error, timeout)}"
     problem = _platform_problem(response)
     if problem:
         return False, f"OpenCTI at {url}: {redact(problem, settings.secrets)}"
@@ -98,10 +168,10 @@ def _platform(settings: Settings) -> Finding:
     return True, f"OpenCTI at {url}: reachable, version {version}"
 
 
-def _unreachable(error: httpx.HTTPError) -> str:
+def _unreachable(error: httpx.HTTPError, timeout: float = PLATFORM_TIMEOUT) -> str:
     reason = {
         httpx.ConnectTimeout: "no answer within the connection timeout",
-        httpx.ReadTimeout: f"no answer within {PLATFORM_TIMEOUT:.0f} s",
+        httpx.ReadTimeout: f"no answer within {timeout:g} s",
     }.get(type(error))
     if reason is None:
         cause: BaseException | None = error

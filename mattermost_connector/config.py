@@ -80,14 +80,19 @@ def parse_size(value: object) -> object:
     return int(match.group(1)) * _UNIT_BYTES.get(unit, 1)
 
 
-def parse_channel_ids(value: object) -> list[str]:
-    """Split the comma-separated list and check every id has Mattermost's 26-char shape."""
+def split_list(value: object) -> list[str]:
+    """A comma-separated list (or a list), stripped, empty items dropped, order kept."""
     if isinstance(value, list):
         items = [str(v).strip() for v in value]
     else:
         items = [part.strip() for part in str(value or "").split(",")]
-    items = [item for item in items if item]
-    if not items:
+    return list(dict.fromkeys(item for item in items if item))
+
+
+def parse_channel_ids(value: object, *, required: bool = True) -> list[str]:
+    """Split the comma-separated list and check every id has Mattermost's 26-char shape."""
+    items = split_list(value)
+    if not items and required:
         raise ValueError("must list at least one channel id, comma-separated")
     bad = [item for item in items if not MATTERMOST_ID.match(item)]
     if bad:
@@ -284,7 +289,10 @@ class MattermostSettings(_Group):
     basepath: str = "/api/v4"
     token: SecretStr | None = None  # required, unless token_block names where it is
     token_block: str | None = None  # a Prefect Secret block holding the token
-    channel_ids: Annotated[list[str], NoDecode]
+    channel_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    teams: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    exclude_channel_ids: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    include_direct_messages: bool = False
     start_timestamp: int = Field(0, ge=0)
     tlp: TLP = TLP.AMBER
     verify: bool = True
@@ -327,10 +335,33 @@ class MattermostSettings(_Group):
     def _basepath(cls, value: str) -> str:
         return "/" + value.strip().strip("/")
 
-    @field_validator("channel_ids", mode="before")
+    @field_validator("channel_ids", "exclude_channel_ids", mode="before")
     @classmethod
     def _channel_ids(cls, value: object) -> list[str]:
-        return parse_channel_ids(value)
+        return parse_channel_ids(value, required=False)
+
+    @field_validator("teams", mode="before")
+    @classmethod
+    def _teams(cls, value: object) -> list[str]:
+        teams = split_list(value)
+        if "*" in teams and len(teams) > 1:
+            raise ValueError("'*' (every team of the account) stands alone, without names")
+        return teams
+
+    @model_validator(mode="after")
+    def _some_channels(self) -> MattermostSettings:
+        if not (self.channel_ids or self.teams or self.include_direct_messages):
+            raise ValueError(
+                "no channel to sync: set MATTERMOST_CHANNEL_IDS (channel ids), "
+                "MATTERMOST_TEAMS (team names or ids, or *) or "
+                "MATTERMOST_INCLUDE_DIRECT_MESSAGES=true"
+            )
+        return self
+
+    @property
+    def discovers(self) -> bool:
+        """Whether the channels are found on the server at each run, not only listed."""
+        return bool(self.teams) or self.include_direct_messages
 
     @field_validator("tlp", mode="before")
     @classmethod

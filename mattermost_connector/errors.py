@@ -57,6 +57,15 @@ class MattermostError(ConnectorError):
         self.error_id = error_id
 
 
+class ServerUnavailable(MattermostError):
+    """Still failing after the client's retries: the server did not answer (`reachable`
+    False: refused, timed out, dropped), or kept answering 5xx (`reachable` True)."""
+
+    def __init__(self, message: str, *, reachable: bool) -> None:
+        super().__init__(message)
+        self.reachable = reachable
+
+
 class AuthenticationError(MattermostError):
     """401: the token is missing, revoked or expired. Retrying cannot help."""
 

@@ -86,7 +86,7 @@ def report(store: StateStore, runs: int = 10) -> str:
                 run.posts,
                 run.files,
                 run.objects,
-                (run.error or "")[:80],
+                (run.error or "")[:120],
             )
         )
     parts = [
@@ -116,7 +116,7 @@ def report(store: StateStore, runs: int = 10) -> str:
                 "posts",
                 "files",
                 "objects",
-                "error",
+                "error or note",
             ],
             recent,
         )

@@ -211,12 +211,23 @@ def _channels(values: list[str] | None) -> list[str] | None:
         raise ConfigError(f"--channel: {error}") from None
 
 
-def _prepare() -> None:
-    """Fail early, in one line, on what would fail later: the state store, registration."""
+def _prepare(channels: list[str] | None = None) -> None:
+    """Fail early, in one line, on what would fail later, before Prefect starts: the state
+    store, the token, the channels, the teams and the platform (check.preflight), then
+    registration."""
+    from mattermost_connector.check import preflight
     from mattermost_prefect.tasks import resources
 
     settings = resources.settings()
-    resources.store()
+    resources.store()  # local and quick: first
+    # the client's retry warnings would only repeat the one line the failure prints
+    client_log = logging.getLogger("mattermost_connector.mattermost")
+    level = client_log.level
+    client_log.setLevel(logging.ERROR)
+    try:
+        preflight(settings, channels)
+    finally:
+        client_log.setLevel(level)
     import mattermost_prefect.flows.sync  # noqa: F401 - Prefect's logging setup, before ours
 
     _configure_logging(settings.connector.log_level, settings.mattermost.debug)
@@ -239,7 +250,7 @@ def _finish(state: Any, what: str) -> int:
 
 def _sync(args: argparse.Namespace) -> int:
     channels = _channels(args.channel)
-    _prepare()
+    _prepare(channels)
     from mattermost_prefect.flows.sync import mattermost_sync
 
     return _finish(mattermost_sync(channel_ids=channels, return_state=True), RunKind.SYNC)
@@ -253,7 +264,7 @@ def _backfill(args: argparse.Namespace) -> int:
         parse_window(args.since, args.until)
     except ConfigError as error:
         raise ConfigError(f"--since/--until: {error}") from None
-    _prepare()
+    _prepare([channel])
     from mattermost_prefect.flows.backfill import mattermost_backfill
 
     state = mattermost_backfill(channel, args.since, args.until, return_state=True)

@@ -15,10 +15,10 @@ RETRIES = retrying(2, 10, 30)
 
 
 @task(name="scan-changes", task_run_name="changes-{run.channel_id}", **RETRIES)
-def scan_changes(run: ChannelRun) -> Batch | None:
+def scan_changes(run: ChannelRun) -> tuple[Batch | None, str | None]:
     """Posts edited or deleted since the watermark, and posts `since` shows behind the cursor;
-    None when a full check is needed: `since` may have been cut, or the channel's message
-    count grew by more than the posts seen."""
+    no batch when a full check is needed (`since` may have been cut, or the channel's message
+    count grew by more than the posts seen), with why and what would avoid it."""
     verdict, batch = pipeline().scan_changes(run)
     logger = get_run_logger()
     if verdict.full_check == FullCheck.CAPPED:
@@ -39,7 +39,7 @@ def scan_changes(run: ChannelRun) -> Batch | None:
             run.channel_id,
             len(verdict.behind),
         )
-    return batch
+    return batch, verdict.note
 
 
 @task(name="reconcile", task_run_name="reconcile-{run.channel_id}", **RETRIES)

@@ -103,6 +103,7 @@ def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
             "deleted": row["deleted"],
             "skipped": row["skipped"],
             "error": row["error"] or "",
+            "note": row.get("note") or "",
             "cursor before": _position(row["cursor_before"]),
             "cursor after": _position(row["cursor_after"]),
         }

@@ -104,6 +104,7 @@ class State:
     files: dict[str, StoredFile] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)  # token -> user id
     members: dict[str, set[str]] = field(default_factory=dict)  # channel id -> user ids
+    team_members: dict[str, set[str]] = field(default_factory=dict)  # team id -> user ids
     tiebreak: dict[str, float] = field(default_factory=dict)  # stands for the DB's row order
     by_channel: dict[str, dict[str, None]] = field(default_factory=dict)  # insertion-ordered
     replies: dict[str, list[str]] = field(default_factory=dict)  # root id -> reply ids
@@ -136,6 +137,7 @@ class MattermostSimulator:
         self._fault_rng = random.Random(self.faults.seed)
         self._lock = threading.RLock()
         self._clock_ms = 1_700_000_000_000
+        self._skew_ms = 0  # how far advance_clock moved the server's clock ahead of ours
         self._tat: float | None = None  # GCRA theoretical arrival time (monotonic s)
         self._throttled_until = 0.0  # an injected 429 holds until then (monotonic s)
         self._version = 0  # bumped by every change to posts: invalidates the listing cache
@@ -152,13 +154,28 @@ class MattermostSimulator:
     def now(self) -> int:
         """A simulated clock in ms, always moving forward."""
         with self._lock:
-            self._clock_ms = max(self._clock_ms + 1, int(time.time() * 1000))
+            self._clock_ms = max(self._clock_ms + 1, int(time.time() * 1000) + self._skew_ms)
             return self._clock_ms
 
-    def add_team(self, name: str, display_name: str | None = None) -> dict[str, Any]:
+    def advance_clock(self, ms: int) -> None:
+        """Move the server's clock forward (what waiting that long would do)."""
+        with self._lock:
+            self._skew_ms += ms
+            self._clock_ms = max(self._clock_ms, int(time.time() * 1000) + self._skew_ms)
+
+    def add_team(
+        self,
+        name: str,
+        display_name: str | None = None,
+        members: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    ) -> dict[str, Any]:
         team = {"id": self.new_id(), "name": name, "display_name": display_name or name}
         self.state.teams[team["id"]] = team
+        self.state.team_members[team["id"]] = {m["id"] for m in members}
         return team
+
+    def join_team(self, team: dict[str, Any], user: dict[str, Any]) -> None:
+        self.state.team_members.setdefault(team["id"], set()).add(user["id"])
 
     def add_user(
         self,
@@ -223,6 +240,8 @@ class MattermostSimulator:
         }
         self.state.channels[channel["id"]] = channel
         self.state.members[channel["id"]] = {m["id"] for m in members}
+        if team:  # a channel member is a member of its team (AddChannelMember requires it)
+            self.state.team_members.setdefault(team["id"], set()).update(m["id"] for m in members)
         return channel
 
     def rename_channel(self, channel_id: str, name: str) -> None:
@@ -540,14 +559,16 @@ class MattermostSimulator:
         match method, parts:
             case "GET", ["users", "me"]:
                 return self.visible_user(me, me)
-            case "GET", ["users", "me", "teams"]:
-                return list(self.state.teams.values())
-            case "GET", ["users", "me", "teams", team_id, "channels"]:
-                return [
-                    c
-                    for c in self.state.channels.values()
-                    if c["team_id"] == _valid(team_id) and me["id"] in self.state.members[c["id"]]
-                ]
+            case "GET", ["users", user_id, "teams"]:
+                # api4/team.go getTeamsForUser -> TeamStore.GetTeamsByUserId: the teams the
+                # user is a member of; not paged
+                return [self.state.teams[t] for t in sorted(self.team_ids_of(user_id, me))]
+            case "GET", ["users", user_id, "teams", team_id, "channels"]:
+                return self.member_channels(self.user_of(user_id, me), team_id, query)
+            case "GET", ["teams", team_id, "channels"]:
+                return self.public_channels(team_id, query, me)
+            case "GET", ["teams", team_id, "channels", "deleted"]:
+                return self.archived_channels(team_id, query, me)
             case "GET", ["users", user_id]:
                 # api4/user.go getUser: UserCanSeeOtherUser is asked first (403), then the
                 # user is loaded (404)
@@ -597,14 +618,100 @@ class MattermostSimulator:
         raise AppError(404, "api.context.404.app_error", "Sorry, we could not find the page.")
 
     def readable_channel(self, channel_id: str, me: dict[str, Any]) -> dict[str, Any]:
+        """App.HasPermissionToReadChannel: a member, or any member of the team for a public
+        (O) channel (read_public_channel, without joining it)."""
         channel = self.state.channels.get(_valid(channel_id))
         if channel is None:
             if self.old_server:
                 raise AppError(403, "api.context.permissions.app_error")
             raise AppError(404, "app.channel.get.existing.app_error")
-        if me["id"] not in self.state.members[channel["id"]]:
+        if me["id"] not in self.state.members[channel["id"]] and not (
+            channel["type"] == "O"
+            and me["id"] in self.state.team_members.get(channel["team_id"], set())
+        ):
             raise AppError(403, "api.context.permissions.app_error")
         return channel
+
+    # -- finding channels (api4/channel.go, api4/team.go; store/sqlstore/channel_store.go) --
+
+    def user_of(self, user_id: str, me: dict[str, Any]) -> dict[str, Any]:
+        """`me` or the account's own id; another user's lists need edit_other_users."""
+        if user_id in ("me", me["id"]):
+            return me
+        _valid(user_id)
+        if "system_admin" not in me["roles"]:
+            raise AppError(403, "api.context.permissions.app_error")
+        if user_id not in self.state.users:
+            raise AppError(404, "app.user.missing_account.const")
+        return self.state.users[user_id]
+
+    def team_ids_of(self, user_id: str, me: dict[str, Any]) -> list[str]:
+        user = self.user_of(user_id, me)
+        return [t for t, members in self.state.team_members.items() if user["id"] in members]
+
+    def team_member(self, team_id: str, me: dict[str, Any]) -> str:
+        """view_team / list_team_channels: team members (and system admins) only."""
+        team_id = _valid(team_id)
+        if team_id not in self.state.teams:
+            raise AppError(404, "app.team.get.find.app_error")
+        members = self.state.team_members.get(team_id, set())
+        if me["id"] not in members and "system_admin" not in me["roles"]:
+            raise AppError(403, "api.context.permissions.app_error")
+        return team_id
+
+    def member_channels(
+        self, user: dict[str, Any], team_id: str, query: dict[str, list[str]]
+    ) -> list[dict[str, Any]]:
+        """GET /users/{id}/teams/{team}/channels (ChannelStore.GetChannels): the user's
+        channels of the team AND its direct and group channels (TeamId = ''), archived ones
+        only with include_deleted=true; ordered by display name; not paged."""
+        team_id = self.team_member(team_id, user)
+        deleted = query.get("include_deleted", ["false"])[0] == "true"
+        found = [
+            c
+            for c in self.state.channels.values()
+            if c["team_id"] in (team_id, "")
+            and user["id"] in self.state.members[c["id"]]
+            and (deleted or not c["delete_at"])
+        ]
+        return sorted(found, key=lambda c: (c["display_name"], c["id"]))
+
+    def _page(self, rows: list[dict[str, Any]], query: dict[str, list[str]]) -> list:
+        """c.Params: per_page defaults to 60, at most 200; LIMIT per_page OFFSET page*per_page
+        after ORDER BY DisplayName."""
+        page = max(_int(query, "page", 0), 0)
+        per_page = _int(query, "per_page", 60)
+        per_page = 60 if per_page <= 0 else min(per_page, 200)
+        rows = sorted(rows, key=lambda c: (c["display_name"], c["id"]))
+        return rows[page * per_page : (page + 1) * per_page]
+
+    def public_channels(
+        self, team_id: str, query: dict[str, list[str]], me: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """GET /teams/{id}/channels (list_team_channels): the team's public channels, archived
+        ones left out, paged."""
+        team_id = self.team_member(team_id, me)
+        rows = [
+            c
+            for c in self.state.channels.values()
+            if c["team_id"] == team_id and c["type"] == "O" and not c["delete_at"]
+        ]
+        return self._page(rows, query)
+
+    def archived_channels(
+        self, team_id: str, query: dict[str, list[str]], me: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """GET /teams/{id}/channels/deleted (ChannelStore.GetDeleted): the team's archived
+        public channels and the archived private ones the caller is a member of, paged."""
+        team_id = _valid(team_id)
+        rows = [
+            c
+            for c in self.state.channels.values()
+            if c["team_id"] == team_id
+            and c["delete_at"]
+            and (c["type"] == "O" or me["id"] in self.state.members[c["id"]])
+        ]
+        return self._page(rows, query)
 
     def readable_file(self, file_id: str, me: dict[str, Any]) -> StoredFile:
         stored = self.state.files.get(_valid(file_id))
@@ -760,6 +867,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silent: tests read `sim.requests` instead."""
+
+    def date_time_string(self, timestamp: float | None = None) -> str:
+        """The Date header from the server's clock (whole seconds, as HTTP dates are), the
+        one its `update_at` stamps come from."""
+        from email.utils import formatdate
+
+        if timestamp is None:
+            timestamp = (time.time() * 1000 + self.sim._skew_ms) / 1000
+        return formatdate(timestamp, usegmt=True)
 
     def do_GET(self) -> None:
         self._handle("GET")

@@ -106,8 +106,8 @@ def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
     per_channel = {run.name: len(task_runs_of(run.id)) for run in children}
     print("task runs per channel, first sync:", per_channel)
     assert max(per_channel.values()) <= MAX_TASK_RUNS_PER_CHANNEL["first"], per_channel
-    # the parent: a tracking task run per channel's flow run, and the report
-    assert len(task_runs_of(parent.id)) == len(channels) + 1
+    # the parent: selection, probe, a tracking task run per channel's flow run, the report
+    assert len(task_runs_of(parent.id)) == len(channels) + 3
 
     for channel in channels:
         world.populate(channel, 5)
@@ -170,3 +170,36 @@ def test_a_refused_token_reads_back_from_the_api_as_token_refused(world: World):
     with get_client(sync_client=True) as client:
         stored = client.read_flow_run(state.state_details.flow_run_id).state
     assert stored.name == TOKEN_REFUSED and stored.message == state.message
+
+
+def test_a_token_refused_mid_run_stops_the_sync_after_the_channels_running(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    """The token revoked once the probe passed: the two channels running at once each stop
+    at their first request, unretried; the third never starts."""
+    import mattermost_prefect.flows.sync as sync_flow
+    from tests.support import TOKEN
+
+    channels = [world.channel(f"revoked-{n}") for n in range(3)]
+    for channel in channels:
+        world.populate(channel, 5)
+    world.configure(channels, CONNECTOR_CHANNEL_CONCURRENCY="2")
+    real_run_channels = sync_flow.run_channels
+
+    def revoke_then_run(*args, **kwargs):
+        world.sim.state.tokens.pop(TOKEN)
+        before = len(world.sim.requests)
+        try:
+            return real_run_channels(*args, **kwargs)
+        finally:
+            revoke_then_run.requests = len(world.sim.requests) - before
+
+    monkeypatch.setattr(sync_flow, "run_channels", revoke_then_run)
+    state = sync_flow.mattermost_sync(return_state=True)
+
+    assert state.is_failed() and state.message.startswith("run stopped: Mattermost refused")
+    assert "check MATTERMOST_TOKEN" in state.message
+    runs = StateStore(f"sqlite:///{world.workdir / 'state.db'}").runs()
+    assert revoke_then_run.requests == len(runs) == 2
+    for run in runs:
+        assert run.status == "failed" and "check MATTERMOST_TOKEN" in run.error

@@ -98,10 +98,15 @@ BAD_INPUTS = [
         "CONNECTOR_RUN_EVERY: must be a positive whole number followed by s, m, h or d",
     ),
     ({"CONNECTOR_ID": "not-a-uuid"}, "CONNECTOR_ID: must be a UUID"),
-    ({"MATTERMOST_CHANNEL_IDS": ""}, "MATTERMOST_CHANNEL_IDS: must list at least one channel id"),
+    ({"MATTERMOST_CHANNEL_IDS": ""}, "no channel to sync: set MATTERMOST_CHANNEL_IDS"),
+    ({"MATTERMOST_CHANNEL_IDS": " , ,"}, "no channel to sync: set MATTERMOST_CHANNEL_IDS"),
     (
-        {"MATTERMOST_CHANNEL_IDS": " , ,"},
-        "MATTERMOST_CHANNEL_IDS: must list at least one channel id",
+        {"MATTERMOST_TEAMS": "*,acme"},
+        "MATTERMOST_TEAMS: '*' (every team of the account) stands alone",
+    ),
+    (
+        {"MATTERMOST_EXCLUDE_CHANNEL_IDS": "town-square"},
+        "MATTERMOST_EXCLUDE_CHANNEL_IDS: 'town-square' is not a channel id",
     ),
     (
         {"MATTERMOST_CHANNEL_IDS": "town-square"},

@@ -49,7 +49,7 @@ def test_config_schema_describes_every_variable_as_opencti_lays_it_out():
         assert schema["properties"][secret]["writeOnly"] is True
     assert schema["properties"]["MATTERMOST_TLP"]["enum"][:2] == ["CLEAR", "WHITE"]
     assert schema["properties"]["CONNECTOR_DURATION_PERIOD"]["default"] == "PT1H"
-    assert {"MATTERMOST_DOMAIN", "MATTERMOST_CHANNEL_IDS", "OPENCTI_URL"} <= set(schema["required"])
+    assert {"MATTERMOST_DOMAIN", "OPENCTI_URL"} <= set(schema["required"])
     validator = jsonschema.Draft202012Validator(schema)
     minimal = {
         "OPENCTI_URL": "http://opencti:8080",

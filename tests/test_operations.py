@@ -143,11 +143,12 @@ def test_backfill_of_an_unknown_channel_fails_clearly(world: World, prefect_api:
         prefect_api,
     )
     assert result.returncode == 1
-    assert (
-        f"channel {unknown}: FAILED: channel {unknown} is not accessible: 404 app.channel.get.existing.app_error"
-        in result.stdout
+    # refused before Prefect starts (check.preflight), in one line
+    assert result.stderr.strip() == (
+        f"error: channel {unknown} is not accessible: 404 app.channel.get.existing.app_error; "
+        "check MATTERMOST_CHANNEL_IDS"
     )
-    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout == ""
 
 
 def test_a_sync_and_a_backfill_of_one_channel_take_turns(world: World, prefect_api: str):
@@ -216,12 +217,13 @@ def test_status_and_check(world: World, prefect_api: str):
     status = run_cli(["status"], env, world.workdir)
     assert status.returncode == 0
     assert channel["id"] in status.stdout and "completed" in status.stdout and "30" in status.stdout
+    assert "cti/inspected" in status.stdout
     check = run_cli(["check"], env, world.workdir)
     assert check.returncode == 0, check.stdout
     assert "ok    Mattermost token: valid, acting as @reader" in check.stdout
     assert f"ok    channel {channel['id']} (cti/inspected): readable" in check.stdout
     assert "ok    state store: writable (sqlite)" in check.stdout
-    outsider = world.sim.add_channel(world.team, "secret", members=[])
+    outsider = world.sim.add_channel(world.team, "secret", type="P", members=[])
     bad = run_cli(
         ["check"],
         {
@@ -239,6 +241,12 @@ def test_status_and_check(world: World, prefect_api: str):
     revoked = run_cli(["check"], {**env, "MATTERMOST_TOKEN": "revoked-1234"}, world.workdir)
     assert revoked.returncode == 1 and "FAIL  Mattermost token" in revoked.stdout
     assert "revoked-1234" not in revoked.stdout + revoked.stderr
+    teams = run_cli(["check"], {**env, "MATTERMOST_TEAMS": "cti"}, world.workdir)
+    # the private channel the reader is not in is neither readable nor found
+    assert "ok    channels to sync: 1 (found now on the server)" in teams.stdout, teams.stdout
+    unknown = run_cli(["check"], {**env, "MATTERMOST_TEAMS": "nope"}, world.workdir)
+    assert unknown.returncode == 1
+    assert "FAIL  MATTERMOST_TEAMS: 'nope' is not a team of the token's account" in unknown.stdout
 
 
 def test_check_reports_the_platform(world: World, platform):

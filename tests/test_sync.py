@@ -86,10 +86,24 @@ def test_sync_flow_to_directory_then_rerun_adds_only_new_posts(
 
 
 def test_inaccessible_channels_fail_alone(prefect_api, workdir, demo, monkeypatch):
+    """Channels readable when the run was checked (check.preflight) but not any more when
+    the flow reaches them: each fails alone, the others are synced."""
     sim = demo.sim
-    outsider = sim.add_user("outsider")
-    forbidden = sim.add_channel(sim.add_team("other"), "secret", members=[outsider])
-    unknown = "u" * 26
+    reader = sim.state.users[sim.state.tokens[demo.token]]
+    team = sim.add_team("other")
+    doomed = sim.add_channel(team, "doomed", type="P", members=[reader])
+    forbidden = sim.add_channel(team, "secret", type="P", members=[reader])
+    unknown = doomed["id"]
+    asked = []
+
+    def revoke(path: str, query: dict) -> None:
+        if path.endswith("/users/me"):
+            asked.append(path)
+            if len(asked) == 2:  # the flow's own first request, after the preflight
+                sim.state.channels.pop(doomed["id"])
+                sim.state.members[forbidden["id"]].discard(reader["id"])
+
+    sim.on_request = revoke
     env = {
         **mattermost_env(demo),
         "MATTERMOST_CHANNEL_IDS": ",".join(
@@ -120,33 +134,27 @@ def test_inaccessible_channels_fail_alone(prefect_api, workdir, demo, monkeypatc
     assert "api.context.permissions.app_error" in errors[forbidden["id"]]
     assert store.cursor(demo.channels[1]["id"]) and store.cursor(demo.channels[2]["id"])
     assert store.cursor(unknown) is None
-    # no retry storm on a channel that cannot become readable
-    assert sum(1 for r in sim.requests if r.path.endswith(unknown)) == 1
+    # no retry storm on a channel that cannot become readable: the preflight's request, then
+    # the pipeline's single one
+    assert sum(1 for r in sim.requests if r.path.endswith(unknown)) == 2
 
 
-def test_bad_token_stops_the_run_at_once(prefect_api, workdir, demo):
+def test_bad_token_refused_before_prefect_starts(workdir, demo):
     env = {
         **mattermost_env(demo),
         "MATTERMOST_TOKEN": "revoked-token-abcdef",
         "CONNECTOR_SEND_TO_QUEUE": "false",
         "CONNECTOR_SEND_TO_DIRECTORY": "true",
         "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{workdir / 'state.db'}",
-        "CONNECTOR_CHANNEL_CONCURRENCY": "2",
     }
-    result = run_cli(["sync"], env, workdir, prefect_api)
+    result = run_cli(["sync"], env, workdir)
     assert result.returncode == 1
-    assert (
-        "sync failed: run stopped: Mattermost refused the token (401 api.context.session_expired.app_error): check MATTERMOST_TOKEN"
-        in result.stderr
+    assert result.stderr.strip() == (
+        "error: Mattermost refused the token (401 api.context.session_expired.app_error): "
+        "check MATTERMOST_TOKEN"
     )
-    # two channels run at once: both started, each made one request, none retried, and the
-    # third channel never started after the refusal
-    runs = StateStore(env["CONNECTOR_STATE_DATABASE_URL"]).runs()
-    assert len(demo.sim.requests) == len(runs) == 2 < len(demo.channels)
+    assert len(demo.sim.requests) == 1  # GET /users/me; no channel tried
     assert "revoked-token-abcdef" not in result.stdout + result.stderr
-    for run in runs:
-        assert run.status == "failed" and "check MATTERMOST_TOKEN" in run.error
-        assert "revoked-token-abcdef" not in run.error
 
 
 def queue_env(demo: Demo, platform: FakeOpenCTI, workdir: Path, protocol: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ from mattermost_connector.errors import (
     FileTooLarge,
     MalformedPost,
     MattermostError,
+    ServerUnavailable,
     one_line,
 )
 
@@ -107,6 +108,36 @@ class MattermostClient:
 
     def team(self, team_id: str) -> dict[str, Any]:
         return self._json("GET", f"/teams/{team_id}")
+
+    def my_teams(self) -> list[dict[str, Any]]:
+        """The account's teams (`GET /users/me/teams`: not paged)."""
+        return self._json("GET", "/users/me/teams")
+
+    def my_channels(self, team_id: str) -> list[dict[str, Any]]:
+        """The account's channels of a team, archived ones included, and its direct and group
+        channels (`GET /users/me/teams/{id}/channels`: not paged)."""
+        path = f"/users/me/teams/{team_id}/channels"
+        return self._json("GET", path, params={"include_deleted": "true"})
+
+    def public_channels(self, team_id: str) -> list[dict[str, Any]]:
+        """The team's public channels, archived ones left out (paged)."""
+        return self._pages(f"/teams/{team_id}/channels")
+
+    def archived_channels(self, team_id: str) -> list[dict[str, Any]]:
+        """The team's archived public channels and the archived private ones the account
+        belongs to (paged)."""
+        return self._pages(f"/teams/{team_id}/channels/deleted")
+
+    def _pages(self, path: str) -> list[dict[str, Any]]:
+        """Every page of a listing, PER_PAGE at a time, until a page comes back short."""
+        found: list[dict[str, Any]] = []
+        page = 0
+        while True:
+            rows = self._json("GET", path, params={"page": page, "per_page": PER_PAGE})
+            found.extend(rows)
+            if len(rows) < PER_PAGE:
+                return found
+            page += 1
 
     def post(self, post_id: str) -> dict[str, Any]:
         return _checked_post(self._json("GET", f"/posts/{post_id}"), f"GET /posts/{post_id}")
@@ -206,8 +237,9 @@ class MattermostClient:
                 reason = str(error) if isinstance(error, _Transient) else one_line(error)
                 log.warning("%s %s failed (%s), attempt %d", method, path, reason, failures)
                 if failures >= self._retry.attempts:
-                    raise MattermostError(
-                        f"{method} {path}: gave up after {failures} attempts ({reason})"
+                    raise ServerUnavailable(
+                        f"{method} {path}: gave up after {failures} attempts ({reason})",
+                        reachable=isinstance(error, _Transient),
                     ) from None
                 self._sleep(self._retry.backoff(failures - 1))
 

@@ -561,18 +561,20 @@ class ChannelPipeline:
             for destination in self.services.destinations:
                 destination.close_work(run.work, error or archived or message, in_error=bool(error))
             shutil.rmtree(run.spool, ignore_errors=True)
+        note = run.note if run else None
+        shown = error or archived or note
         if unrecorded is None:
             try:
                 self._stored(
                     lambda: self.store.finish_run(
-                        run_id, status, None if error else counts, error=error or archived
+                        run_id, status, None if error else counts, error=shown
                     )
                 )
             except Exception as fault:
                 unrecorded = one_line(fault, limit=300, first_line=True)
         if unrecorded is not None:  # the report says so; the row gets the run's own outcome
             with _unwritten_lock:  # written by this process's next run start
-                _unwritten[run_id] = (status, None if error else counts, error or archived)
+                _unwritten[run_id] = (status, None if error else counts, shown)
             status = RunStatus.FAILED
             error = (error + "; " if error else "") + (
                 f"state store unavailable, run history not written ({unrecorded})"
@@ -586,6 +588,7 @@ class ChannelPipeline:
             error=error or archived,
             cursor_before=run.cursor_before if run else None,
             cursor_after=run.cursor if run else None,
+            note=note,
         )
 
 

@@ -17,6 +17,7 @@ from mattermost_connector.state.files import upsert_attachments
 from mattermost_connector.state.schema import (
     EngineBound,
     channel_cursors,
+    channel_leases,
     delivered_posts,
     runs,
     upsert_values,
@@ -106,6 +107,41 @@ class CursorStore(EngineBound):
                 )
             ).scalar()
         return decode(raw) if raw else None
+
+    def cursors_for(self, keys: Iterable[str]) -> dict[str, Cursor]:
+        """The cursors under these keys, in one query per 500 (absent: never synced)."""
+        ids, found = list(set(keys)), {}
+        table = channel_cursors
+        with self._engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                query = sa.select(table.c.channel_id, table.c.cursor).where(
+                    table.c.channel_id.in_(ids[start : start + 500])
+                )
+                found.update({key: decode(raw) for key, raw in connection.execute(query)})
+        return found
+
+    def advance_watermarks(self, moves: Iterable[tuple[str, Cursor, Cursor]]) -> set[str]:
+        """Move unchanged channels' cursors from `old` to `new` in one transaction, each only
+        if its cursor is still `old` (no run moved it since it was read) and no live lease is
+        held on it (a run is working on it): that run's own commit decides. Returns the keys
+        moved."""
+        table, now, moved = channel_cursors, utc_now(), set()
+        busy = sa.exists().where(
+            channel_leases.c.channel_id == table.c.channel_id,
+            channel_leases.c.expires_at >= now,
+        )
+        with self._engine.begin() as connection:
+            for key, old, new in moves:
+                count = connection.execute(
+                    table.update()
+                    .where(table.c.channel_id == key)
+                    .where(table.c.cursor == json.dumps(old.to_dict(), sort_keys=True))
+                    .where(~busy)
+                    .values(cursor=json.dumps(new.to_dict(), sort_keys=True), updated_at=now)
+                ).rowcount
+                if count:
+                    moved.add(key)
+        return moved
 
     def cursors(self) -> list[dict[str, Any]]:
         with self._engine.connect() as connection:

@@ -78,6 +78,28 @@ class AttachmentStore(EngineBound):
                     found.setdefault(row["post_id"], []).append(dict(row))
         return found
 
+    def channels_missing_files(self, channel_ids: Iterable[str], max_size: int) -> set[str]:
+        """Of these channels, those with a file `posts_with_missing_files` would fetch again."""
+        ids, found, table = list(set(channel_ids)), set(), attachments
+        with self._engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                query = (
+                    sa.select(table.c.channel_id)
+                    .where(table.c.channel_id.in_(ids[start : start + 500]))
+                    .where(
+                        sa.or_(
+                            table.c.status == AttachmentFate.FAILED,
+                            sa.and_(
+                                table.c.status == AttachmentFate.TOO_LARGE,
+                                table.c.size <= max_size,
+                            ),
+                        )
+                    )
+                    .distinct()
+                )
+                found.update(connection.execute(query).scalars())
+        return found
+
     def posts_with_missing_files(
         self, channel_id: str, max_size: int, limit: int = 200, before_run: int | None = None
     ) -> list[str]:

@@ -60,14 +60,16 @@ class NameStore(EngineBound):
         return found
 
     def remember_name(self, channel_id: str, name: str) -> None:
+        self.remember_names({channel_id: name})
+
+    def remember_names(self, names: dict[str, str]) -> None:
+        """Channel names as last resolved, for `status` (one statement for many)."""
+        if not names:
+            return
+        now = utc_now()
+        rows = [{"channel_id": c, "name": n, "updated_at": now} for c, n in names.items()]
         with self._engine.begin() as connection:
-            upsert(
-                connection,
-                channel_names,
-                "channel_id",
-                [{"channel_id": channel_id, "name": name, "updated_at": utc_now()}],
-                ("name", "updated_at"),
-            )
+            upsert(connection, channel_names, "channel_id", rows, ("name", "updated_at"))
 
     def channel_names(self) -> dict[str, str]:
         with self._engine.connect() as connection:
