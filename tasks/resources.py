@@ -75,10 +75,18 @@ def pipeline(run_key: str) -> ChannelPipeline:
     return ChannelPipeline(services(run_key))
 
 
-def release_connections() -> None:
-    """Close Mattermost connections unless MATTERMOST_KEEPALIVE asks to keep them between runs."""
+def keep_connections(keep: bool) -> None:
+    """A live session delivers every few seconds: its HTTP connections to Mattermost stay
+    open between runs (httpx still closes those idle for 60 s)."""
     with _lock:
-        if "client" in _cache and not settings().mattermost.keepalive:
+        _cache["keep_connections"] = keep
+
+
+def release_connections() -> None:
+    """Close Mattermost connections after a run, unless a live session in this process
+    reuses them (`keep_connections`)."""
+    with _lock:
+        if "client" in _cache and not _cache.get("keep_connections"):
             _cache.pop("client").close()
 
 

@@ -1,0 +1,189 @@
+"""Live mode: Mattermost's WebSocket makes channels due, a delivery loop runs them.
+
+Events trigger, the cursor decides: each delivery is the channel's ordinary pipeline (REST
+cursor, change scan, lease), so a missed, repeated or reordered event loses or duplicates
+nothing. Each delivery is one flow run, `mattermost-live-delivery`, named after its channels
+and why they ran (events, catch-up, resync); a burst's events coalesce into a few of them
+(mattermost_connector/live/due.py).
+
+Deliveries run in a thread of their own, not the main one: Prefect's flow engine replaces the
+SIGTERM handler of the main thread with one that crashes the flow run, and live mode must
+finish the delivery in flight on SIGTERM, then exit 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from prefect import flow
+from prefect.states import State
+
+from mattermost_connector.channel_run import ChannelResult
+from mattermost_connector.config import Settings
+from mattermost_connector.errors import AuthenticationError, one_line
+from mattermost_connector.kinds import RunKind
+from mattermost_connector.live.due import DueChannel, DueChannels
+from mattermost_connector.live.listener import RESYNC, Listener
+from mattermost_connector.live.socket import MattermostSocket
+from mattermost_connector.live.witness import ChangeWitness
+from mattermost_prefect.flows.pipeline import run_channel
+from mattermost_prefect.flows.sync import outcome
+from mattermost_prefect.tasks import resources
+
+log = logging.getLogger("mattermost_connector.live")
+
+CATCH_UP = "catch-up"
+
+
+def deliver_channel(channel_id: str) -> ChannelResult:
+    """The one place live mode runs a channel's pipeline (holding its lease, like any run)."""
+    return run_channel(channel_id, RunKind.SYNC)
+
+
+@flow(
+    name="mattermost-live-delivery",
+    flow_run_name="{label}",
+    validate_parameters=False,
+    persist_result=False,
+)
+def mattermost_live_delivery(channel_ids: list[str], label: str) -> State[Any]:
+    """Deliver these channels from their cursors, one after another. `label` says which and
+    why, for the flow run's name."""
+    results: list[ChannelResult] = []
+    refused: str | None = None
+    for channel_id in channel_ids:
+        try:
+            results.append(deliver_channel(channel_id))
+        except AuthenticationError as error:
+            refused = one_line(error)
+            break
+    return outcome(results, RunKind.SYNC, refused)
+
+
+def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
+    """`live events: cti/town-square (12 posted, 1 post_edited)`, `live catch-up: 3
+    channels`: which channels, and why."""
+    reasons: dict[str, int] = {}
+    for channel in due:
+        for reason, count in channel.reasons.items():
+            reasons[reason] = reasons.get(reason, 0) + count
+    why = "+".join(sorted({r if r in (CATCH_UP, RESYNC) else "events" for r in reasons}))
+    if len(due) == 1:
+        channels = names.get(due[0].channel_id) or due[0].channel_id
+    else:
+        channels = f"{len(due)} channels"
+    counts = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
+    return f"live {why}: {channels} ({counts})"
+
+
+class LiveSession:
+    """The listener thread and the delivery thread of one live process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        deliver: Callable[[list[str], str], Any] | None = None,
+        due: DueChannels | None = None,
+    ) -> None:
+        mattermost = settings.mattermost
+        self.channels = list(mattermost.channel_ids)
+        self.stop = threading.Event()
+        self.due = due or DueChannels()
+        self.witness = ChangeWitness()
+        self.listener = Listener(
+            MattermostSocket(mattermost),
+            self.channels,
+            self.due,
+            keepalive=mattermost.keepalive,
+            delay=mattermost.keepalive_delay,
+            stop=self.stop,
+            witness=self.witness,
+        )
+        self.connect_timeout = mattermost.timeout
+        self._deliver = deliver or self._flow_run
+        self.deliveries = 0  # flow runs started (benchmark, tests)
+        self._threads: list[threading.Thread] = []
+
+    def _flow_run(self, channel_ids: list[str], label: str) -> Any:
+        return mattermost_live_delivery(channel_ids, label, return_state=True)
+
+    def start(self) -> None:
+        resources.keep_connections(True)  # deliveries come seconds apart: reuse HTTP
+        for name, target in (("listener", self.listener.run), ("delivery", self._deliveries)):
+            thread = threading.Thread(target=target, name=f"mattermost-live-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _deliveries(self) -> None:
+        """Catch every channel up (once the WebSocket is up, so that no event falls between
+        the two), then deliver what events make due, until stopped."""
+        try:
+            self.listener.connected.wait(self.connect_timeout)
+            if not self.stop.is_set() and self.listener.failure is None:
+                self.due.mark_all(self.channels, CATCH_UP)
+            while not self.stop.is_set() and self.listener.failure is None:
+                due = self.due.take(timeout=1.0)
+                if due and not self.stop.is_set():
+                    self.deliver(due)
+        finally:
+            self.stop.set()
+
+    def deliver(self, due: list[DueChannel]) -> None:
+        names = resources.store().channel_names()
+        label = delivery_label(due, names)
+        log.info("%s", label)
+        self.deliveries += 1
+        try:
+            self._deliver([channel.channel_id for channel in due], label)
+        except Exception as error:  # a delivery that crashed: the next event tries again
+            log.error("%s failed: %s", label, one_line(error))
+
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.due.wake()
+
+    def wait(self) -> None:
+        """Until stopped (or the listener gave up); the delivery in flight completes."""
+        while not self.stop.wait(0.5):
+            pass
+        self.due.wake()
+        for thread in self._threads:
+            thread.join()
+
+    @property
+    def failure(self) -> str | None:
+        return self.listener.failure
+
+
+def run_live(settings: Settings) -> int:
+    """`mattermost-connector live`: 0 when stopped by SIGTERM or SIGINT (the delivery in
+    flight finished), 1 when the listener gave up (disconnected with
+    MATTERMOST_KEEPALIVE=false, token refused)."""
+    session = LiveSession(settings)
+
+    def on_signal(signum: int, _: object) -> None:
+        log.info("live: %s received, finishing the delivery in flight", signal.Signals(signum).name)
+        session.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        session.start()
+        session.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        resources.keep_connections(False)
+    return 1 if session.failure else 0
+
+
+def start_beside_serve(settings: Settings) -> LiveSession:
+    """`serve` with MATTERMOST_LIVE=true: the same listener and deliveries, in threads beside
+    the deployments (stopped with the process)."""
+    session = LiveSession(settings)
+    session.start()
+    return session
