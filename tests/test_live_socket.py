@@ -32,7 +32,13 @@ def world(sim: MattermostSimulator) -> dict[str, Any]:
     watched = sim.add_channel(team, "watched", members=[reader, alice])
     other = sim.add_channel(team, "other", members=[reader, alice])
     private = sim.add_channel(team, "private", members=[alice])  # the reader is not in it
-    return {"reader": reader, "alice": alice, "watched": watched, "other": other, "private": private}
+    return {
+        "reader": reader,
+        "alice": alice,
+        "watched": watched,
+        "other": other,
+        "private": private,
+    }
 
 
 def settings(sim: MattermostSimulator, **extra: Any) -> MattermostSettings:
