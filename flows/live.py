@@ -114,6 +114,7 @@ class LiveSession:
 
     def start(self) -> None:
         resources.keep_connections(True)  # deliveries come seconds apart: reuse HTTP
+        resources.use_witness(self.witness)
         for name, target in (("listener", self.listener.run), ("delivery", self._deliveries)):
             thread = threading.Thread(target=target, name=f"mattermost-live-{name}", daemon=True)
             thread.start()
@@ -154,6 +155,8 @@ class LiveSession:
         self.due.wake()
         for thread in self._threads:
             thread.join()
+        resources.keep_connections(False)
+        resources.use_witness(None)
 
     @property
     def failure(self) -> str | None:
@@ -177,7 +180,6 @@ def run_live(settings: Settings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        resources.keep_connections(False)
     return 1 if session.failure else 0
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from mattermost_connector.config import Settings, load_settings
 from mattermost_connector.delivery import Destination, destinations, forget_helpers
+from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.pipeline import ChannelPipeline, Services
@@ -68,6 +69,7 @@ def services(run_key: str) -> Services:
         store=store(),
         destinations=outputs(),
         users=users(run_key),
+        witness=_cache.get("witness"),
     )
 
 
@@ -80,6 +82,13 @@ def keep_connections(keep: bool) -> None:
     open between runs (httpx still closes those idle for 60 s)."""
     with _lock:
         _cache["keep_connections"] = keep
+
+
+def use_witness(witness: ChangeWitness | None) -> None:
+    """The live session's witness of changes, for the pipelines of this process (None: every
+    change scan asks `since`)."""
+    with _lock:
+        _cache["witness"] = witness
 
 
 def release_connections() -> None:

@@ -236,3 +236,33 @@ def test_cli_sigterm_finishes_the_delivery_in_flight_and_exits_0(world: World, p
     assert str(last.status) == "completed"
     assert "Traceback" not in err
     assert TOKEN not in out + err
+
+
+def test_changes_seen_live_replace_since_and_its_1000_row_cap(world: World, live):
+    channel = world.channel("busy")
+    old = world.populate(channel, 40)
+    live([channel])
+    wait_for(lambda: len(delivered(world, channel)) == 40, 60, "the catch-up")
+    time.sleep(1.5)  # the catch-up's run commits its changes: seen live from then on
+    mark = len(world.sim.requests)
+    author = world.authors[0]
+    burst = [world.sim.add_post(channel, author, f"busy {i}") for i in range(1100)]
+    world.sim.edit_post(old[2]["id"], "edited among 1,100 new posts")
+    root = next(p for p in old if any(r["root_id"] == p["id"] for r in old))
+    replies = [r for r in old if r["root_id"] == root["id"]]
+    world.sim.delete_post(root["id"])  # one event; its replies are deleted without one
+    wanted = {p["id"] for p in burst}
+    wait_for(lambda: wanted <= set(delivered(world, channel)), 90, "the burst")
+
+    def labelled(post: dict[str, Any]) -> bool:
+        return "deleted" in messages(world)[post["id"]].get("x_opencti_labels", [])
+
+    wait_for(lambda: all(labelled(p) for p in [root, *replies]), 30, "the deletions")
+    wait_for(
+        lambda: messages(world)[old[2]["id"]]["content"] == "edited among 1,100 new posts",
+        30,
+        "the edit",
+    )
+    asked = [r.query for r in world.sim.requests[mark:] if r.path.endswith("/posts")]
+    assert not [q for q in asked if "since" in q]  # no `since`, so no cap, no full check
+    assert not [q for q in asked if "after" not in q]  # no complete listing from the start

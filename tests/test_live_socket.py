@@ -296,18 +296,24 @@ def test_events_coalesce_and_a_busy_channel_waits_its_interval():
 # -- the witness ------------------------------------------------------------------------------
 
 
-def test_witness_is_complete_only_without_a_gap_since_the_last_scan(sim, world):
+def test_witness_is_complete_only_without_a_gap_since_the_last_run_opened(sim, world):
     from mattermost_connector.live.events import LiveEvent
 
-    witness = ChangeWitness()
+    witness = ChangeWitness(clock_ms=lambda: 5_000)
     channel = world["watched"]["id"]
-    edit = LiveEvent("post_edited", 1, channel, {"id": "p1", "channel_id": channel})
-    assert not witness.snapshot(channel).complete  # never scanned
-    witness.scanned(witness.snapshot(channel))
-    witness.saw(edit)
-    seen = witness.snapshot(channel)
+    post = {"id": "p1", "channel_id": channel, "root_id": "", "update_at": 1_000, "delete_at": 0}
+    assert not witness.snapshot(channel).complete  # no run yet
+    witness.opened(channel)
+    witness.saw(LiveEvent("post_edited", 1, channel, post))  # after the listing, say
+    witness.end_scan(channel)  # a first run: nothing scanned, nothing forgotten
+    seen = witness.begin_scan(channel)
     assert seen.complete and set(seen.posts) == {"p1"}
-    witness.scanned(seen)
-    assert witness.snapshot(channel).posts == {}
-    witness.interrupted()
+    witness.saw(LiveEvent("post_deleted", 2, channel, post))  # during the scan
+    witness.end_scan(channel)
+    (deleted,) = witness.snapshot(channel).posts.values()  # the scan's edit is done with
+    assert deleted["delete_at"] == deleted["update_at"] == 5_000  # marked deleted on receipt
+    witness.opened(channel)
+    witness.interrupted()  # a gap during the run
+    witness.end_scan(channel)
     assert not witness.snapshot(channel).complete
+    assert witness.snapshot(channel).posts == {}
