@@ -239,11 +239,17 @@ def _serve(_: argparse.Namespace) -> int:
 
     _prepare()
     settings = resources.settings()
+    live = None
     if settings.mattermost.live:
         from mattermost_prefect.flows.live import start_beside_serve
 
-        start_beside_serve(settings)
-    serve_all(settings)
+        live = start_beside_serve(settings)
+    try:
+        serve_all(settings)
+    finally:
+        if live is not None:  # the delivery in flight finishes first
+            live.request_stop()
+            live.wait()
     return EXIT_OK
 
 

@@ -266,3 +266,27 @@ def test_changes_seen_live_replace_since_and_its_1000_row_cap(world: World, live
     asked = [r.query for r in world.sim.requests[mark:] if r.path.endswith("/posts")]
     assert not [q for q in asked if "since" in q]  # no `since`, so no cap, no full check
     assert not [q for q in asked if "after" not in q]  # no complete listing from the start
+
+
+def test_serve_runs_the_listener_beside_the_deployments_when_live(
+    world: World, monkeypatch: pytest.MonkeyPatch
+):
+    from mattermost_prefect import cli
+    from mattermost_prefect.deployments import serve as deployments
+
+    channel = world.channel("served-live")
+    world.populate(channel, 3)
+    world.configure([channel], MATTERMOST_LIVE="true", MATTERMOST_KEEPALIVE="true")
+    served: list[str] = []
+
+    def serve_all(settings: Any) -> None:  # stands for Prefect's serve loop, while it runs
+        served.append("serving")
+        wait_for(lambda: len(delivered(world, channel)) == 3, 60, "the catch-up")
+        post = world.sim.add_post(channel, world.authors[0], "while serving")
+        wait_for(lambda: post["id"] in delivered(world, channel), 15, "the live delivery")
+
+    monkeypatch.setattr(deployments, "serve_all", serve_all)
+    assert cli.main(["serve"]) == 0
+    assert served == ["serving"]
+    # the listener stopped with serve
+    wait_for(lambda: world.sim.websocket.open_sockets == 0, 5, "the WebSocket closed")
