@@ -20,6 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
+from prefect.context import SettingsContext, get_settings_context
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 from prefect.states import State
 
 from mattermost_connector.channel_run import ChannelResult
@@ -37,6 +39,7 @@ from mattermost_prefect.tasks import resources
 log = logging.getLogger("mattermost_connector.live")
 
 CATCH_UP = "catch-up"
+EVENTS_LABEL = "live events:"
 
 
 def deliver_channel(channel_id: str) -> ChannelResult:
@@ -72,6 +75,7 @@ def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
         for reason, count in channel.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
     why = "+".join(sorted({r if r in (CATCH_UP, RESYNC) else "events" for r in reasons}))
+    # "live events: ..." only when events alone caused it (EVENTS_LABEL)
     if len(due) == 1:
         channels = names.get(due[0].channel_id) or due[0].channel_id
     else:
@@ -108,9 +112,28 @@ class LiveSession:
         self._deliver = deliver or self._flow_run
         self.deliveries = 0  # flow runs started (benchmark, tests)
         self._threads: list[threading.Thread] = []
+        self._quick: SettingsContext | None = None
 
     def _flow_run(self, channel_ids: list[str], label: str) -> Any:
+        """A delivery prompted by events takes a second or less: no heartbeat thread for it.
+        Prefect's engine joins that thread at the end of each flow run, and it sleeps in
+        one-second steps: half a second per delivery on average, most of a post's latency
+        (measured with cProfile). A catch-up or resync, which may take long, keeps it."""
+        if label.startswith(EVENTS_LABEL):
+            with self._without_heartbeat():
+                return mattermost_live_delivery(channel_ids, label, return_state=True)
         return mattermost_live_delivery(channel_ids, label, return_state=True)
+
+    def _without_heartbeat(self) -> SettingsContext:
+        """This thread's Prefect settings without flow run heartbeats, built once (building
+        settings takes about 0.3 s: temporary_settings would pay it per delivery)."""
+        if self._quick is None:
+            current = get_settings_context()
+            settings = current.settings.copy_with_update(
+                updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+            )
+            self._quick = SettingsContext(profile=current.profile, settings=settings)
+        return self._quick
 
     def start(self) -> None:
         resources.keep_connections(True)  # deliveries come seconds apart: reuse HTTP

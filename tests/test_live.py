@@ -109,6 +109,22 @@ def test_new_posts_edits_and_deletions_are_delivered_within_seconds(world: World
     assert all(counts[p["id"]] == 1 for p in untouched), counts
     assert counts[post["id"]] == 1 and counts[reply["id"]] == 1
     assert session.failure is None
+    names = delivery_runs()
+    # which channel, and why (a channel never synced is named by its id until its first run)
+    assert f"live catch-up: {channel['id']} (1 catch-up)" in names
+    assert "live events: cti/live (1 posted)" in names
+    assert "live events: cti/live (1 post_deleted)" in names
+    assert len([n for n in names if n.startswith("live ") and "cti/live " in n]) <= 6
+
+
+def delivery_runs() -> list[str]:
+    """The names of live mode's flow runs in Prefect."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    live_flow = FlowFilter(name=FlowFilterName(any_=["mattermost-live-delivery"]))
+    with get_client(sync_client=True) as client:
+        return [run.name for run in client.read_flow_runs(flow_filter=live_flow, limit=200)]
 
 
 def test_a_burst_is_coalesced_into_a_few_channel_runs(world: World, live):
