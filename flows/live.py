@@ -189,10 +189,13 @@ class LiveSession:
 def run_live(settings: Settings) -> int:
     """`mattermost-connector live`: 0 when stopped by SIGTERM or SIGINT (the delivery in
     flight finished), 1 when the listener gave up (disconnected with
-    MATTERMOST_KEEPALIVE=false, token refused)."""
+    MATTERMOST_KEEPALIVE=false, token refused). A second signal stops without waiting (the
+    CLI's interrupted exit, 130): the cursor keeps what was delivered."""
     session = LiveSession(settings)
 
     def on_signal(signum: int, _: object) -> None:
+        if session.stop.is_set():  # a second signal: do not wait for a long catch-up
+            raise KeyboardInterrupt
         log.info("live: %s received, finishing the delivery in flight", signal.Signals(signum).name)
         session.request_stop()
 
