@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from prefect import flow
@@ -87,17 +86,11 @@ def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
 class LiveSession:
     """The listener thread and the delivery thread of one live process."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        deliver: Callable[[list[str], str], Any] | None = None,
-        due: DueChannels | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         mattermost = settings.mattermost
         self.channels = list(mattermost.channel_ids)
         self.stop = threading.Event()
-        self.due = due or DueChannels()
+        self.due = DueChannels()
         self.witness = ChangeWitness()
         self.listener = Listener(
             MattermostSocket(mattermost),
@@ -109,7 +102,6 @@ class LiveSession:
             witness=self.witness,
         )
         self.connect_timeout = mattermost.timeout
-        self._deliver = deliver or self._flow_run
         self.deliveries = 0  # flow runs started (benchmark, tests)
         self._threads: list[threading.Thread] = []
         self._quick: SettingsContext | None = None
@@ -163,7 +155,7 @@ class LiveSession:
         log.info("%s", label)
         self.deliveries += 1
         try:
-            self._deliver([channel.channel_id for channel in due], label)
+            self._flow_run([channel.channel_id for channel in due], label)
         except Exception as error:  # a delivery that crashed: the next event tries again
             log.error("%s failed: %s", label, one_line(error))
 
