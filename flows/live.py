@@ -2,9 +2,14 @@
 
 Events trigger, the cursor decides: each delivery is the channel's ordinary pipeline (REST
 cursor, change scan, lease), so a missed, repeated or reordered event loses or duplicates
-nothing. Each delivery is one flow run, `mattermost-live-delivery`, named after its channels
-and why they ran (events, catch-up, resync); a burst's events coalesce into a few of them
-(mattermost_connector/live/due.py).
+nothing. A live session is one flow run, `mattermost-live`; each delivery is a task run in
+it, `live-delivery`, named after its channels and why they ran (events, catch-up, resync); a
+burst's events coalesce into a few of them (mattermost_connector/live/due.py). Not a flow run
+per delivery: creating one is an API call that the temporary Prefect server (SQLite) answers
+503 while it writes the previous run's events, and Prefect's client then waits about 2 s
+before trying again (measured: most of the latency's tail); task runs are reported through
+events, without waiting. The session's flow run has Prefect's heartbeat, so a killed process
+shows as crashed.
 
 Deliveries run in a thread of their own, not the main one: Prefect's flow engine replaces the
 SIGTERM handler of the main thread with one that crashes the flow run, and live mode must
@@ -16,12 +21,12 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow
-from prefect.context import SettingsContext, get_settings_context
-from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY
-from prefect.states import State
+from prefect import flow, task
+from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.config import Settings
@@ -32,13 +37,14 @@ from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_prefect.flows.pipeline import run_channel
-from mattermost_prefect.flows.sync import outcome
 from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS
+from mattermost_prefect.tasks.report import publish_report
 
 log = logging.getLogger("mattermost_connector.live")
 
 CATCH_UP = "catch-up"
-EVENTS_LABEL = "live events:"
+_sessions: dict[str, LiveSession] = {}  # the sessions whose flow runs are running, by id
 
 
 def deliver_channel(channel_id: str) -> ChannelResult:
@@ -46,24 +52,39 @@ def deliver_channel(channel_id: str) -> ChannelResult:
     return run_channel(channel_id, RunKind.SYNC)
 
 
-@flow(
-    name="mattermost-live-delivery",
-    flow_run_name="{label}",
-    validate_parameters=False,
-    persist_result=False,
-)
-def mattermost_live_delivery(channel_ids: list[str], label: str) -> State[Any]:
-    """Deliver these channels from their cursors, one after another. `label` says which and
-    why, for the flow run's name."""
+@task(name="live-delivery", task_run_name="{label}", **TASK_DEFAULTS)
+def live_delivery(channel_ids: list[str], label: str) -> list[dict[str, Any]]:
+    """Deliver these channels from their cursors, one after another, and publish the run's
+    report. `label` says which and why: the task run's name."""
     results: list[ChannelResult] = []
-    refused: str | None = None
     for channel_id in channel_ids:
         try:
             results.append(deliver_channel(channel_id))
         except AuthenticationError as error:
-            refused = one_line(error)
+            log.error("%s: stopped: %s", label, one_line(error))
             break
-    return outcome(results, RunKind.SYNC, refused)
+    report = [result.row() for result in results]
+    publish_report(report, RunKind.SYNC)
+    for result in results:
+        if not result.ok:
+            log.warning("%s", result.summary())
+    return report
+
+
+@flow(
+    name="mattermost-live",
+    flow_run_name="live session {started}",
+    validate_parameters=False,
+    persist_result=False,
+)
+def mattermost_live(session_id: str, started: str, channels: int) -> State[Any]:
+    """One flow run per live session: each delivery is a task run inside it, named after
+    its channels and why (catch-up, events, resync)."""
+    session = _sessions[session_id]
+    session.deliveries_loop()
+    if session.failure:
+        return Failed(message=session.failure)
+    return Completed(message=f"{session.deliveries} deliveries")
 
 
 def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
@@ -74,7 +95,6 @@ def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
         for reason, count in channel.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
     why = "+".join(sorted({r if r in (CATCH_UP, RESYNC) else "events" for r in reasons}))
-    # "live events: ..." only when events alone caused it (EVENTS_LABEL)
     if len(due) == 1:
         channels = names.get(due[0].channel_id) or due[0].channel_id
     else:
@@ -104,38 +124,29 @@ class LiveSession:
         self.connect_timeout = mattermost.timeout
         self.deliveries = 0  # flow runs started (benchmark, tests)
         self._threads: list[threading.Thread] = []
-        self._quick: SettingsContext | None = None
-
-    def _flow_run(self, channel_ids: list[str], label: str) -> Any:
-        """A delivery prompted by events takes a second or less: no heartbeat thread for it.
-        Prefect's engine joins that thread at the end of each flow run, and it sleeps in
-        one-second steps: half a second per delivery on average, most of a post's latency
-        (measured with cProfile). A catch-up or resync, which may take long, keeps it."""
-        if label.startswith(EVENTS_LABEL):
-            with self._without_heartbeat():
-                return mattermost_live_delivery(channel_ids, label, return_state=True)
-        return mattermost_live_delivery(channel_ids, label, return_state=True)
-
-    def _without_heartbeat(self) -> SettingsContext:
-        """This thread's Prefect settings without flow run heartbeats, built once (building
-        settings takes about 0.3 s: temporary_settings would pay it per delivery)."""
-        if self._quick is None:
-            current = get_settings_context()
-            settings = current.settings.copy_with_update(
-                updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
-            )
-            self._quick = SettingsContext(profile=current.profile, settings=settings)
-        return self._quick
+        self.session_id = uuid.uuid4().hex
 
     def start(self) -> None:
         resources.keep_connections(True)  # deliveries come seconds apart: reuse HTTP
         resources.use_witness(self.witness)
-        for name, target in (("listener", self.listener.run), ("delivery", self._deliveries)):
+        for name, target in (("listener", self.listener.run), ("delivery", self._session)):
             thread = threading.Thread(target=target, name=f"mattermost-live-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
 
-    def _deliveries(self) -> None:
+    def _session(self) -> None:
+        """The session's flow run, in this thread."""
+        _sessions[self.session_id] = self
+        started = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        try:
+            mattermost_live(self.session_id, started, len(self.channels), return_state=True)
+        except Exception as error:
+            log.error("live session failed: %s", one_line(error))
+        finally:
+            _sessions.pop(self.session_id, None)
+            self.stop.set()
+
+    def deliveries_loop(self) -> None:
         """Catch every channel up (once the WebSocket is up, so that no event falls between
         the two), then deliver what events make due, until stopped."""
         try:
@@ -155,7 +166,7 @@ class LiveSession:
         log.info("%s", label)
         self.deliveries += 1
         try:
-            self._flow_run([channel.channel_id for channel in due], label)
+            live_delivery([channel.channel_id for channel in due], label)
         except Exception as error:  # a delivery that crashed: the next event tries again
             log.error("%s failed: %s", label, one_line(error))
 
