@@ -300,6 +300,7 @@ class MattermostSettings(_Group):
     request_timeout: float | None = Field(None, gt=0)
     keepalive: bool = False
     keepalive_delay: float = Field(5.0, ge=0)
+    live: bool = False
     debug: bool = False
     deleted_posts: Literal["label", "ignore"] = "label"
     include_system_messages: bool = False

@@ -110,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
         "process, until interrupted. Set PREFECT_API_URL to a Prefect server to see and "
         "trigger them in its UI.",
     )
+    command(
+        "live",
+        "catch every channel up, then deliver new posts, edits and deletions as they happen",
+        "Catch every configured channel up over REST, then listen on Mattermost's WebSocket "
+        "and deliver each channel's new posts, edits and deletions within seconds, through "
+        "the same pipeline, cursor and lease as `sync`. Runs until SIGTERM or SIGINT, which "
+        "let the delivery in flight finish (exit 0). After a disconnection it reconnects "
+        "(MATTERMOST_KEEPALIVE=true) or exits 1 (false).",
+    )
     status = command(
         "status",
         "cursors and recent runs from the state store",
@@ -276,8 +285,28 @@ def _serve(_: argparse.Namespace) -> int:
     from mattermost_prefect.tasks import resources
 
     _prepare()
-    serve_all(resources.settings())
+    settings = resources.settings()
+    live = None
+    if settings.mattermost.live:
+        from mattermost_prefect.flows.live import start_beside_serve
+
+        live = start_beside_serve(settings)
+    try:
+        serve_all(settings)
+    finally:
+        if live is not None:  # the delivery in flight finishes first
+            live.request_stop()
+            live.wait()
     return EXIT_OK
+
+
+def _live(_: argparse.Namespace) -> int:
+    from mattermost_prefect.tasks import resources
+
+    _prepare()
+    from mattermost_prefect.flows.live import run_live
+
+    return run_live(resources.settings())
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -322,6 +351,7 @@ COMMANDS = {
     RunKind.SYNC: _sync,
     RunKind.BACKFILL: _backfill,
     "serve": _serve,
+    "live": _live,
     "status": _status,
     "schedule": _schedule,
     "check": _check,

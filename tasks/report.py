@@ -88,8 +88,8 @@ def _position(cursor: dict[str, Any] | None) -> str:
 
 @task(name="publish-report", **TASK_DEFAULTS)
 def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
-    """A table per run in the Prefect UI (and `prefect artifact ls`); then, unless
-    MATTERMOST_KEEPALIVE, close the connections to Mattermost."""
+    """A table per run in the Prefect UI (and `prefect artifact ls`); then, unless a live
+    session reuses them, close the connections to Mattermost."""
     rows = [
         {
             "channel": row["channel_id"],

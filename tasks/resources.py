@@ -11,6 +11,7 @@ from typing import Any
 
 from mattermost_connector.config import Settings, load_settings
 from mattermost_connector.delivery import Destination, destinations, forget_helpers
+from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.pipeline import ChannelPipeline, Services
@@ -68,6 +69,7 @@ def services(run_key: str) -> Services:
         store=store(),
         destinations=outputs(),
         users=users(run_key),
+        witness=_cache.get("witness"),
     )
 
 
@@ -75,10 +77,25 @@ def pipeline(run_key: str) -> ChannelPipeline:
     return ChannelPipeline(services(run_key))
 
 
-def release_connections() -> None:
-    """Close Mattermost connections unless MATTERMOST_KEEPALIVE asks to keep them between runs."""
+def keep_connections(keep: bool) -> None:
+    """A live session delivers every few seconds: its HTTP connections to Mattermost stay
+    open between runs (httpx still closes those idle for 60 s)."""
     with _lock:
-        if "client" in _cache and not settings().mattermost.keepalive:
+        _cache["keep_connections"] = keep
+
+
+def use_witness(witness: ChangeWitness | None) -> None:
+    """The live session's witness of changes, for the pipelines of this process (None: every
+    change scan asks `since`)."""
+    with _lock:
+        _cache["witness"] = witness
+
+
+def release_connections() -> None:
+    """Close Mattermost connections after a run, unless a live session in this process
+    reuses them (`keep_connections`)."""
+    with _lock:
+        if "client" in _cache and not _cache.get("keep_connections"):
             _cache.pop("client").close()
 
 

@@ -31,6 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.mattermost_websocket import SocketHub
+
 ID_CHARS = string.ascii_lowercase + string.digits
 API = "/api/v4"
 SINCE_LIMIT = 1000
@@ -134,6 +136,7 @@ class MattermostSimulator:
         self.requests: list[RequestLog] = []
         self.on_request: Callable[[str, dict[str, list[str]]], None] | None = None
         self._rng = random.Random(seed)
+        self.websocket = SocketHub(self)
         self._fault_rng = random.Random(self.faults.seed)
         self._lock = threading.RLock()
         self._clock_ms = 1_700_000_000_000
@@ -341,6 +344,7 @@ class MattermostSimulator:
                 stored_root["reply_count"] += 1
                 stored_root["last_reply_at"] = at
             self._count(channel, post)
+            self.websocket.post_event("posted", post)
             return post
 
     def _count(self, channel: dict[str, Any], post: dict[str, Any]) -> None:
@@ -368,6 +372,7 @@ class MattermostSimulator:
             # SqlPostStore.Update: "UPDATE Channels SET LastPostAt = now WHERE LastPostAt < now"
             channel = self.state.channels[post["channel_id"]]
             channel["last_post_at"] = max(channel["last_post_at"], at)
+            self.websocket.post_event("post_edited", post)
             return post
 
     def _index(self, post: dict[str, Any]) -> None:
@@ -391,6 +396,7 @@ class MattermostSimulator:
             self._version += 1
             at = self.now()
             post = self.state.posts[post_id]
+            before = json.loads(json.dumps(post))  # the event carries the post as read before
             targets = [post]
             if not post["root_id"]:
                 targets += [
@@ -411,6 +417,8 @@ class MattermostSimulator:
             for file_id in post["file_ids"]:
                 if file_id in self.state.files:
                     self.state.files[file_id].info["delete_at"] = at
+            if not before["delete_at"]:  # one event, for the post asked: none for its replies
+                self.websocket.post_event("post_deleted", before, delete_by=post["user_id"])
 
     def purge_post(self, post_id: str) -> None:
         """Hard delete (data retention): the row is gone, as if it never existed."""
@@ -473,6 +481,7 @@ class MattermostSimulator:
         return self._server.server_address[1]
 
     def stop(self) -> None:
+        self.websocket.forget()
         if self._server:
             self._server.shutdown()
             self._server.server_close()
@@ -887,6 +896,12 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.sim
         split = urlsplit(self.path)
         query = parse_qs(split.query)
+        if split.path == f"{API}/websocket" and self.headers.get("Upgrade", "").lower() == (
+            "websocket"
+        ):
+            self._log(method, split.path, query, 101)
+            sim.websocket.serve(self, query)
+            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request_id = uuid.uuid4().hex[:26]

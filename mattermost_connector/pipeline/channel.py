@@ -25,6 +25,7 @@ from mattermost_connector.changes import (
     CHANGES_MARGIN_MS,
     ChangesVerdict,
     deleted_version,
+    delivered_version,
     is_system,
     judge_since,
     listed_since,
@@ -44,6 +45,7 @@ from mattermost_connector.errors import (
 )
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.channels import channel_context, first_imported
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.posts import Cursor, read_batch
@@ -77,6 +79,9 @@ class Services:
     destinations: list[Destination]
     users: UserDirectory
     clock: Callable[[], datetime] = field(default=_utc_now)
+    # live mode: the changes its listener saw, complete while it had no gap since the
+    # channel's last scan (mattermost_connector/live/witness.py)
+    witness: ChangeWitness | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +153,8 @@ class ChannelPipeline:
             first = mattermost.start_timestamp if start_timestamp is None else start_timestamp
             key, start_ms, label = channel_id, first * 1000, str(RunKind.SYNC)
         cursor = store.cursor(key) or Cursor(boundary_ms=start_ms)
+        if self.services.witness is not None and not window:
+            self.services.witness.opened(channel_id)
         since = iso(cursor.boundary_ms)
         work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
         posts_before = store.posts_delivered(key)
@@ -444,7 +451,7 @@ class ChannelPipeline:
         since = run.cursor.changes_ms
         assert since is not None
         verdict = judge_since(
-            scan_since(self.services.client, run.channel_id, since),
+            self.changed_rows(run, since),
             self.store.delivered,
             since,
             opened_at=opened,
@@ -457,6 +464,28 @@ class ChannelPipeline:
         if verdict.full_check:
             return verdict, None
         return verdict, self.deliverable(run, verdict.stale, verdict.behind)
+
+    def changed_rows(self, run: ChannelRun, since: int) -> list[dict] | None:
+        """`since`'s rows (None: maybe cut at 1000). In live mode, when the listener saw the
+        channel without a gap since its last scan, the posts it saw instead, uncapped, with
+        the replies a deleted root takes along (the server sends no event for them)."""
+        witness = self.services.witness
+        if witness is not None:
+            seen = witness.begin_scan(run.channel_id)
+            if seen.complete:
+                rows = list(seen.posts.values())
+                deleted = {r["id"]: r["delete_at"] for r in rows if r.get("delete_at")}
+                roots = [i for i, r in seen.posts.items() if i in deleted and not r["root_id"]]
+                for reply in self.store.delivered_replies(run.channel_id, roots):
+                    at = deleted[reply["root_id"]]
+                    rows.append({**delivered_version(reply), "delete_at": at, "update_at": at})
+                log.info(
+                    "channel %s: %d changes seen live since the last scan (no `since` scan)",
+                    run.channel_id,
+                    len(rows),
+                )
+                return rows
+        return scan_since(self.services.client, run.channel_id, since)
 
     def reconcile_batch(self, run: ChannelRun, position: Cursor) -> Batch:
         """One stretch of the complete listing, compared with what was delivered: the stale
@@ -508,6 +537,8 @@ class ChannelPipeline:
         )
         self.store.save_cursor(run.channel_id, cursor)
         self.publish_state(run.channel_id, cursor)
+        if self.services.witness is not None:
+            self.services.witness.end_scan(run.channel_id)
         return cursor
 
     # -- closing -------------------------------------------------------------------------

@@ -215,6 +215,22 @@ class CursorStore(EngineBound):
                 )
         return found
 
+    def delivered_replies(self, channel_id: str, root_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """What was delivered of the live-looking replies of these roots (deleting a root
+        deletes its replies, and the server sends no event for them)."""
+        ids = list(set(root_ids))
+        found: list[dict[str, Any]] = []
+        with self._engine.connect() as connection:
+            for start in range(0, len(ids), 500):
+                query = (
+                    sa.select(delivered_posts)
+                    .where(delivered_posts.c.channel_id == channel_id)
+                    .where(delivered_posts.c.root_id.in_(ids[start : start + 500]))
+                    .where(delivered_posts.c.delete_at == 0)
+                )
+                found.extend(dict(row) for row in connection.execute(query).mappings())
+        return found
+
     def mark_seen(self, channel_id: str, post_ids: Iterable[str], run_id: int) -> None:
         ids = list(post_ids)
         with self._engine.begin() as connection:
