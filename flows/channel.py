@@ -13,7 +13,14 @@ from prefect.runtime import deployment
 from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import AuthenticationError, RunFailed, one_line
+from mattermost_connector.errors import (
+    AuthenticationError,
+    MattermostError,
+    RunFailed,
+    ServerUnavailable,
+    one_line,
+    stops_the_run,
+)
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name, rename_run
 from mattermost_prefect.flows.pipeline import run_channel
@@ -24,8 +31,10 @@ quiet_expected_failures()
 
 CHANNEL_FLOW = "mattermost-channel"
 CHANNEL_DEPLOYMENT = "channel"
-# The state name of a channel run stopped by a refused token: the whole run stops with it.
+# The state names of a channel run that stops the whole run with it (errors.stops_the_run):
+# the token refused, or Mattermost not answering after the retries.
 TOKEN_REFUSED = "TokenRefused"
+SERVER_UNREACHABLE = "ServerUnreachable"
 # Where a dispatched channel run leaves its report row for the sync on another machine.
 RESULT_ARTIFACT = "mattermost-channel-result"
 
@@ -41,9 +50,12 @@ def mattermost_channel(
     report row, Failed with the row inside a RunFailed, or Failed as TokenRefused."""
     try:
         result = run_channel(channel_id, kind, window, start_timestamp)
-    except AuthenticationError as error:
+    except MattermostError as error:  # run_channel raises only what stops the whole run
+        if not stops_the_run(error):
+            raise
         reason = one_line(error)
-        return Failed(name=TOKEN_REFUSED, message=reason, data=RunFailed(reason))
+        name = TOKEN_REFUSED if isinstance(error, AuthenticationError) else SERVER_UNREACHABLE
+        return Failed(name=name, message=reason, data=RunFailed(reason))
     finally:
         forget_progress()
     if result.name:  # known now, if the state store did not know it yet
@@ -62,16 +74,26 @@ def _plain(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def channel_result(state: State[Any], channel_id: str, kind: RunKind) -> ChannelResult:
-    """The channel's result from its run's final state (in this process): raises
-    AuthenticationError when the token was refused."""
-    if state.name == TOKEN_REFUSED:
-        raise AuthenticationError(state.message or "Mattermost refused the token")
+    """The channel's result from its run's final state (in this process): raises what
+    stopped it when it stops the whole run."""
+    raise_if_stopping(state)
     value = state.result(raise_on_failure=False)
     if isinstance(value, RunFailed) and value.report:
         return ChannelResult.from_row(value.report[0])
     if isinstance(value, dict):
         return ChannelResult.from_row(value)
     return crashed(channel_id, kind, state)
+
+
+def raise_if_stopping(state: State[Any] | None) -> None:
+    """Raise again, from its state's name, what stopped a channel run and stops the whole
+    run: the sync reads a dispatched run's state from the Prefect API, not its exception."""
+    if state is None:
+        return
+    if state.name == TOKEN_REFUSED:
+        raise AuthenticationError(state.message or "Mattermost refused the token")
+    if state.name == SERVER_UNREACHABLE:
+        raise ServerUnavailable(state.message or "Mattermost did not answer", reachable=False)
 
 
 def crashed(channel_id: str, kind: RunKind, state: State[Any] | None) -> ChannelResult:

@@ -15,16 +15,16 @@ from contextvars import copy_context
 from prefect.runtime import flow_run
 
 from mattermost_connector.channel_run import ChannelResult
-from mattermost_connector.errors import AuthenticationError, RunStopped, one_line
+from mattermost_connector.errors import MattermostError, RunStopped, one_line, stops_the_run
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_prefect.flows.channel import (
     CHANNEL_DEPLOYMENT,
     CHANNEL_FLOW,
     RESULT_ARTIFACT,
-    TOKEN_REFUSED,
     channel_result,
     crashed,
     mattermost_channel,
+    raise_if_stopping,
 )
 from mattermost_prefect.flows.names import channel_labels, channel_run_name
 from mattermost_prefect.tasks import resources
@@ -41,8 +41,9 @@ def run_channels(
     start_timestamp: int | None = None,
     window: Window = None,
 ) -> list[ChannelResult]:
-    """Every channel's result, in the order given. A refused token lets the channels
-    already running finish, starts no other, and raises RunStopped with the results so far."""
+    """Every channel's result, in the order given. A refused token or a server that does not
+    answer (errors.stops_the_run) lets the channels already running finish, starts no other,
+    and raises RunStopped with the results so far."""
     connector = resources.settings().connector
     run_one = dispatched if connector.work_pool else in_process
     progress = start_progress(kind, len(channel_ids))
@@ -58,10 +59,11 @@ def run_channels(
         try:
             name = channel_run_name(channel_id, kind, window, labels[channel_id])
             return run_one(channel_id, name, kind, window, start_timestamp)
-        except AuthenticationError:
-            stopped.set()
-            raise
-        except Exception as error:  # the run could not be started or followed: this channel
+        except Exception as error:
+            if stops_the_run(error):
+                stopped.set()
+                raise
+            # the run could not be started or followed: this channel
             return ChannelResult(
                 channel_id, None, kind, RunStatus.FAILED, error=one_line(error, first_line=True)
             )
@@ -77,7 +79,7 @@ def run_channels(
             for future in as_completed(futures):
                 try:
                     result = future.result()
-                except AuthenticationError as error:
+                except MattermostError as error:  # only what stops the run gets here
                     refused = refused or one_line(error)
                     continue
                 if result is not None:
@@ -150,8 +152,7 @@ def dispatched(
         as_subflow=True,
     )
     state = run.state
-    if state is not None and state.name == TOKEN_REFUSED:
-        raise AuthenticationError(state.message or "Mattermost refused the token")
+    raise_if_stopping(state)
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(

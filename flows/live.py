@@ -30,7 +30,7 @@ from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.config import Settings
-from mattermost_connector.errors import AuthenticationError, one_line
+from mattermost_connector.errors import MattermostError, one_line, stops_the_run
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.live.due import DueChannel, DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
@@ -61,7 +61,9 @@ def live_delivery(channel_ids: list[str], label: str) -> list[dict[str, Any]]:
     for channel_id in channel_ids:
         try:
             results.append(deliver_channel(channel_id))
-        except AuthenticationError as error:
+        except MattermostError as error:  # a refused token, a server that does not answer
+            if not stops_the_run(error):
+                raise
             log.error("%s: stopped: %s", label, one_line(error))
             break
     report = [result.row() for result in results]

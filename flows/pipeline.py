@@ -12,7 +12,7 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
-from mattermost_connector.errors import AuthenticationError, ChannelArchived
+from mattermost_connector.errors import ChannelArchived, MattermostError, stops_the_run
 from mattermost_connector.errors import one_line as describe
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.posts import Cursor
@@ -65,7 +65,8 @@ def run_channel(
     """Deliver everything after the channel's cursor (a sync) or within a window (a
     backfill), holding the channel's lease: no other run works on it meanwhile. Whatever
     fails, the run is closed (history, OpenCTI work, spool, lease) and a result returned;
-    only a refused token is raised, after closing, as it ends the whole run."""
+    only what ends the whole run (errors.stops_the_run: a refused token, a server that does
+    not answer) is raised, after closing."""
     apply_budget(resources.settings().connector, BUDGETED)
     try:
         holder, run_id = begin_channel(channel_id, kind, window)
@@ -76,7 +77,7 @@ def run_channel(
             channel_id, None, kind, RunStatus.FAILED, error=f"state store: {describe(error)}"
         )
     run: ChannelRun | None = None
-    refused: AuthenticationError | None = None
+    stopping: MattermostError | None = None
     archived: str | None = None
     failure: str | None = None
     try:
@@ -85,12 +86,12 @@ def run_channel(
         if kind == RunKind.SYNC:
             run = take_missing_files(run)
             run = take_changes(run)
-    except AuthenticationError as error:
-        refused, failure = error, describe(error)
     except ChannelArchived as error:  # skipped, not failed: nothing to retry until allowed
         archived = describe(error)
     except Exception as error:
         failure = describe(error)
+        if stops_the_run(error):
+            stopping = error  # type: ignore[assignment]
     except BaseException:  # interrupted: the run stays unfinished in the history, as a kill's
         release_channel(channel_id, holder)
         raise
@@ -104,8 +105,8 @@ def run_channel(
             RunStatus.FAILED,
             error="; ".join(filter(None, [failure, f"closing the run: {describe(error)}"])),
         )
-    if refused is not None:
-        raise refused
+    if stopping is not None:
+        raise stopping
     return result
 
 

@@ -214,8 +214,18 @@ class RunFailed(ConnectorError):
         return str(self.args[0])
 
 
+def stops_the_run(error: BaseException) -> bool:
+    """A refused token, or a Mattermost server that does not answer after the retries:
+    every other channel of the run would fail the same way, each after the same retries, so
+    no further channel starts (one run-level failure, not one per channel)."""
+    if isinstance(error, AuthenticationError):
+        return True
+    return isinstance(error, ServerUnavailable) and not error.reachable
+
+
 class RunStopped(ConnectorError):
-    """The token was refused mid-run: no further channel starts. `results`: the channels
+    """The token was refused, or the server stopped answering, mid-run (stops_the_run): no
+    further channel starts. `results`: the channels
     that finished before (ChannelResult)."""
 
     def __init__(self, reason: str, results: list[Any]) -> None:

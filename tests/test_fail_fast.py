@@ -105,3 +105,40 @@ def test_server_gone_when_the_flow_starts_is_one_run_failure(
     assert "\n" not in state.message
     assert time.monotonic() - started < 30
     assert StateStore(f"sqlite:///{workdir / 'state.db'}").runs() == []
+
+
+def test_server_gone_mid_run_stops_the_run_after_one_channels_retries(
+    prefect_api, sim, workdir, monkeypatch
+):
+    """Past the probe: the first channel to find the server gone fails after its bounded
+    retries (the client's, then its task's), and stops the run: no other channel starts to
+    wait out the same retries (one run-level failure, not one per channel)."""
+    import mattermost_prefect.flows.sync as sync_flow
+    from tests.support import World, report_of
+
+    world = World(sim, workdir, monkeypatch)
+    channels = [world.channel(f"c{i}") for i in range(3)]
+    for channel in channels:
+        world.populate(channel, 3)
+    world.configure(
+        channels,
+        CONNECTOR_CHANNEL_CONCURRENCY="1",
+        CONNECTOR_DELIVERY_RETRIES="1",
+        CONNECTOR_DELIVERY_RETRY_DELAY="0.1",
+    )
+    real_run_channels = sync_flow.run_channels
+
+    def server_gone_then_run(*args, **kwargs):
+        sim.faults.drop_rate = 1.0  # every request's connection dropped, kept-alive ones too
+        return real_run_channels(*args, **kwargs)
+
+    monkeypatch.setattr(sync_flow, "run_channels", server_gone_then_run)
+    state = sync_flow.mattermost_sync(return_state=True)
+
+    assert state.is_failed()
+    assert state.message.startswith("run stopped: GET /channels/"), state.message
+    assert "gave up after 5 attempts" in state.message and "\n" not in state.message
+    runs = StateStore(f"sqlite:///{workdir / 'state.db'}").runs()
+    assert len(runs) == 1 and runs[0].status == "failed", runs
+    assert "gave up after 5 attempts" in runs[0].error
+    assert report_of(state) == []
