@@ -146,6 +146,56 @@ def drain(queue: str, stop: threading.Event, counted: list[int]) -> None:
     connection.close()
 
 
+def connector_env(sim: MattermostSimulator, api: str, work: Path, **extra: str) -> dict[str, str]:
+    """The environment of a benchmarked connector process: this one's, less any connector
+    setting, pointed at the simulator, the Prefect API and a state store in `work`."""
+    return {
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("MATTERMOST_", "CONNECTOR_", "OPENCTI_"))
+        },
+        "PREFECT_API_URL": api,
+        "MATTERMOST_DOMAIN": "127.0.0.1",
+        "MATTERMOST_PORT": str(sim.port),
+        "MATTERMOST_PROTOCOL": "http",
+        "MATTERMOST_TOKEN": TOKEN,
+        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{work / 'state.db'}",
+        "CONNECTOR_LOG_LEVEL": "warn",
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+        **extra,
+    }
+
+
+def directory_env(work: Path) -> dict[str, str]:
+    """Bundles written to `work`/bundles, no queue."""
+    return {
+        "CONNECTOR_SEND_TO_QUEUE": "false",
+        "CONNECTOR_SEND_TO_DIRECTORY": "true",
+        "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(work / "bundles"),
+    }
+
+
+def amqp_destination(prefix: str) -> tuple[FakeOpenCTI, str, dict[str, str]]:
+    """A fake platform whose push exchange feeds a queue of the real RabbitMQ that the
+    benchmark reads: the platform, the queue's name, the connector's settings for it."""
+    import pika
+
+    tag = uuid.uuid4().hex[:6]
+    platform = FakeOpenCTI(token="bench-octi-token", push_exchange=f"{prefix}-{tag}").start()
+    admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672)).channel()
+    queue = f"{prefix}-queue-{tag}"
+    admin.exchange_declare(platform.push_exchange, exchange_type="direct")
+    admin.queue_declare(queue, auto_delete=True)
+    admin.queue_bind(queue, platform.push_exchange, routing_key=platform.push_routing(CONNECTOR_ID))
+    env = {
+        "OPENCTI_URL": platform.url,
+        "OPENCTI_TOKEN": "bench-octi-token",
+        "CONNECTOR_ID": CONNECTOR_ID,
+    }
+    return platform, queue, env
+
+
 def run(posts: int, files: int, mode: str, prefect_api: str, repeat: int = 1) -> Result:
     """Seed, measure the floor, then sync `repeat` times from scratch: the median times and
     the highest peak RSS."""
@@ -171,49 +221,14 @@ def sync_once(
     """One full sync into a fresh state store and destination: process time, flow-run time,
     peak RSS (MB), bundles delivered."""
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("MATTERMOST_", "CONNECTOR_", "OPENCTI_"))
-        },
-        "PREFECT_API_URL": prefect_api,
-        "MATTERMOST_DOMAIN": "127.0.0.1",
-        "MATTERMOST_PORT": str(sim.port),
-        "MATTERMOST_PROTOCOL": "http",
-        "MATTERMOST_TOKEN": TOKEN,
-        "MATTERMOST_CHANNEL_IDS": channel["id"],
-        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{work / 'state.db'}",
-        "CONNECTOR_LOG_LEVEL": "warn",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+    env = connector_env(sim, prefect_api, work, MATTERMOST_CHANNEL_IDS=channel["id"])
     platform, counted, stop = None, [], threading.Event()
     drainer = None
     if mode == "directory":
-        env |= {
-            "CONNECTOR_SEND_TO_QUEUE": "false",
-            "CONNECTOR_SEND_TO_DIRECTORY": "true",
-            "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(work / "bundles"),
-        }
+        env |= directory_env(work)
     else:
-        import pika
-
-        platform = FakeOpenCTI(
-            token="bench-octi-token", push_exchange=f"bench-{uuid.uuid4().hex[:6]}"
-        ).start()
-        admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672)).channel()
-        queue = f"bench-queue-{uuid.uuid4().hex[:6]}"
-        admin.exchange_declare(platform.push_exchange, exchange_type="direct")
-        admin.queue_declare(queue)
-        admin.queue_bind(
-            queue, platform.push_exchange, routing_key=platform.push_routing(CONNECTOR_ID)
-        )
-        env |= {
-            "OPENCTI_URL": platform.url,
-            "OPENCTI_TOKEN": "bench-octi-token",
-            "CONNECTOR_ID": CONNECTOR_ID,
-            "CONNECTOR_SPLIT_BUNDLES": str(mode == "amqp-split").lower(),
-        }
+        platform, queue, destination = amqp_destination("bench")
+        env |= destination | {"CONNECTOR_SPLIT_BUNDLES": str(mode == "amqp-split").lower()}
         drainer = threading.Thread(target=drain, args=(queue, stop, counted), daemon=True)
         drainer.start()
     command = [str(Path(sys.executable).parent / "mattermost-connector"), "sync"]

@@ -32,10 +32,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
-from tests.bench import last_flow_run_seconds, peak_rss
+from tests.bench import TOKEN, connector_env, directory_env, last_flow_run_seconds, peak_rss
 from tests.mattermost_sim import MattermostSimulator
 
-TOKEN = "bench-token"
 SIZES = [1, 30, 150, 1000]
 POSTS_PER_CHANNEL = 3
 TARGET_S_PER_CHANNEL = 0.05
@@ -115,25 +114,7 @@ def environment(
         if by_id
         else {"MATTERMOST_TEAMS": "bench"}
     )
-    return {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("MATTERMOST_", "CONNECTOR_", "OPENCTI_"))
-        },
-        "PREFECT_API_URL": api,
-        "MATTERMOST_DOMAIN": "127.0.0.1",
-        "MATTERMOST_PORT": str(sim.port),
-        "MATTERMOST_PROTOCOL": "http",
-        "MATTERMOST_TOKEN": TOKEN,
-        **selection,
-        "CONNECTOR_SEND_TO_QUEUE": "false",
-        "CONNECTOR_SEND_TO_DIRECTORY": "true",
-        "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(work / "bundles"),
-        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{work / 'state.db'}",
-        "CONNECTOR_LOG_LEVEL": "warn",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+    return connector_env(sim, api, work, **selection) | directory_env(work)
 
 
 def run(size: int, api: str, repeat: int, first_repeat: int, by_id: bool) -> tuple[Row, Row]:

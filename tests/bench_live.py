@@ -31,7 +31,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +39,8 @@ os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
 os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 from mattermost_connector.state import StateStore
-from tests.fake_opencti import FakeOpenCTI
+from tests.bench import TOKEN, amqp_destination, connector_env, directory_env
 from tests.mattermost_sim import MattermostSimulator
-
-TOKEN = "bench-live-token"
-CONNECTOR_ID = "0f4c6f3e-9d0b-4c55-8a51-6d9b2b7e1a11"
 
 
 class Seen:
@@ -139,51 +135,22 @@ def bench(mode: str, steady: int, api: str) -> dict[str, Any]:
         sim.add_post(channel, author, f"history {index}", create_at=1_700_000_000_000 + index)
     sim.start()
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
-    env = {
-        **{
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("MATTERMOST_", "CONNECTOR_", "OPENCTI_"))
-        },
-        "PREFECT_API_URL": api,
-        "MATTERMOST_DOMAIN": "127.0.0.1",
-        "MATTERMOST_PORT": str(sim.port),
-        "MATTERMOST_PROTOCOL": "http",
-        "MATTERMOST_TOKEN": TOKEN,
-        "MATTERMOST_CHANNEL_IDS": channel["id"],
-        "MATTERMOST_KEEPALIVE": "true",
-        "MATTERMOST_KEEPALIVE_DELAY": "2",
-        "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{work / 'state.db'}",
-        "CONNECTOR_LOG_LEVEL": "warn",
-        "PREFECT_LOGGING_LEVEL": "WARNING",
-    }
+    env = connector_env(
+        sim,
+        api,
+        work,
+        MATTERMOST_CHANNEL_IDS=channel["id"],
+        MATTERMOST_KEEPALIVE="true",
+        MATTERMOST_KEEPALIVE_DELAY="2",
+    )
     seen, stop = Seen(), threading.Event()
     platform = None
     if mode == "directory":
-        env |= {
-            "CONNECTOR_SEND_TO_QUEUE": "false",
-            "CONNECTOR_SEND_TO_DIRECTORY": "true",
-            "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(work / "bundles"),
-        }
+        env |= directory_env(work)
         watcher = threading.Thread(target=watch_directory, args=(work / "bundles", seen, stop))
     else:
-        import pika
-
-        platform = FakeOpenCTI(
-            token="bench-octi-token", push_exchange=f"bench-live-{uuid.uuid4().hex[:6]}"
-        ).start()
-        admin = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672)).channel()
-        queue = f"bench-live-queue-{uuid.uuid4().hex[:6]}"
-        admin.exchange_declare(platform.push_exchange, exchange_type="direct")
-        admin.queue_declare(queue, auto_delete=True)
-        admin.queue_bind(
-            queue, platform.push_exchange, routing_key=platform.push_routing(CONNECTOR_ID)
-        )
-        env |= {
-            "OPENCTI_URL": platform.url,
-            "OPENCTI_TOKEN": "bench-octi-token",
-            "CONNECTOR_ID": CONNECTOR_ID,
-        }
+        platform, queue, destination = amqp_destination("bench-live")
+        env |= destination
         watcher = threading.Thread(target=watch_queue, args=(queue, seen, stop))
     watcher.start()
     log = open(work / "live.log", "w")  # noqa: SIM115 - closed in the finally below
