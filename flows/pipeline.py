@@ -39,9 +39,9 @@ from mattermost_prefect.tasks.report import channel_progress
 from mattermost_prefect.tasks.transform import transform_batch
 
 # Every task of a channel's run that reaches a service: one budget for transient and busy
-# faults, set from the configuration when a run starts (tasks/policy.py).
+# faults, set from the configuration when a run starts (tasks/policy.py). Not begin_channel:
+# its state-store calls each have the budget already (retries.retry_call).
 BUDGETED = (
-    begin_channel,
     open_channel,
     read_ahead,
     fetch_attachments,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from mattermost_connector.errors import ConfigError, ConnectorError, fold, one_line
+from mattermost_connector.errors import ConfigError, ConnectorError, one_line
 from mattermost_connector.kinds import RunKind
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -162,44 +162,9 @@ def _configure_logging(level: str, debug: bool) -> None:
         console._mattermost_console = True  # type: ignore[attr-defined]
         logger.addHandler(console)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's own API calls
-    quiet_completed_task_runs()
-    if not debug:
-        for name in ("prefect.task_runs", "prefect.flow_runs"):
-            one_line_records(logging.getLogger(name))
+    from mattermost_prefect.flows.quiet import quiet_run_records
 
-
-class _OneLine(logging.Filter):
-    """A failed task or flow run's record as one line: its message folded, its traceback
-    (pika's, pycti's, Prefect's own frames) kept for MATTERMOST_DEBUG=true."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.msg, record.args = fold(record.getMessage(), limit=500), None
-        record.exc_info, record.exc_text, record.stack_info = None, None, None
-        return True
-
-
-def one_line_records(logger: logging.Logger) -> None:
-    if not any(isinstance(f, _OneLine) for f in logger.filters):
-        logger.addFilter(_OneLine())
-
-
-class _CompletedTaskRuns(logging.Filter):
-    """Drops Prefect's `Finished in state Completed()` line, logged at INFO for every task
-    run (a run has hundreds), and a failed task's `Finished in state Failed(...)`, which
-    repeats its failure's line. Failures, retries and crashes keep their lines."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        # a failed task's own line ("Retries are exhausted", or the failure) said it already
-        return not message.startswith(
-            ("Finished in state Completed(", "Finished in state Failed('Task run encountered")
-        )
-
-
-def quiet_completed_task_runs() -> None:
-    logger = logging.getLogger("prefect.task_runs")
-    if not any(isinstance(f, _CompletedTaskRuns) for f in logger.filters):
-        logger.addFilter(_CompletedTaskRuns())
+    quiet_run_records(debug)
 
 
 def _print_report(report: Sequence[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ from prefect.runtime import flow_run
 from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.pipeline import ChannelPipeline
+from mattermost_connector.retries import retry_call
 from mattermost_prefect.tasks import locks, resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 
@@ -31,10 +32,17 @@ def begin_channel(
     channel_id: str, kind: RunKind, window: tuple[int, int] | None = None
 ) -> tuple[str, int]:
     """Wait for the channel's lease, take it, and open its run history row: (lease holder,
-    run id). Without a row, the lease is given back at once."""
+    run id). Without a row, the lease is given back at once. Each state-store call has the
+    run's retry budget (retries.retry_call), so this task has no retries of its own: they
+    would multiply the budget."""
     holder = locks.acquire_channel(channel_id)
     try:
-        return holder, pipeline().start_run(channel_id, kind, window, flow_run.get_id())
+        run_id = retry_call(
+            lambda: pipeline().start_run(channel_id, kind, window, flow_run.get_id()),
+            resources.settings().connector,
+            f"channel {channel_id} run history",
+        )
+        return holder, run_id
     except BaseException:
         locks.release_channel(channel_id, holder)
         raise

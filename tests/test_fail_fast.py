@@ -90,13 +90,14 @@ def test_server_gone_when_the_flow_starts_is_one_run_failure(
     prefect_api, sim, workdir, monkeypatch
 ):
     """Past the CLI's check (a scheduled run under `serve`): one run-level failure after the
-    client's bounded retries, no channel run, no task retries multiplied per channel."""
+    bounded retries (the client's, then its task's budget, here one short retry), no channel
+    run, no task retries multiplied per channel."""
     from mattermost_prefect.flows.sync import mattermost_sync
     from tests.support import World
 
     world = World(sim, workdir, monkeypatch)
     channels = [world.channel(f"c{i}") for i in range(3)]
-    world.configure(channels)
+    world.configure(channels, CONNECTOR_DELIVERY_RETRIES="1", CONNECTOR_DELIVERY_RETRY_DELAY="0.1")
     sim.stop()
     started = time.monotonic()
     state = mattermost_sync(return_state=True)

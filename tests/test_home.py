@@ -276,9 +276,9 @@ def test_progress_reads_posts_done_of_about_the_channel_total():
 
 
 def test_only_completed_task_runs_are_quieted(caplog):
-    from mattermost_prefect.cli import quiet_completed_task_runs
+    from mattermost_prefect.flows.quiet import quiet_run_records
 
-    quiet_completed_task_runs()
+    quiet_run_records()
     logger = logging.getLogger("prefect.task_runs")
     with caplog.at_level(logging.INFO, logger="prefect.task_runs"):
         logger.info("Finished in state Completed()")

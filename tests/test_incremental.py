@@ -368,7 +368,7 @@ def test_a_lease_the_state_store_refuses_fails_that_channel_in_one_line(
     refused, fine = world.channel("refused"), world.channel("fine")
     world.populate(refused, 5)
     world.populate(fine, 5)
-    world.configure([refused, fine])
+    world.configure([refused, fine], CONNECTOR_DELIVERY_RETRY_DELAY="0.05")  # budget: 0.35 s
     real = StateStore.try_lease
 
     def try_lease(self, channel_id: str, holder: str, seconds: float) -> bool:

@@ -20,7 +20,6 @@ from tests.conftest import clean_environ
 from tests.mattermost_sim import MattermostSimulator
 
 TOKEN = "served-reader-token"
-UNKNOWN = "u" * 26  # a channel id the server does not know
 
 
 def free_port() -> int:
@@ -67,12 +66,16 @@ def flow_runs(api: str, flow_name: str) -> list[dict]:
 def test_serve_syncs_at_start_up_fails_in_one_line_and_backfills_on_demand(
     sim: MattermostSimulator, tmp_path: Path
 ):
-    """Served: the first sync at start-up, not a CONNECTOR_RUN_EVERY later; a channel the
-    server does not know fails that sync, Failed with its one-line reason and no traceback
-    anywhere; runs named after what they do; a backfill triggered by CLI."""
+    """Served: the first sync at start-up, not a CONNECTOR_RUN_EVERY later; a channel whose
+    posts the server fails to list (500, every time: past the CLI's check of the channel)
+    fails that sync, Failed with its one-line reason and no traceback anywhere; runs named
+    after what they do; a backfill triggered by CLI."""
     reader = sim.add_user("reader", token=TOKEN)
     author = sim.add_user("alice")
-    channel = sim.add_channel(sim.add_team("t"), "served", members=[reader, author])
+    team = sim.add_team("t")
+    channel = sim.add_channel(team, "served", members=[reader, author])
+    broken = sim.add_channel(team, "broken", members=[reader, author])
+    sim.faults.failing_paths[f"/api/v4/channels/{broken['id']}/posts"] = 500
     base = 1_700_000_000_000
     for index in range(300):
         sim.add_post(channel, author, f"served {index}", create_at=base + index * 1000)
@@ -129,10 +132,11 @@ def test_serve_syncs_at_start_up_fails_in_one_line_and_backfills_on_demand(
             "CONNECTOR_SEND_TO_DIRECTORY_PATH": str(tmp_path / "bundles"),
             "CONNECTOR_STATE_DATABASE_URL": f"sqlite:///{tmp_path / 'state.db'}",
             "CONNECTOR_RUN_EVERY": "1d",
+            "CONNECTOR_DELIVERY_RETRIES": "0",  # the client's own 5 attempts are enough here
             # the start-up sync of `channel` finds nothing: the backfill below delivers alone
             "MATTERMOST_START_TIMESTAMP": str(base // 1000 + 10**6),
         }
-        connector_env["MATTERMOST_CHANNEL_IDS"] += f",{UNKNOWN}"
+        connector_env["MATTERMOST_CHANNEL_IDS"] += f",{broken['id']}"
         with open(serve_log, "w") as out:
             serve = subprocess.Popen(
                 [str(bin_dir / "mattermost-connector"), "serve"],
@@ -166,13 +170,14 @@ def test_serve_syncs_at_start_up_fails_in_one_line_and_backfills_on_demand(
         (run,) = start_up_syncs()
         assert run["name"] == "sync 2 channels"
         assert run["state"]["type"] == "FAILED", run["state"]
-        assert run["state"]["message"] == f"1 of 2 channels failed: {UNKNOWN}"
+        assert run["state"]["message"] == f"1 of 2 channels failed: {broken['id']}"
         channel_runs = {r["name"]: r["state"] for r in flow_runs(api, "mattermost-channel")}
-        assert channel_runs.keys() == {"t/served", UNKNOWN}
+        assert channel_runs.keys() == {"t/served", "t/broken"}
         assert channel_runs["t/served"]["type"] == "COMPLETED"
-        assert channel_runs[UNKNOWN]["type"] == "FAILED"
-        assert channel_runs[UNKNOWN]["message"].startswith(f"channel {UNKNOWN}: FAILED: ")
-        assert "\n" not in channel_runs[UNKNOWN]["message"]
+        failed = channel_runs["t/broken"]
+        assert failed["type"] == "FAILED"
+        assert failed["message"].startswith(f"channel {broken['id']} (t/broken): FAILED: GET ")
+        assert "gave up after 5 attempts" in failed["message"] and "\n" not in failed["message"]
 
         triggered = subprocess.run(
             [
