@@ -113,7 +113,11 @@ def test_new_posts_edits_and_deletions_are_delivered_within_seconds(world: World
     # which channel, and why (a channel never synced is named by its id until its first run)
     assert f"live catch-up: {channel['id']} (1 catch-up)" in names
     assert "live events: cti/live (1 posted)" in names
-    assert "live events: cti/live (1 post_deleted)" in names
+    # the deletion's run: alone, or with an edit event that came in while the reply's run
+    # (whose change scan delivered the edit already) was still going
+    assert any(n.startswith("live events: cti/live (") and "1 post_deleted" in n for n in names), (
+        names
+    )
     assert len([n for n in names if n.startswith("live ") and "cti/live " in n]) <= 6
 
 
