@@ -109,11 +109,14 @@ def sync_once(sim: MattermostSimulator, env: dict[str, str], work: Path) -> Sync
 def environment(
     sim: MattermostSimulator, channels: list[dict], work: Path, api: str, by_id: bool
 ) -> dict[str, str]:
+    """The connector's environment; BENCH_CONCURRENCY, if set, its channels at once."""
     selection = (
         {"MATTERMOST_CHANNEL_IDS": ",".join(c["id"] for c in channels)}
         if by_id
         else {"MATTERMOST_TEAMS": "bench"}
     )
+    if os.environ.get("BENCH_CONCURRENCY"):
+        selection["CONNECTOR_CHANNEL_CONCURRENCY"] = os.environ["BENCH_CONCURRENCY"]
     return connector_env(sim, api, work, **selection) | directory_env(work)
 
 
