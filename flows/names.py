@@ -34,6 +34,8 @@ def window_text(window: tuple[int, int]) -> str:
 
 
 def sync_name(channel_ids: list[str]) -> str:
+    if not channel_ids:  # found on the server (MATTERMOST_TEAMS): named once selected
+        return str(RunKind.SYNC)
     if len(channel_ids) == 1:
         return f"{RunKind.SYNC} {channel_labels(channel_ids)[channel_ids[0]]}"
     return f"{RunKind.SYNC} {len(channel_ids)} channels"
