@@ -146,6 +146,7 @@ class Publisher:
     def _open(self) -> _Link:
         """A connection as pycti opens one (same parameters, TLS included), confirms on."""
         import pika
+        from pika.exceptions import AMQPConnectionError
         from pycti.connector.opencti_connector_helper import create_mq_ssl_context
 
         connection = self._helper.connector_config["connection"]
@@ -161,7 +162,15 @@ class Publisher:
                 else None
             ),
         )
-        opened = pika.BlockingConnection(parameters)
+        try:
+            opened = pika.BlockingConnection(parameters)
+        except AMQPConnectionError:
+            raise
+        except (OSError, ValueError) as error:
+            # pika's own errors for a socket closed while it connects (ValueError "Expected
+            # connected socket, but getpeername() failed" when the peer resets at once): the
+            # broker is unreachable, as AMQPConnectionError says for a refused connection
+            raise AMQPConnectionError(repr(error)) from error
         try:
             channel = opened.channel()
             channel.confirm_delivery()

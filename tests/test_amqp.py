@@ -149,3 +149,24 @@ def test_a_connection_that_failed_is_not_reused(helper: Any, push_queue: str, co
     publisher.close()
     assert len(connections) == 2 and not any(c.is_open for c in connections)
     assert len(received(push_queue)) == 2
+
+
+def test_a_socket_closed_while_connecting_is_an_unreachable_broker(monkeypatch):
+    """pika raises ValueError, not AMQPConnectionError, when the peer resets the socket as it
+    connects (seen through the fault tests' TCP proxy): still the broker unreachable, a
+    transient fault the load retries, not an unexplained delivery failure."""
+    from types import SimpleNamespace
+
+    from pika.exceptions import AMQPConnectionError
+
+    def reset(_parameters: Any) -> Any:
+        raise ValueError("Expected connected socket, but getpeername() failed: error=OSError(107)")
+
+    monkeypatch.setattr(pika, "BlockingConnection", reset)
+    connection = {"host": "127.0.0.1", "port": 5672, "vhost": "/", "user": "guest"}
+    helper = SimpleNamespace(
+        connector_config={"connection": {**connection, "pass": "guest", "use_ssl": False}},
+        config={},
+    )
+    with pytest.raises(AMQPConnectionError, match="getpeername"):
+        Publisher(helper, 1, 0.0).publish(b"{}")

@@ -244,7 +244,10 @@ def test_state_store_down_at_close_fails_that_channel_only_and_releases_its_leas
     proxy = TcpProxy(5432)
     url = f"postgresql+psycopg://postgres@127.0.0.1:{proxy.port}/test"
     url += f"?options=-csearch_path%3D{postgres}"
-    world.configure([first, second], **env(platform, CONNECTOR_STATE_DATABASE_URL=url))
+    world.configure(  # one channel at a time: the outage is the first one's alone
+        [first, second],
+        **env(platform, CONNECTOR_STATE_DATABASE_URL=url, CONNECTOR_CHANNEL_CONCURRENCY="1"),
+    )
     on_call(monkeypatch, ChannelPipeline, "close", 1, proxy.cut)
     on_call(monkeypatch, StateStore, "release_lease", 1, proxy.restore)
     state, (one, two) = sync(world)
