@@ -12,10 +12,10 @@ from prefect.futures import PrefectFuture
 from prefect.utilities.annotations import quote
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import ChannelArchived, MattermostError, stops_the_run
 from mattermost_connector.errors import one_line as describe
 from mattermost_connector.kinds import RunKind, RunStatus
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.pipeline import ordered
 from mattermost_connector.stix import Attachment
 from mattermost_prefect.tasks import resources

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.mattermost.client import MattermostClient
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import message_digest
 
 SINCE_CAP = 1000

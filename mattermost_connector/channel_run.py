@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mattermost_connector.counts import Counts
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
 from mattermost_connector.kinds import RunKind, RunStatus
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.stix import ChannelContext, Upload
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mattermost_connector.changes import CHANGES_MARGIN_MS, judge_since, scan_since
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import (
     AuthenticationError,
     MattermostError,
@@ -29,7 +30,6 @@ from mattermost_connector.errors import (
     one_line,
 )
 from mattermost_connector.mattermost.client import MattermostClient
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import StateStore
 
 log = logging.getLogger("mattermost_connector.probe")

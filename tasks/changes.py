@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 
 from mattermost_connector.changes import FullCheck
 from mattermost_connector.channel_run import Batch, ChannelRun
-from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.cursor import Cursor
 from mattermost_prefect.tasks.channel import pipeline
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying
 

@@ -7,7 +7,7 @@ from typing import Any
 from prefect import task
 
 from mattermost_connector.channel_run import BundleFile, ChannelRun
-from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.cursor import Cursor
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.channel import pipeline
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS, retrying, with_budget

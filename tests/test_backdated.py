@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from mattermost_connector.changes import examine_since, listed_since, unaccounted
-from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.state import message_digest
 from mattermost_connector.stix import message_id
 from tests.mattermost_sim import MattermostSimulator

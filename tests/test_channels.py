@@ -215,7 +215,7 @@ def test_busy_channel_pays_the_full_check_once(prefect_api, world):
 
 
 def test_the_probe_never_moves_a_held_or_moved_cursor(tmp_path: Path):
-    from mattermost_connector.mattermost.posts import Cursor
+    from mattermost_connector.cursor import Cursor
 
     store = StateStore(f"sqlite:///{tmp_path / 'state.db'}")
     old = Cursor(100, ("a",), "b", changes_ms=50, messages=(3, 100, 0))

@@ -16,8 +16,8 @@ import pytest
 from mattermost_connector import metadata, progress
 from mattermost_connector.config import load_settings, load_state_database_url
 from mattermost_connector.counts import Counts
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import ConfigError
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key
 from tests.conftest import run_cli

@@ -18,9 +18,9 @@ from mattermost_connector.changes import FullCheck, judge_since
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelRun
 from mattermost_connector.config import TLP
 from mattermost_connector.counts import Counts
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
 from mattermost_connector.kinds import RunKind
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.pipeline import ChannelPipeline, Services
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order, take_new_posts

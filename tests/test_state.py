@@ -10,8 +10,8 @@ import pytest
 import sqlalchemy as sa
 
 from mattermost_connector.counts import Counts
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.kinds import RunKind, RunStatus
-from mattermost_connector.mattermost.posts import Cursor
 from mattermost_connector.state import INTERRUPTED, SCHEMA_VERSION, StateStore, message_digest
 from tests.support import POSTGRES
 

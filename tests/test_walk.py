@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from mattermost_connector.mattermost.posts import Cursor, walk_posts
+from mattermost_connector.cursor import Cursor
+from mattermost_connector.mattermost.posts import walk_posts
 from tests.mattermost_sim import MattermostSimulator
 from tests.support import make_client
 

@@ -35,6 +35,7 @@ from mattermost_connector.changes import (
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
 from mattermost_connector.config import Settings
 from mattermost_connector.counts import Counts
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Destination, Work
 from mattermost_connector.errors import (
     AuthenticationError,
@@ -48,7 +49,7 @@ from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.channels import channel_context, first_imported
 from mattermost_connector.mattermost.client import MattermostClient
-from mattermost_connector.mattermost.posts import Cursor, read_batch
+from mattermost_connector.mattermost.posts import read_batch
 from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order

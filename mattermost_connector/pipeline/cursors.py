@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.cursor import Cursor
 
 Post = dict[str, Any]
 

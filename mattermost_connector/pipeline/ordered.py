@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any, Protocol, TypeVar
 
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelRun
-from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.stix import Attachment
 
 T = TypeVar("T")

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mattermost_connector.counts import Counts
-from mattermost_connector.mattermost.posts import Cursor
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.state.files import upsert_attachments
 from mattermost_connector.state.schema import (
     EngineBound,
