@@ -26,6 +26,8 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import PydanticUndefined
 
 from mattermost_connector.config import (
+    TLP,
+    TLP_SPELLINGS,
     ConnectorSettings,
     MattermostSettings,
     OpenCTISettings,
@@ -55,6 +57,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "default": "1h",
         "deprecated": True,
     },
+    # the original connector's documented spelling of AMBER+STRICT is accepted too
+    "MATTERMOST_TLP": {"enum": [*TLP, *TLP_SPELLINGS]},
 }
 SCHEMA_ID = "https://www.filigran.io/connectors/mattermost_config.schema.json"
 

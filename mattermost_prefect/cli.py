@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=summary, description=description, epilog=CONFIG_NOTE)
+        # a plain str: argparse lists the choices by repr (`<RunKind.SYNC: 'sync'>` otherwise)
+        return commands.add_parser(
+            str(name), help=summary, description=description, epilog=CONFIG_NOTE
+        )
 
     sync = command(
         RunKind.SYNC,
@@ -133,9 +136,9 @@ def _parser() -> argparse.ArgumentParser:
         "schedule",
         "print the sync's interval, as deployments/prefect.yaml reads it",
         "Print CONNECTOR_DURATION_PERIOD or CONNECTOR_RUN_EVERY as an RFC 5545 rule "
-        "(FREQ=HOURLY;INTERVAL=1 from 2020-01-01 UTC): `prefect deploy --prefect-file "
-        "deployments/prefect.yaml` runs this to schedule the sync deployment. Reads only "
-        "the CONNECTOR_ settings.",
+        "(FREQ=HOURLY;INTERVAL=1, from the last whole interval, UTC): `prefect deploy "
+        "--prefect-file deployments/prefect.yaml` runs this to schedule the sync "
+        "deployment. Reads only the CONNECTOR_ settings.",
     )
     command(
         "check",

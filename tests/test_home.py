@@ -290,3 +290,47 @@ def test_only_completed_task_runs_are_quieted(caplog):
         "Task run failed with exc",
         "Finished in state Crashe",
     ]
+
+
+# -- mistakes answered in one line --------------------------------------------------------------
+
+
+def test_an_unknown_command_lists_the_commands_by_name(capsys):
+    from mattermost_prefect.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["snyc"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "(choose from 'sync', 'backfill', 'serve', 'live', 'status', 'schedule', 'check')" in (
+        error
+    )
+    assert "RunKind" not in error
+
+
+@pytest.mark.parametrize("since", ["1700000000000", "1700000000000.0"])
+def test_a_backfill_since_in_milliseconds_is_refused_up_front(
+    workdir: Path, monkeypatch, capsys, since: str
+):
+    """Mattermost counts in milliseconds; a backfill takes seconds: refused before Prefect
+    starts, saying which unit to give (it used to fail 28 s later on `year 55840`)."""
+    from mattermost_prefect.cli import main
+
+    for name, value in VALID.items():
+        monkeypatch.setenv(name, value)
+    code = main(["backfill", "--channel", CHANNEL, "--since", since, "--until", "2024-01-01"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"configuration error: --since/--until: start: {since} looks like epoch milliseconds "
+        "(Mattermost's unit): give epoch seconds (1700000000) or ISO 8601\n"
+    )
+    assert not (workdir / "data").exists()
+
+
+def test_epoch_seconds_up_to_the_year_5000_are_seconds():
+    from mattermost_connector.window import parse_instant
+
+    assert parse_instant("1700000000", "start") == 1_700_000_000_000
+    assert parse_instant("99999999999", "start") == 99_999_999_999_000
+    with pytest.raises(ConfigError, match="looks like epoch milliseconds"):
+        parse_instant("100000000000", "end")
