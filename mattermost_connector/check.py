@@ -36,6 +36,7 @@ PLATFORM_TIMEOUT = 15.0
 # answer is reported within 5 s in all (two attempts, 0.5 s apart at most, plus start-up).
 PREFLIGHT_TIMEOUT = 1.5
 PREFLIGHT_THREADS = 8
+TOKEN_REFUSED = "the token was refused; check OPENCTI_TOKEN"
 
 
 def preflight(settings: Settings, channel_ids: list[str] | None = None) -> None:
@@ -145,20 +146,25 @@ def _directory(settings: Settings) -> Finding:
     return True, f"bundle directory {path}: writable"
 
 
-def _platform(settings: Settings, timeout: float = PLATFORM_TIMEOUT) -> Finding:
-    """Ask the platform its version with the connector's token; registers nothing."""
-    url = settings.opencti.url
+def _ask_version(settings: Settings, timeout: float) -> httpx.Response:
+    """The platform's answer to a version query with the connector's token."""
     token = settings.opencti.token.get_secret_value() if settings.opencti.token else ""
     # pycti's helper verifies the platform's certificate only with OPENCTI_SSL_VERIFY=true
     verify = os.environ.get("OPENCTI_SSL_VERIFY", "false").strip().lower() in {"true", "1", "yes"}
+    return httpx.post(
+        f"{settings.opencti.url}/graphql",
+        json={"query": "query healthCheck { about { version } }"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=timeout,
+        verify=verify,
+    )
+
+
+def _platform(settings: Settings, timeout: float = PLATFORM_TIMEOUT) -> Finding:
+    """Ask the platform its version with the connector's token; registers nothing."""
+    url = settings.opencti.url
     try:
-        response = httpx.post(
-            f"{url}/graphql",
-            json={"query": "query healthCheck { about { version } }"},
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=timeout,
-            verify=verify,
-        )
+        response = _ask_version(settings, timeout)
     except httpx.HTTPError as error:
         return False, f"OpenCTI at {url}: {_unreachable(error, timeout)}"
     problem = _platform_problem(response)
@@ -166,6 +172,16 @@ def _platform(settings: Settings, timeout: float = PLATFORM_TIMEOUT) -> Finding:
         return False, f"OpenCTI at {url}: {redact(problem, settings.secrets)}"
     version = response.json()["data"]["about"]["version"]
     return True, f"OpenCTI at {url}: reachable, version {version}"
+
+
+def token_refused(settings: Settings, timeout: float = PLATFORM_TIMEOUT) -> bool:
+    """Whether the platform answers and refuses OPENCTI_TOKEN: a permanent fault, which
+    pycti reports as the platform "not reachable", like a transient one."""
+    try:
+        response = _ask_version(settings, timeout)
+    except httpx.HTTPError:
+        return False
+    return _platform_problem(response) == TOKEN_REFUSED
 
 
 def _unreachable(error: httpx.HTTPError, timeout: float = PLATFORM_TIMEOUT) -> str:
@@ -194,7 +210,7 @@ def _platform_problem(response: httpx.Response) -> str | None:
     if errors:
         message = str(errors[0].get("message", "")) if isinstance(errors[0], dict) else ""
         if "logged in" in message.lower() or "auth" in message.lower():
-            return "the token was refused; check OPENCTI_TOKEN"
+            return TOKEN_REFUSED
         return f"refused the query: {fold(message, limit=200)}"
     try:
         body["data"]["about"]["version"]
