@@ -50,13 +50,28 @@ def preflight(settings: Settings, channel_ids: list[str] | None = None) -> None:
     except ServerUnavailable as error:
         if not error.reachable:
             raise MattermostError(
-                f"Mattermost at {mattermost.api_url}: {one_line(error)}; check "
-                "MATTERMOST_DOMAIN, MATTERMOST_PORT and that the server is up"
+                f"Mattermost at {mattermost.api_url}: {one_line(error)}; "
+                f"{unreachable_hint(mattermost, error)}"
             ) from None
     if settings.connector.send_to_queue:
         ok, finding = _platform(settings, timeout=PREFLIGHT_TIMEOUT * 2)
         if not ok:
             raise DeliveryError(finding)
+
+
+# OpenSSL's words when the server answers a TLS handshake in plain HTTP
+_PLAIN_HTTP = ("wrong version number", "wrong_version_number", "record layer failure")
+
+
+def unreachable_hint(settings: MattermostSettings, error: BaseException) -> str:
+    """What to check when Mattermost does not answer: the protocol, when an https request
+    met a server speaking plain http; else the host, the port and the server."""
+    if settings.protocol == "https" and any(w in str(error).lower() for w in _PLAIN_HTTP):
+        return (
+            "the server answers in plain HTTP, not HTTPS: set MATTERMOST_PROTOCOL=http "
+            "(or check MATTERMOST_PORT)"
+        )
+    return "check MATTERMOST_DOMAIN, MATTERMOST_PORT and that the server is up"
 
 
 def _mattermost_preflight(settings: MattermostSettings, channel_ids: list[str] | None) -> None:
@@ -102,6 +117,10 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
     with MattermostClient(settings.mattermost, retry=CHECK_RETRY) as client:
         try:
             me = client.me()
+        except ServerUnavailable as error:
+            hint = "" if error.reachable else f"; {unreachable_hint(settings.mattermost, error)}"
+            yield False, f"Mattermost at {settings.mattermost.api_url}: {one_line(error)}{hint}"
+            return
         except MattermostError as error:
             yield False, f"Mattermost token at {settings.mattermost.api_url}: {one_line(error)}"
             return
