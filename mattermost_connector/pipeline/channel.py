@@ -5,8 +5,6 @@ process's clients."""
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -54,6 +52,7 @@ from mattermost_connector.mattermost.users import UserDirectory
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order
 from mattermost_connector.retries import retry_call
+from mattermost_connector.spools import new_spool, release_spool, store_identity
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import Attachment, iter_bundles
 from mattermost_connector.window import backfill_key, iso
@@ -159,7 +158,9 @@ class ChannelPipeline:
         since = iso(cursor.boundary_ms)
         work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
         posts_before = store.posts_delivered(key)
-        spool = new_spool(channel_id)
+        spool = new_spool(
+            channel_id, store_identity(self.settings.connector.state_database_url), run_id
+        )
         # last: a retried open (the store, the disk) leaves no OpenCTI work behind unclosed
         for destination in self.services.destinations:
             destination.open_work(work)
@@ -592,7 +593,7 @@ class ChannelPipeline:
             )
             for destination in self.services.destinations:
                 destination.close_work(run.work, error or archived or message, in_error=bool(error))
-            shutil.rmtree(run.spool, ignore_errors=True)
+            release_spool(run.spool)
         note = run.note if run else None
         shown = error or archived or note
         if unrecorded is None:
@@ -627,27 +628,6 @@ class ChannelPipeline:
 # run id -> (status, counts, error) of runs closed while the state store was unreachable
 _unwritten: dict[int, tuple[RunStatus, Counts | None, str | None]] = {}
 _unwritten_lock = threading.Lock()
-
-SPOOL_PREFIX = "mattermost-{channel_id}-"
-
-
-def new_spool(channel_id: str) -> Path:
-    """The run's spool directory in the temporary directory, after removing those of earlier
-    runs of the channel that were killed before clearing theirs (the caller holds the
-    channel's lease: no other run of it is using one)."""
-    prefix = SPOOL_PREFIX.format(channel_id=channel_id)
-    temp = Path(tempfile.gettempdir())
-    for left in temp.glob(f"{prefix}*"):
-        if left.is_dir():
-            log.info("channel %s: removing %s, left by a run that was killed", channel_id, left)
-            shutil.rmtree(left, ignore_errors=True)
-    try:
-        return Path(tempfile.mkdtemp(prefix=prefix))
-    except OSError as error:
-        local = local_fault(error, temp)
-        if local is None:
-            raise
-        raise local from None
 
 
 def sent_marker(bundle: Path, destination: str) -> Path:
