@@ -497,20 +497,30 @@ WITHOUT_EFFECT = {
     "under the same ids, which OpenCTI updates",
     "CONNECTOR_TYPE": "this connector is always EXTERNAL_IMPORT",
 }
+# the value the connector manager sets (the schema's const): right, so not warned about
+_EXPECTED = {"CONNECTOR_TYPE": "EXTERNAL_IMPORT"}
 _warned: set[str] = set()
 
 
 def variables_without_effect(env_file: str | None = ".env") -> list[str]:
-    """The WITHOUT_EFFECT variables set (not empty) in the environment, `.env` or config.yml."""
-    found = {name for name in WITHOUT_EFFECT if os.environ.get(name, "").strip()}
+    """The WITHOUT_EFFECT variables set (not empty, nor the expected value) in the
+    environment, `.env` or config.yml."""
+    values: dict[str, object] = {}
+    section = _yaml_section("connector")
+    for name in WITHOUT_EFFECT:
+        values[name] = section.get(name.removeprefix("CONNECTOR_").lower())
     if env_file and Path(env_file).is_file():
         from dotenv import dotenv_values
 
-        values = dotenv_values(env_file)
-        found |= {name for name in WITHOUT_EFFECT if (values.get(name) or "").strip()}
-    section = _yaml_section("connector")
-    found |= {name for name in WITHOUT_EFFECT if name.removeprefix("CONNECTOR_").lower() in section}
-    return sorted(found)
+        found = dotenv_values(env_file)
+        values.update({name: found[name] for name in WITHOUT_EFFECT if found.get(name)})
+    values.update({name: os.environ[name] for name in WITHOUT_EFFECT if os.environ.get(name)})
+    return sorted(
+        name
+        for name, value in values.items()
+        if str(value or "").strip()
+        and str(value).strip().upper() != _EXPECTED.get(name, "").upper()
+    )
 
 
 def warn_without_effect(env_file: str | None = ".env") -> None:

@@ -211,8 +211,8 @@ def test_env_sample_copied_to_dotenv_loads_once_its_blanks_are_filled(workdir: P
     env_sample_with(workdir, **FILLED)
     settings = load_settings()
     assert str(settings.connector.id) == FILLED["CONNECTOR_ID"]
-    assert settings.connector.duration_period is None
     assert settings.connector.work_pool is None
+    assert settings.opencti.token_block is None and settings.mattermost.teams == []
     assert settings.mattermost.request_timeout is None
     env_sample_with(workdir, **{**FILLED, "CONNECTOR_ID": ""})
     with pytest.raises(ConfigError) as caught:
@@ -260,7 +260,7 @@ def test_settings_without_effect_are_accepted_with_one_warning_each(
 
     monkeypatch.setattr(config, "_warned", set())
     (workdir / ".env").write_text("CONNECTOR_UPDATE_EXISTING_DATA=true\n")
-    monkeypatch.setenv("CONNECTOR_TYPE", "EXTERNAL_IMPORT")
+    monkeypatch.setenv("CONNECTOR_TYPE", "STREAM")
     with caplog.at_level("WARNING", logger="mattermost_connector.config"):
         settings_with(monkeypatch)
         settings_with(monkeypatch)
@@ -270,13 +270,14 @@ def test_settings_without_effect_are_accepted_with_one_warning_each(
     assert warnings[1].startswith("CONNECTOR_UPDATE_EXISTING_DATA has no effect: ")
 
 
-def test_settings_without_effect_are_not_warned_about_when_unset_or_empty(
+def test_settings_without_effect_are_not_warned_about_when_empty_or_right(
     workdir: Path, monkeypatch, caplog: pytest.LogCaptureFixture
 ):
     import mattermost_connector.config as config
 
     monkeypatch.setattr(config, "_warned", set())
-    monkeypatch.setenv("CONNECTOR_TYPE", "")
+    monkeypatch.setenv("CONNECTOR_UPDATE_EXISTING_DATA", "")
+    monkeypatch.setenv("CONNECTOR_TYPE", "external_import")  # the connector manager's value
     with caplog.at_level("WARNING", logger="mattermost_connector.config"):
         settings_with(monkeypatch)
     assert not caplog.records
