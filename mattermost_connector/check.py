@@ -41,9 +41,11 @@ TOKEN_REFUSED = "the token was refused; check OPENCTI_TOKEN"
 
 def preflight(settings: Settings, channel_ids: list[str] | None = None) -> None:
     """What would make every channel of a run fail, checked before Prefect starts: the token,
-    each channel listed by id (or `channel_ids`), the teams of MATTERMOST_TEAMS and the
-    platform. Raises a ConnectorError whose one line names what is wrong. A server that
-    answers, but with 5xx, is left to the run's own patient retries."""
+    the channels listed by id (or `channel_ids`) when none of them is readable, the teams of
+    MATTERMOST_TEAMS and the platform. Raises a ConnectorError whose one line names what is
+    wrong. One unreadable channel among readable ones is the run's to report (it fails alone,
+    naming its reason; the others are imported). A server that answers, but with 5xx, is
+    left to the run's own patient retries."""
     mattermost = settings.mattermost
     try:
         _mattermost_preflight(mattermost, channel_ids)
@@ -82,9 +84,8 @@ def _mattermost_preflight(settings: MattermostSettings, channel_ids: list[str] |
         wanted = channel_ids or [c for c in settings.channel_ids if c not in excluded]
         with ThreadPoolExecutor(PREFLIGHT_THREADS) as pool:
             failures = [f for f in pool.map(lambda c: _channel_problem(client, c), wanted) if f]
-        if failures:
-            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-            raise ChannelNotAccessible(failures[0] + more)
+        if failures and len(failures) == len(wanted):  # else the run imports the others
+            raise ChannelNotAccessible("; ".join(failures) + "; check MATTERMOST_CHANNEL_IDS")
         if settings.teams and not channel_ids:
             resolve_teams(client, settings.teams)
 
@@ -96,10 +97,7 @@ def _channel_problem(client: MattermostClient, channel_id: str) -> str | None:
         client.channel(channel_id)
     except MattermostError as error:
         if error.status in (403, 404):
-            return (
-                f"channel {channel_id} is not accessible: {error.status} {error.error_id}; "
-                "check MATTERMOST_CHANNEL_IDS"
-            )
+            return f"channel {channel_id} is not accessible: {error.status} {error.error_id}"
         raise
     return None
 
