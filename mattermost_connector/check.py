@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
+from sqlalchemy.engine import make_url
 
 from mattermost_connector.config import MattermostSettings, Settings
 from mattermost_connector.errors import (
@@ -141,7 +143,16 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
 
 
 def _state_store(settings: Settings) -> Finding:
+    """An existing store is opened (its schema brought up to date, as any run would); a
+    SQLite file not created yet is not: its directory is checked writable instead, so that
+    `check` creates nothing."""
     url = settings.connector.state_database_url
+    missing = _sqlite_file_not_created(url)
+    if missing is not None:
+        problem = _not_writable(missing.parent)
+        if problem:
+            return False, f"state store {missing}: {problem}"
+        return True, f"state store: {missing} not created yet, at the first run (writable)"
     try:
         store = StateStore(url)
         store.touch()
@@ -151,11 +162,34 @@ def _state_store(settings: Settings) -> Finding:
     return True, f"state store: writable ({url.split('://')[0]})"
 
 
+def _sqlite_file_not_created(url: str) -> Path | None:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    path = Path(parsed.database)
+    return None if path.exists() else path
+
+
+def _not_writable(path: Path) -> str | None:
+    """Why nothing could be created at `path` (its nearest existing ancestor not a writable
+    directory), or None."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        return f"{existing} is not a directory"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
+
+
 def _directory(settings: Settings) -> Finding:
     path = settings.connector.send_to_directory_path
+    if not path.exists():
+        problem = _not_writable(path)
+        if problem:
+            return False, f"bundle directory {path}: {problem}"
+        return True, f"bundle directory {path}: not created yet, at the first run (writable)"
     probe = path / ".write-check"
     try:
-        path.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:

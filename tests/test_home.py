@@ -334,3 +334,31 @@ def test_epoch_seconds_up_to_the_year_5000_are_seconds():
     assert parse_instant("99999999999", "start") == 99_999_999_999_000
     with pytest.raises(ConfigError, match="looks like epoch milliseconds"):
         parse_instant("100000000000", "end")
+
+
+def test_check_creates_nothing(demo, workdir: Path, monkeypatch):
+    """`check --help` says it changes nothing: no data/, no bundle directory, no state
+    database appear; each says where it would be created, and that it could be."""
+    from mattermost_connector.check import run_checks
+
+    settings = settings_with(
+        monkeypatch,
+        MATTERMOST_DOMAIN="127.0.0.1",
+        MATTERMOST_PORT=str(demo.sim.port),
+        MATTERMOST_PROTOCOL="http",
+        MATTERMOST_TOKEN=demo.token,
+        MATTERMOST_CHANNEL_IDS=demo.channels[0]["id"],
+    )
+    findings = list(run_checks(settings))
+    assert all(ok for ok, _ in findings), findings
+    assert list(workdir.iterdir()) == []
+    assert (True, "state store: data/state.db not created yet, at the first run (writable)") in (
+        findings
+    )
+    assert (
+        True,
+        "bundle directory data/bundles: not created yet, at the first run (writable)",
+    ) in findings
+    (workdir / "data").write_text("a file where the directory goes")
+    findings = list(run_checks(settings))
+    assert (False, "state store data/state.db: data is not a directory") in findings
