@@ -15,6 +15,7 @@ from mattermost_connector.errors import (
     one_line,
 )
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.wording import amount
 from mattermost_prefect.flows.dispatch import run_channels
 from mattermost_prefect.flows.names import rename_run, sync_name, sync_run_name
 from mattermost_prefect.flows.quiet import quiet_expected_failures
@@ -43,9 +44,9 @@ def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = N
         return Failed(message=message, data=RunFailed(message, report))
     if failed:
         names = ", ".join(r.channel_id for r in failed)
-        message = f"{len(failed)} of {len(results)} channels failed: {names}"
+        message = f"{len(failed)} of {amount(len(results), 'channel')} failed: {names}"
         return Failed(message=message, data=RunFailed(message, report))
-    return Completed(message=f"{len(results)} channels done", data=report)
+    return Completed(message=f"{amount(len(results), 'channel')} done", data=report)
 
 
 def run_all(

@@ -362,3 +362,28 @@ def test_check_creates_nothing(demo, workdir: Path, monkeypatch):
     (workdir / "data").write_text("a file where the directory goes")
     findings = list(run_checks(settings))
     assert (False, "state store data/state.db: data is not a directory") in findings
+
+
+def test_one_of_anything_is_singular_in_every_line():
+    from mattermost_connector.channel_run import ChannelResult
+    from mattermost_connector.kinds import RunKind, RunStatus
+    from mattermost_connector.wording import amount
+
+    one = ChannelResult(
+        CHANNEL, "cti/town", RunKind.SYNC, RunStatus.COMPLETED, Counts(posts=1, files=1, objects=1)
+    )
+    assert one.summary() == f"channel {CHANNEL} (cti/town): ok, 1 post, 1 file, 1 object"
+    two = ChannelResult(
+        CHANNEL, None, RunKind.SYNC, RunStatus.COMPLETED, Counts(posts=2, files=0, objects=3)
+    )
+    assert two.summary() == f"channel {CHANNEL}: ok, 2 posts, 0 files, 3 objects"
+    assert progress.describe("cti/town", "backfill", 1, 1, 0) == "cti/town: 1 post this backfill"
+    assert progress.describe("cti/town", "sync", 1, 1, 1) == (
+        "cti/town: 1 of about 1 post (1 this run)"
+    )
+    assert amount(1, "channel") == "1 channel" and amount(1200, "post", grouped=True) == (
+        "1,200 posts"
+    )
+    assert amount(1, "entry", "entries") == "1 entry" and amount(2, "entry", "entries") == (
+        "2 entries"
+    )

@@ -56,6 +56,7 @@ from mattermost_connector.spools import new_spool, release_spool, store_identity
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import Attachment, iter_bundles
 from mattermost_connector.window import backfill_key, iso
+from mattermost_connector.wording import amount
 
 log = logging.getLogger("mattermost_connector.load")
 
@@ -582,8 +583,8 @@ class ChannelPipeline:
         if run is not None:
             by_fate = counts.fates_text()
             message = (
-                f"{counts.posts} posts, {counts.files} files, {counts.objects} objects in "
-                f"{counts.bundles} bundles"
+                f"{amount(counts.posts, 'post')}, {amount(counts.files, 'file')}, "
+                f"{amount(counts.objects, 'object')} in {amount(counts.bundles, 'bundle')}"
                 + (f"; files: {by_fate}" if by_fate else "")
                 + (
                     f"; {counts.updated} updated, {counts.deleted} deleted"
