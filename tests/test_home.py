@@ -387,3 +387,15 @@ def test_one_of_anything_is_singular_in_every_line():
     assert amount(1, "entry", "entries") == "1 entry" and amount(2, "entry", "entries") == (
         "2 entries"
     )
+
+
+def test_the_connectors_log_lines_carry_prefects_timestamp_form():
+    """One output, one timestamp form: `00:15:02.123 | INFO    | name - message`, as
+    Prefect's console handler writes its own lines (prefect/logging/logging.yml)."""
+    import re
+
+    from mattermost_prefect.cli import console_formatter
+
+    record = logging.LogRecord("mattermost_connector.load", logging.INFO, "", 0, "hi", (), None)
+    line = console_formatter().format(record)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO    \| mattermost_connector.load - hi", line)
