@@ -22,7 +22,7 @@ from mattermost_prefect.flows.quiet import quiet_expected_failures
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import apply_budget
 from mattermost_prefect.tasks.probe import probe_all, select_channels
-from mattermost_prefect.tasks.report import publish_report
+from mattermost_prefect.tasks.report import nothing_to_run_progress, publish_report
 
 quiet_expected_failures()
 
@@ -56,7 +56,8 @@ def run_all(
     window: tuple[int, int] | None = None,
 ) -> tuple[list[ChannelResult], str | None]:
     """The channels' results, and why the run stopped early (a refused token), if it did."""
-    if not channels:
+    if not channels:  # every channel unchanged
+        nothing_to_run_progress(kind)
         return [], None
     try:
         return run_channels(channels, kind, start_timestamp, window), None
