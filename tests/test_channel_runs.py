@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mattermost_connector.pipeline import ChannelPipeline
+from mattermost_connector.pipeline import lifecycle
 from mattermost_connector.state import StateStore
 from tests.mattermost_sim import MattermostSimulator
 from tests.support import World
@@ -71,9 +71,9 @@ def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
     entered: set[str] = set()
     peak: list[int] = [0]
     guard = threading.Condition()
-    real_open = ChannelPipeline.open
+    real_open = lifecycle.channel_context  # the first thing opening a channel does
 
-    def paired_open(self, channel_id, *args, **kwargs):
+    def paired_open(client, channel_id, *args, **kwargs):
         """Each channel waits in its open until a second one runs beside it (or none is left
         to come): the bound is reached however slowly subflows start on a loaded machine."""
         with guard:
@@ -84,20 +84,20 @@ def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
             assert guard.wait_for(
                 lambda: len(running) >= 2 or len(entered) == len(channels), timeout=300
             )
-        return real_open(self, channel_id, *args, **kwargs)
+        return real_open(client, channel_id, *args, **kwargs)
 
-    real_close = ChannelPipeline.close
+    real_close = lifecycle.close
 
-    def close(self, channel_id, *args, **kwargs):
+    def close(services, channel_id, *args, **kwargs):
         try:
-            return real_close(self, channel_id, *args, **kwargs)
+            return real_close(services, channel_id, *args, **kwargs)
         finally:
             with guard:
                 running.discard(channel_id)
                 guard.notify_all()
 
-    monkeypatch.setattr(ChannelPipeline, "open", paired_open)
-    monkeypatch.setattr(ChannelPipeline, "close", close)
+    monkeypatch.setattr(lifecycle, "channel_context", paired_open)
+    monkeypatch.setattr(lifecycle, "close", close)
     report = world.sync()
 
     assert peak[0] == 2
@@ -131,9 +131,9 @@ def test_a_channel_another_process_holds_is_run_only_once_it_is_released(
 ):
     """A lease held elsewhere (a backfill, another machine) keeps the channel's run waiting,
     while the other channels go ahead concurrently."""
-    from mattermost_prefect.tasks import locks
+    from mattermost_connector.pipeline import lease
 
-    monkeypatch.setattr(locks, "POLL_SECONDS", 0.1)
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.1)
     held, *others = [world.channel(f"ops-{n}") for n in range(4)]
     for channel in (held, *others):
         world.populate(channel, 20)

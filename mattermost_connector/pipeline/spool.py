@@ -1,4 +1,6 @@
-"""A channel run's spool directory, and the rule for removing one a killed run left behind.
+"""A run's spool: the temporary directory its downloads and bundles wait in until delivered,
+the markers beside a bundle that let a retried load skip what an attempt did, and the rule
+for removing a spool a killed run left behind.
 
 Several installs may share a host's temporary directory (a test instance beside production,
 two clones' test suites) and sync the same channel; the channel's lease only orders the runs
@@ -25,7 +27,7 @@ from sqlalchemy.engine import make_url
 
 from mattermost_connector.errors import local_fault
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mattermost_connector.load")
 
 SPOOL_PREFIX = "mattermost-{channel_id}-"
 OWNER_FILE = ".owner"
@@ -108,3 +110,15 @@ def _own(spool: Path, store: str, run_id: int | None) -> None:
         raise
     with _held_lock:
         _held[spool] = descriptor
+
+
+def sent_marker(bundle: Path, destination: str) -> Path:
+    """Beside a spooled bundle: it reached `destination` (a broker's confirm, a renamed
+    file). A retried load skips it there, so a retry re-sends only what may not have been
+    delivered."""
+    return bundle.with_name(f"{bundle.name}.sent-{destination}")
+
+
+def recorded_marker(bundle: Path) -> Path:
+    """Beside a spooled bundle that moves no cursor: recorded already, not to send again."""
+    return bundle.with_name(f"{bundle.name}.recorded")
