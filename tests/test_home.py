@@ -399,3 +399,22 @@ def test_the_connectors_log_lines_carry_prefects_timestamp_form():
     record = logging.LogRecord("mattermost_connector.load", logging.INFO, "", 0, "hi", (), None)
     line = console_formatter().format(record)
     assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO    \| mattermost_connector.load - hi", line)
+
+
+def test_status_writes_every_moment_in_one_form(workdir: Path):
+    """Cursors, windows and run history side by side: ISO 8601 UTC with `Z` for all (the
+    history's started/updated times were `2026-12-08 00:10:00` beside `...T00:10:00Z`)."""
+    import re
+
+    from mattermost_connector.status import report
+
+    store = StateStore(f"sqlite:///{workdir / 'state.db'}")
+    store.save_cursor(CHANNEL, Cursor(_ms("2024-03-01T10:00:00")), posts_delivered=12)
+    window = backfill_key(CHANNEL, _ms("2024-01-01"), _ms("2024-02-01"))
+    store.save_cursor(window, Cursor(_ms("2024-01-15")), 7)
+    store.finish_run(store.start_run(CHANNEL, "sync"), "completed", Counts(posts=12))
+    text = report(store, runs=1)
+    store.close()
+    moments = re.findall(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*", text)
+    assert len(moments) >= 4, text
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m) for m in moments), moments
