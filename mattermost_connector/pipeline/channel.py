@@ -9,11 +9,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from mattermost_connector.attachments import (
     download_attachments,
@@ -33,7 +33,7 @@ from mattermost_connector.changes import (
     stale,
 )
 from mattermost_connector.channel_run import Batch, BundleFile, ChannelResult, ChannelRun
-from mattermost_connector.config import Settings
+from mattermost_connector.config import MattermostSettings, Settings
 from mattermost_connector.counts import Counts
 from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Destination, Work
@@ -55,8 +55,11 @@ from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_
 from mattermost_connector.pipeline.ordered import deliver_in_order
 from mattermost_connector.retries import retry_call
 from mattermost_connector.state import StateStore
-from mattermost_connector.stix import Attachment, iter_bundles
+from mattermost_connector.stix import Attachment, Post, iter_bundles
 from mattermost_connector.window import backfill_key, iso
+
+if TYPE_CHECKING:
+    from mattermost_connector.observables.stix import Observable
 
 log = logging.getLogger("mattermost_connector.load")
 
@@ -97,11 +100,24 @@ def _sent(attachment: Attachment) -> bool:
     return attachment.status in DELIVERED and attachment.path is not None
 
 
+def _observer(settings: MattermostSettings) -> Callable[[Post], Sequence[Observable]] | None:
+    """The indicators of each post, when the deployment extracts them (the extractor is
+    imported only then)."""
+    if not settings.extract_observables:
+        return None
+    from mattermost_connector.observables.stix import observer
+
+    return observer(
+        settings.observable_kinds, settings.domain, settings.observable_private_addresses
+    )
+
+
 class ChannelPipeline:
     def __init__(self, services: Services) -> None:
         self.services = services
         self.settings = services.settings
         self.store = services.store
+        self.observe = _observer(services.settings.mattermost)
 
     # -- opening -------------------------------------------------------------------------
 
@@ -294,6 +310,7 @@ class ChannelPipeline:
                 max_bytes=connector.bundle_bytes,
                 no_trigger_import=connector.no_trigger_import,
                 queue=connector.send_to_queue,
+                observe=self.observe,
             )
             for part in parts:
                 sequence = run.counts.bundles + len(written) + 1
