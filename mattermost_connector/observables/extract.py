@@ -117,12 +117,15 @@ _CODE_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)
 
 
 class _Searcher(Searcher):
-    """iocsearcher with SHA-512 added, and addresses checked for syntax only: whether a
-    private address counts is this deployment's choice (`Filters.private_addresses`)."""
+    """iocsearcher with SHA-512 added, CVE ids in any case (`cve-2021-44228` in chat), and
+    addresses checked for syntax only: whether a private address counts is this
+    deployment's choice (`Filters.private_addresses`)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.add_regexp("sha512", re.compile(_SHA512, re.I))
+        self.remove_regexps("cve")
+        self.add_regexp("cve", re.compile(r"\bCVE-[0-9]{4}-[0-9]{4,7}\b", re.I))
 
     @classmethod
     def is_valid_ip4(cls, s: str, *args: object, **kwargs: object) -> bool:
@@ -131,6 +134,18 @@ class _Searcher(Searcher):
         except ValueError:
             return False
         return True
+
+    def is_valid_url(self, s: str) -> bool:
+        """iocsearcher's check, but a URL on a private address is the filters' to judge
+        (the library's own check drops it, through Searcher's address checks)."""
+        if super().is_valid_url(s):
+            return True
+        try:
+            parts = urlsplit(s if "://" in s[:15] else "http://" + s)
+            ipaddress.ip_address(parts.hostname or "")
+        except ValueError:
+            return False
+        return parts.scheme.lower() in self.schemes
 
     @classmethod
     def is_valid_ip6(cls, s: str, *args: object, **kwargs: object) -> bool:
@@ -287,6 +302,8 @@ def _judge(
     """The candidate as an indicator, or None when chat context says it is not one."""
     value, start = candidate.value, candidate.start
     if kind in (IPV4, IPV6):
+        if any(s <= start < e for s, e in containers):
+            return None  # a URL's host: the URL is the indicator
         if kind == IPV4 and _version(text, candidate):
             return None
         return Found(kind, value) if address_kept(value, filters) else None

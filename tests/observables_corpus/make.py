@@ -35,6 +35,7 @@ TEMPLATES = [
     "{cve} and {cve} are both exploited in the wild per CISA",
     "IPv6 C2 {ip6} seen in netflow",
     "also {ip6}",
+    "v6 infra: {ip6}, {ip6_d}",
     "resolves to {ip4} (AS ownership unclear)",
     "new infra: {dom} -> {ip4}",
     "the loader pulls {url} then {url}",
@@ -213,6 +214,10 @@ def fill(template: str, filler: Filler) -> tuple[str, list[list[str]]]:
             v = f.ip6()
             labels.append(["ipv6-addr", v])
             return v
+        if name == "ip6_d":  # defanged as some feeds do: colons in brackets
+            v = f.ip6()
+            labels.append(["ipv6-addr", v])
+            return v.replace(":", "[:]")
         if name == "dom":
             v = f.dom()
             labels.append(["domain-name", v])
