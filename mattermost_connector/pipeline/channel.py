@@ -117,7 +117,12 @@ class ChannelPipeline:
         self.services = services
         self.settings = services.settings
         self.store = services.store
-        self.observe = _observer(services.settings.mattermost)
+
+    def _observe(self) -> Callable[[Post], Sequence[Observable]] | None:
+        """The deployment's indicator extraction, made once (it reads IANA's TLD list)."""
+        if not hasattr(self, "_observer"):
+            self._observer = _observer(self.settings.mattermost)
+        return self._observer
 
     # -- opening -------------------------------------------------------------------------
 
@@ -310,7 +315,7 @@ class ChannelPipeline:
                 max_bytes=connector.bundle_bytes,
                 no_trigger_import=connector.no_trigger_import,
                 queue=connector.send_to_queue,
-                observe=self.observe,
+                observe=self._observe(),
             )
             for part in parts:
                 sequence = run.counts.bundles + len(written) + 1
