@@ -159,35 +159,45 @@ def table(corpus: list[tuple[str, set[Label]]], verbose: bool) -> None:
             print("\n".join(misses))
 
 
-def sync_cost(repeat: int) -> None:
-    """The 20,000-post sync (tests/bench.py's seed: every post names an address), its flow
-    run with extraction off and on."""
-    import os
+def public_indicator(index: int, rng) -> str:
+    """A post naming a public address: one observable and its link per post."""
+    return f"post {index}: C2 at 45.{index % 200}.{rng.randint(1, 250)}[.]{rng.randint(1, 250)}"
 
+
+def sync_cost(repeat: int) -> None:
+    """The 20,000-post sync (tests/bench.py: 200 files, directory mode), its flow run with
+    extraction off and on; with bench.py's posts (a documentation address each: extracted,
+    then left out) and with a public address in each post (one observable per post)."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     from tests import bench
 
-    times: dict[str, list[float]] = {"off": [], "on": []}
+    print("\n| posts (20,000) | flow run, extraction off (s) | on (s) | extra |")
+    print("|---|---:|---:|---:|")
     with prefect_test_harness(server_startup_timeout=120):
         api = PREFECT_API_URL.value()
-        sim, channel = bench.seed(20_000, 200)
-        for _ in range(repeat):
-            for mode in ("off", "on"):
-                os.environ["MATTERMOST_EXTRACT_OBSERVABLES"] = str(mode == "on").lower()
-                times[mode].append(bench.sync_once(sim, channel, "directory", api)[1])
-        sim.stop()
-    off, on = statistics.median(times["off"]), statistics.median(times["on"])
-    print(f"\n20,000 posts, directory: flow run {off:.1f} s without extraction, {on:.1f} s with "
-          f"({(on / off - 1) * 100:+.0f}%), median of {repeat}")  # fmt: skip
+        for name, text in (
+            ("documentation address each", bench.indicator_text),
+            ("public address each", public_indicator),
+        ):
+            sim, channel = bench.seed(20_000, 200, text)
+            times: dict[bool, list[float]] = {False: [], True: []}
+            for _ in range(repeat):
+                for on in (False, True):
+                    settings = {"MATTERMOST_EXTRACT_OBSERVABLES": str(on).lower()}
+                    run = bench.sync_once(sim, channel, "directory", api, settings)
+                    times[on].append(run[1])
+            sim.stop()
+            off, on_ = statistics.median(times[False]), statistics.median(times[True])
+            print(f"| {name} | {off:.1f} | {on_:.1f} | {(on_ / off - 1) * 100:+.0f}% |", flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", action="store_true", help="list every miss")
     parser.add_argument("--sync", action="store_true", help="also the 20,000-post sync's cost")
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=3, help="syncs per setting (median)")
     args = parser.parse_args()
     table(load(), args.verbose)
     if args.sync:
