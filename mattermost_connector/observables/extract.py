@@ -14,7 +14,7 @@ import ipaddress
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -82,6 +82,7 @@ _MAY_HOLD = {
     "sha256": re.compile(r"[0-9a-fA-F]{64}"),
     "sha512": re.compile(r"[0-9a-fA-F]{128}"),
 }
+_DEFANG_HINT = re.compile(r"[\[\(\{]|hxxp|fxp|hxtp", re.I)
 _SHA512 = r"\b([a-f0-9]{128})\b"
 
 # RFC 2606 and RFC 6761 names, and .local (RFC 6762) / .internal / .lan: never an indicator
@@ -104,11 +105,11 @@ _CODE_TLDS = {
     "show", "help", "post", "call", "save", "read", "play", "date", "data", "hash", "type",
     "map", "get", "set", "items", "keys", "list", "is", "in", "at", "it", "do",
 }  # fmt: skip
-_VERSION_BEFORE = re.compile(
-    r"(?:\bv|\bver\.?|\bversion|\brelease|\bbuild|\bupgrade(?:d)? to|\bupdate(?:d)? to"
-    r"|\bpatch(?:ed)?|\bfirmware|\bkernel|\bfixed in|[A-Za-z]+/)\s*$",
-    re.I,
-)
+# Words before a version number (`version 1.2.3.4`, `v1.2.3.4`), matched at the end of what
+# precedes it (str.endswith: a regex anchored at the end scans every position)
+_VERSION_WORDS = {"v", "ver", "ver.", "version", "release", "build", "patch", "patched",
+                  "firmware", "kernel"}  # fmt: skip
+_VERSION_PHRASES = (" upgrade to", " upgraded to", " update to", " updated to", " fixed in")
 _COMMIT_CONTEXT = re.compile(
     r"\b(?:commits?|committed|merged?|merging|revert(?:ed|s)?|cherry-pick(?:ed)?|rebased?"
     r"|git|HEAD|fixup|squash(?:ed)?|bisect|blame|pull request|PR)\b|/commit/|\bPR\s*#",
@@ -129,11 +130,7 @@ class _Searcher(Searcher):
 
     @classmethod
     def is_valid_ip4(cls, s: str, *args: object, **kwargs: object) -> bool:
-        try:
-            ipaddress.IPv4Address(s)
-        except ValueError:
-            return False
-        return True
+        return _is_address(s, 4)
 
     def is_valid_url(self, s: str) -> bool:
         """iocsearcher's check, but a URL on a private address is the filters' to judge
@@ -149,11 +146,15 @@ class _Searcher(Searcher):
 
     @classmethod
     def is_valid_ip6(cls, s: str, *args: object, **kwargs: object) -> bool:
-        try:
-            ipaddress.IPv6Address(s)
-        except ValueError:
-            return False
-        return True
+        return _is_address(s, 6)
+
+
+@lru_cache(maxsize=8192)  # chats repeat addresses; ipaddress parses slowly
+def _is_address(value: str, version: int) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == version
+    except ValueError:
+        return False
 
 
 @cache
@@ -163,6 +164,8 @@ def _searcher() -> _Searcher:
 
 def refang(text: str) -> str:
     """The defanging styles iocsearcher leaves to its caller, undone."""
+    if not _DEFANG_HINT.search(text):
+        return text
     for pattern, replacement in _REFANG:
         text = pattern.sub(replacement, text)  # type: ignore[arg-type]
     return text
@@ -184,6 +187,11 @@ def _line_before(text: str, position: int) -> str:
 def address_kept(value: str, filters: Filters) -> bool:
     """Public addresses always; private ones when configured; loopback, documentation,
     multicast, unspecified and reserved ranges never."""
+    return _address_kept(value, filters.private_addresses)
+
+
+@lru_cache(maxsize=8192)  # ipaddress's range checks are slow, and chats repeat addresses
+def _address_kept(value: str, private_addresses: bool) -> bool:
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -198,7 +206,7 @@ def address_kept(value: str, filters: Filters) -> bool:
         or _documentation(address)
     ):
         return False
-    return filters.private_addresses
+    return private_addresses
 
 
 _DOCUMENTATION = [
@@ -324,7 +332,11 @@ def _judge(
 def _version(text: str, candidate: _Candidate) -> bool:
     """`version 1.2.3.4`, `v1.2.3.4`, `Chrome/10.4.2.1`, `1.2.3.4.5`: not addresses."""
     before = text[max(0, candidate.start - 24) : candidate.start]
-    if _VERSION_BEFORE.search(before) or before.endswith("v"):
+    if before.endswith("/") and before[-2:-1].isalpha():
+        return True  # a product's version: Chrome/10.4.2.1
+    tail = " " + before.rstrip().lower()
+    last_word = tail.rsplit(None, 1)[-1] if tail.strip() else ""
+    if last_word in _VERSION_WORDS or tail.endswith(_VERSION_PHRASES):
         return True
     after = text[candidate.end : candidate.end + 2]
     return bool(re.match(r"\.\d|\d", after))

@@ -88,8 +88,11 @@ def _observable_id(kind: str, value: str, algorithm: str) -> str:
 def searchable_text(post: Post) -> str:
     """What an analyst wrote in a post: its message and its integration attachments' text
     (Mattermost's `props.attachments`: pretext, title, text, fields, footer)."""
-    parts = [post.get("message") or ""]
-    props = post.get("props") or {}
+    message = post.get("message") or ""
+    props = post.get("props")
+    if not props:
+        return message
+    parts = [message]
     attachments = props.get("attachments") if isinstance(props, Mapping) else None
     for attachment in attachments if isinstance(attachments, list) else []:
         if not isinstance(attachment, Mapping):
