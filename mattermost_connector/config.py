@@ -336,9 +336,7 @@ class MattermostSettings(_Group):
     include_system_messages: bool = False
     max_attachment_size: Annotated[int, NoDecode] = Field(DEFAULT_MAX_ATTACHMENT, ge=0)
     extract_observables: bool = False
-    observable_kinds: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: list(OBSERVABLE_KINDS)
-    )
+    observable_kinds: Annotated[list[str], NoDecode] = list(OBSERVABLE_KINDS)  # copied
     observable_private_addresses: bool = False
 
     @field_validator("observable_kinds", mode="before")
