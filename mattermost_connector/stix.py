@@ -883,6 +883,8 @@ def iter_bundles(
     def observable_parts(post: Post) -> list[Part]:
         """The post's indicators the bundle lacks."""
         wanted = [o for o in observables(post) if ("observable", o.id) not in refs.present]
+        if not wanted:
+            return []
         author_id = identity_id(refs.author(post["user_id"]))
         return _observable_parts(wanted, author_id, marking, _stamp(post["create_at"]))
 
@@ -891,12 +893,13 @@ def iter_bundles(
         if post["id"] not in plans:
             identity = refs.parts([("user", post["user_id"])])[0]
             alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
-            alone += _observable_parts(
-                observables(post),
-                identity_id(refs.author(post["user_id"])),
-                marking,
-                _stamp(post["create_at"]),
-            )
+            if observables(post):
+                alone += _observable_parts(
+                    observables(post),
+                    identity_id(refs.author(post["user_id"])),
+                    marking,
+                    _stamp(post["create_at"]),
+                )
             plan = _plan_post(
                 post,
                 context,
@@ -957,8 +960,8 @@ def iter_bundles(
             added = extra + plan.final
             added_size = sum(_segments_size(obj) + 2 for obj in added)
         copied = refs.took(post, needed)
-        refs.present.update(("observable", o.id) for o in observables(post))
-        observed.pop(post["id"], None)
+        placed = observed.pop(post["id"], ())  # asked once: the post is in its bundle now
+        refs.present.update(("observable", o.id) for o in placed)
         if copied is not None:  # the post replaces the copy of it a reply brought first
             objects.remove(copied)
             size -= _segments_size(copied) + 2

@@ -61,27 +61,42 @@ class Filters:
 
 
 # Defanging iocsearcher does not undo itself: `[:]`, `[://]`, `hxxp` before `[:]`.
-_REFANG = [
-    (re.compile(r"\[:\]|\(:\)|\[colon\]", re.I), ":"),
-    (re.compile(r"\[(:?//)\]|\((:?//)\)"), lambda m: m.group(1) or m.group(2)),
-    (re.compile(r"\b(?:hxxp|hXXp|h\[tt\]p|hxtp|fxp)(s?)(?=:|\[:\])", re.I), r"http\1"),
-    (re.compile(r"\b(?:fxp)(?=:)", re.I), "ftp"),
-    (re.compile(r"\[at\]|\(at\)|\[@\]|\(@\)", re.I), "@"),
-    (re.compile(r"\[\.\]|\(\.\)|\[dot\]|\(dot\)|\{\.\}|\[\.", re.I), "."),
-]
+# One pass over the text (a message is scanned once, whatever its styles)
+_REFANG = re.compile(
+    r"(?P<colon>\[:\]|\(:\)|\[colon\])"
+    r"|\[(?P<slashes>:?//)\]|\((?P<parenthesised>:?//)\)"
+    r"|\b(?P<scheme>hxxp|h\[tt\]p|hxtp)(?P<secure>s?)(?=:|\[:|\(:)"
+    r"|\b(?P<ftp>fxp)(?=:|\[:|\(:)"
+    r"|(?P<at>\[at\]|\(at\)|\[@\]|\(@\))"
+    r"|(?P<dot>\[\.\]|\(\.\)|\[dot\]|\(dot\)|\{\.\}|\[\.)",
+    re.I,
+)
+
+
+def _refanged(match: re.Match[str]) -> str:
+    if match.group("colon"):
+        return ":"
+    if match.group("scheme"):
+        return "http" + match.group("secure")
+    if match.group("ftp"):
+        return "ftp"
+    if match.group("at"):
+        return "@"
+    if match.group("dot"):
+        return "."
+    return match.group("slashes") or match.group("parenthesised")
+
+
 # A cheap test that text could hold a kind at all: most chat lines hold none.
+# (a URL needs its scheme, refanged: `host/path` alone is not taken; see _url)
 _MAY_HOLD = {
     "ip4": re.compile(r"\d\.\d"),
     "ip6": re.compile(r"[0-9a-fA-F]:[0-9a-fA-F]*:"),
     "fqdn": re.compile(r"[A-Za-z0-9]\.[A-Za-z]"),
-    "url": re.compile(r"[A-Za-z0-9]\.[A-Za-z0-9].*/|://"),
-    "email": re.compile(r"@"),
     "cve": re.compile(r"CVE-", re.I),
-    "md5": re.compile(r"[0-9a-fA-F]{32}"),
-    "sha1": re.compile(r"[0-9a-fA-F]{40}"),
-    "sha256": re.compile(r"[0-9a-fA-F]{64}"),
-    "sha512": re.compile(r"[0-9a-fA-F]{128}"),
 }
+_HEX_RUN = re.compile(r"[0-9a-fA-F]{32}")
+_HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 _DEFANG_HINT = re.compile(r"[\[\(\{]|hxxp|fxp|hxtp", re.I)
 _SHA512 = r"\b([a-f0-9]{128})\b"
 
@@ -130,7 +145,7 @@ class _Searcher(Searcher):
 
     @classmethod
     def is_valid_ip4(cls, s: str, *args: object, **kwargs: object) -> bool:
-        return _is_address(s, 4)
+        return True  # its pattern takes only four octets of 0-255
 
     def is_valid_url(self, s: str) -> bool:
         """iocsearcher's check, but a URL on a private address is the filters' to judge
@@ -166,9 +181,7 @@ def refang(text: str) -> str:
     """The defanging styles iocsearcher leaves to its caller, undone."""
     if not _DEFANG_HINT.search(text):
         return text
-    for pattern, replacement in _REFANG:
-        text = pattern.sub(replacement, text)  # type: ignore[arg-type]
-    return text
+    return _REFANG.sub(_refanged, text)
 
 
 def _code_spans(text: str) -> list[tuple[int, int]]:
@@ -190,8 +203,14 @@ def address_kept(value: str, filters: Filters) -> bool:
     return _address_kept(value, filters.private_addresses)
 
 
-@lru_cache(maxsize=8192)  # ipaddress's range checks are slow, and chats repeat addresses
+@lru_cache(maxsize=8192)  # chats repeat addresses
 def _address_kept(value: str, private_addresses: bool) -> bool:
+    number = _ipv4_number(value)
+    if number is not None:  # ipaddress's checks are most of a message's time: a table
+        for start, end, private in _IPV4_SPECIAL:
+            if start <= number <= end:
+                return private and private_addresses
+        return True
     try:
         address = ipaddress.ip_address(value)
     except ValueError:
@@ -208,6 +227,31 @@ def _address_kept(value: str, private_addresses: bool) -> bool:
         return False
     return private_addresses
 
+
+def _ipv4_number(value: str) -> int | None:
+    parts = value.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        return None
+    a, b, c, d = (int(p) for p in parts)
+    if max(a, b, c, d) > 255:
+        return None
+    return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def _ipv4_range(network: str, private: bool) -> tuple[int, int, bool]:
+    block = ipaddress.IPv4Network(network)
+    return int(block.network_address), int(block.broadcast_address), private
+
+
+_PRIVATE_V4 = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")
+_NEVER_V4 = (
+    "0.0.0.0/8", "127.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15",
+    "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+)  # fmt: skip
+# IANA's special-purpose IPv4 ranges: private ones (kept when configured), the rest never
+_IPV4_SPECIAL = [_ipv4_range(n, True) for n in _PRIVATE_V4] + [
+    _ipv4_range(n, False) for n in _NEVER_V4
+]
 
 _DOCUMENTATION = [
     ipaddress.ip_network(n)
@@ -255,7 +299,19 @@ class _Candidate(NamedTuple):
 
 def _candidates(text: str, targets: set[str]) -> list[_Candidate]:
     searcher = _searcher()
-    wanted = {name for name in targets if _MAY_HOLD[name].search(text)}
+    wanted = set()
+    for name in targets:
+        if name in _MAY_HOLD:
+            if _MAY_HOLD[name].search(text):
+                wanted.add(name)
+        elif name == "url":
+            if "://" in text:
+                wanted.add(name)
+        elif name == "email":
+            if "@" in text:
+                wanted.add(name)
+        elif len(text) >= _HASH_LENGTHS[name] and _HEX_RUN.search(text):
+            wanted.add(name)
     if not wanted:
         return []
     return [
