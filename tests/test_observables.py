@@ -12,6 +12,7 @@ from pycti import Vulnerability
 
 from mattermost_connector.config import OBSERVABLE_KINDS, TLP
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.observables import MAX_BYTES_PER_POST
 from mattermost_connector.observables import stix as observables_stix
 from mattermost_connector.observables.extract import KINDS, Filters, Found, extract, refang
@@ -22,6 +23,7 @@ from mattermost_connector.observables.stix import (
     searchable_text,
 )
 from mattermost_connector.stix import (
+    Attachment,
     ChannelContext,
     identity_id,
     iter_bundles,
@@ -116,6 +118,7 @@ def test_every_hash_length_names_its_algorithm():
         "git revert da39a3ee5e6b4b0d3255bfef95601890afd80709 please",
         "```python\nprint(user.name, obj.id)\n```",
         "lunch at 12.30? 99.9% ok.thanks i.e. fine",
+        "multicast 237.66.2.237 and 224.0.0.251, broadcast 255.255.255.255, 0.1.2.3",
     ],
 )
 def test_chat_traps_yield_nothing(text):
@@ -271,6 +274,35 @@ def test_queue_bundles_stay_under_their_bound_with_many_indicators():
         assert part.size <= bound
         assert undefined_refs(json.loads(part.json)) == set()
     assert sum(len(part.posts) for part in parts) == len(dumps)
+
+
+def test_a_thread_root_keeps_room_for_a_replys_indicators(tmp_path: Path):
+    """With extraction, a root's reserve for a reply's bundle (which copies the root with its
+    files) grows by MAX_BYTES_PER_POST: a file that fitted beside the root without it no longer
+    does, and travels as an Artifact."""
+    (tmp_path / "f").write_bytes(b"x" * 615_000)
+    files = {
+        post(1, "")["id"]: [
+            Attachment("f" * 26, "a.bin", "application/octet-stream", 615_000, tmp_path / "f", "h")
+        ]
+    }
+    bound = 1024 * 1024
+
+    def fates(observe) -> list[str]:
+        parts = iter_bundles(
+            CONTEXT,
+            [post(1, "root")],
+            USERS,
+            files,
+            TLP.AMBER,
+            max_bytes=bound,
+            queue=True,
+            observe=observe,
+        )
+        return [a.status for part in parts for _, a in part.attachments]
+
+    assert fates(None) == [Fate.EMBEDDED]
+    assert fates(observer(KINDS, SERVER, False)) == [Fate.UPLOADED]
 
 
 def test_without_extraction_bundles_are_unchanged():
