@@ -121,12 +121,16 @@ def observables_of(
 
 
 def observer(
-    kinds: Iterable[str], server_host: str, private_addresses: bool
+    kinds: Iterable[str],
+    server_host: str,
+    private_addresses: bool,
+    text_of: Callable[[Post], str] = searchable_text,
 ) -> Callable[[Post], list[Observable]]:
-    """What iter_bundles asks of each post, for a deployment's settings."""
+    """What iter_bundles asks of each post, for a deployment's settings (`text_of`: what is
+    read of a post, e.g. an integration post's rendering)."""
     filters = Filters(frozenset(kinds), server_host, private_addresses)
 
     def observe(post: Post) -> list[Observable]:
-        return observables_of(lambda text: extract(text, filters), post)
+        return observables_of(lambda text: extract(text, filters), post, text_of)
 
     return observe
