@@ -653,7 +653,7 @@ def _observable_parts(
     observables: Sequence[Observable], author_id: str, marking: str, when: str
 ) -> list[Part]:
     """The objects of a post's indicators, created by the post's author."""
-    return [[serialize(o.object(author_id, marking, when))] for o in observables]
+    return [[o.serialized(author_id, marking, when)] for o in observables]
 
 
 def _plan_post(

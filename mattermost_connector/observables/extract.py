@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from iocsearcher.searcher import Searcher
+from iocsearcher.searcher import Searcher, can_normalize
 
 IPV4, IPV6, DOMAIN, URL, EMAIL, FILE, CVE = (
     "ipv4-addr",
@@ -60,44 +61,36 @@ class Filters:
     private_addresses: bool = False
 
 
-# Defanging iocsearcher does not undo itself: `[:]`, `[://]`, `hxxp` before `[:]`.
-# One pass over the text (a message is scanned once, whatever its styles)
-_REFANG = re.compile(
-    r"(?P<colon>\[:\]|\(:\)|\[colon\])"
-    r"|\[(?P<slashes>:?//)\]|\((?P<parenthesised>:?//)\)"
-    r"|\b(?P<scheme>hxxp|h\[tt\]p|hxtp)(?P<secure>s?)(?=:|\[:|\(:)"
-    r"|\b(?P<ftp>fxp)(?=:|\[:|\(:)"
-    r"|(?P<at>\[at\]|\(at\)|\[@\]|\(@\))"
-    r"|(?P<dot>\[\.\]|\(\.\)|\[dot\]|\(dot\)|\{\.\}|\[\.)",
+# Defanging iocsearcher does not undo itself: `[:]`, `[://]`, `hxxp` before `[:]`. Two passes,
+# each only where a substring says it may apply: a scheme (`hxxp`, `h[tt]p`, `hxtp`, `fxp`
+# before a colon, defanged or not), then the bracketed marks. No match of one can overlap a
+# match of the other, so this is the one pass of tests/test_observables.py's reference; a
+# single pattern of every style costs several times more per line (SRE tries each at every
+# position).
+_SCHEME = re.compile(r"\b(?:(hxxp|h\[tt\]p|hxtp)(s?)|fxp)(?=:|\[:|\(:)", re.I)
+_MARKS = re.compile(
+    r"\[:\]|\(:\)|\[colon\]|\[:?//\]|\(:?//\)|\[at\]|\(at\)|\[@\]|\(@\)"
+    r"|\[\.\]|\(\.\)|\[dot\]|\(dot\)|\{\.\}|\[\.",
     re.I,
 )
-
-
-def _refanged(match: re.Match[str]) -> str:
-    if match.group("colon"):
-        return ":"
-    if match.group("scheme"):
-        return "http" + match.group("secure")
-    if match.group("ftp"):
-        return "ftp"
-    if match.group("at"):
-        return "@"
-    if match.group("dot"):
-        return "."
-    return match.group("slashes") or match.group("parenthesised")
-
-
-# A cheap test that text could hold a kind at all: most chat lines hold none.
-# (a URL needs its scheme, refanged: `host/path` alone is not taken; see _url)
-_MAY_HOLD = {
-    "ip4": re.compile(r"\d\.\d"),
-    "ip6": re.compile(r"[0-9a-fA-F]:[0-9a-fA-F]*:"),
-    "fqdn": re.compile(r"[A-Za-z0-9]\.[A-Za-z]"),
-    "cve": re.compile(r"CVE-", re.I),
+_MARK_VALUES = {
+    **dict.fromkeys(("[:]", "(:)", "[colon]"), ":"),
+    **dict.fromkeys(("[//]", "(//)"), "//"),
+    **dict.fromkeys(("[://]", "(://)"), "://"),
+    **dict.fromkeys(("[at]", "(at)", "[@]", "(@)"), "@"),
+    **dict.fromkeys(("[.]", "(.)", "[dot]", "(dot)", "{.}", "[."), "."),
 }
-_HEX_RUN = re.compile(r"[0-9a-fA-F]{32}")
-_HASH_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
-_DEFANG_HINT = re.compile(r"[\[\(\{]|hxxp|fxp|hxtp", re.I)
+
+
+def _scheme(match: re.Match[str]) -> str:
+    return "ftp" if match.group(1) is None else "http" + match.group(2)
+
+
+def _mark(match: re.Match[str]) -> str:
+    return _MARK_VALUES[match.group().lower()]
+
+
+_HASH_NAMES = ("md5", "sha1", "sha256", "sha512")
 _SHA512 = r"\b([a-f0-9]{128})\b"
 
 # RFC 2606 and RFC 6761 names, and .local (RFC 6762) / .internal / .lan: never an indicator
@@ -132,6 +125,14 @@ _COMMIT_CONTEXT = re.compile(
 _CODE_FENCE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.S)
 
 
+class _Candidate(NamedTuple):
+    name: str  # iocsearcher's target name
+    value: str  # normalised, a URL rearmed only (as written, refanged)
+    start: int
+    end: int
+    raw: str  # as written: defanged or not
+
+
 class _Searcher(Searcher):
     """iocsearcher with SHA-512 added, CVE ids in any case (`cve-2021-44228` in chat), and
     addresses checked for syntax only: whether a private address counts is this
@@ -142,6 +143,44 @@ class _Searcher(Searcher):
         self.add_regexp("sha512", re.compile(_SHA512, re.I))
         self.remove_regexps("cve")
         self.add_regexp("cve", re.compile(r"\bCVE-[0-9]{4}-[0-9]{4,7}\b", re.I))
+        rearmed = {"email", "fqdn", "ip4", "ip4Net", "url"}  # as search_matches decides
+        self._steps = {
+            name: (
+                getattr(self, "rearm_" + name) if name in rearmed else None,
+                getattr(self, "is_valid_" + name) if name in self.validate else None,
+                # a URL is taken as written (rearmed): its normalised form is not needed
+                getattr(self, "normalize_" + name)
+                if name in can_normalize and name != "url"
+                else None,
+            )
+            for name in self.patterns
+        }
+
+    def matches(self, text: str, targets: Iterable[str]) -> Iterator[_Candidate]:
+        """search_matches' candidates (its patterns, rearming, checks and normalising) without
+        what costs most of its time on a chat line: a debug message formatted for every
+        match though never logged, a lookup of each step by name for each match, the
+        normalised form of a URL (urlparse), which is not used here."""
+        for name in targets:
+            rearm, valid, normal = self._steps[name]
+            for regex in self.patterns[name]:
+                group = 1 if regex.groups else 0
+                for match in regex.finditer(text):
+                    raw = match.group(group)
+                    value = rearm(raw) if rearm is not None else raw
+                    if valid is not None and not valid(value):
+                        continue
+                    start = match.start(group)
+                    final = normal(value) if normal is not None else value
+                    yield _Candidate(name, final, start, start + len(raw), raw)
+
+    @classmethod
+    def rearm_dots(cls, s: str) -> str:
+        """iocsearcher's, skipped where none of its marks can be (each holds `[` or `(`):
+        the text is refanged before it is searched."""
+        if "[" not in s and "(" not in s:
+            return s
+        return cls.re_dots.sub(".", s)
 
     @classmethod
     def is_valid_ip4(cls, s: str, *args: object, **kwargs: object) -> bool:
@@ -179,9 +218,12 @@ def _searcher() -> _Searcher:
 
 def refang(text: str) -> str:
     """The defanging styles iocsearcher leaves to its caller, undone."""
-    if not _DEFANG_HINT.search(text):
-        return text
-    return _REFANG.sub(_refanged, text)
+    lowered = text.lower()
+    if "hx" in lowered or "fxp" in lowered or "h[tt]p" in lowered:
+        text = _SCHEME.sub(_scheme, text)
+    if "[" in text or "(" in text or "{" in text:
+        text = _MARKS.sub(_mark, text)
+    return text
 
 
 def _code_spans(text: str) -> list[tuple[int, int]]:
@@ -207,9 +249,9 @@ def address_kept(value: str, filters: Filters) -> bool:
 def _address_kept(value: str, private_addresses: bool) -> bool:
     number = _ipv4_number(value)
     if number is not None:  # ipaddress's checks are most of a message's time: a table
-        for start, end, private in _IPV4_SPECIAL:
-            if start <= number <= end:
-                return private and private_addresses
+        index = bisect_right(_IPV4_STARTS, number) - 1
+        if index >= 0 and number <= _IPV4_SPECIAL[index][1]:
+            return _IPV4_SPECIAL[index][2] and private_addresses
         return True
     try:
         address = ipaddress.ip_address(value)
@@ -228,11 +270,14 @@ def _address_kept(value: str, private_addresses: bool) -> bool:
     return private_addresses
 
 
+_DOTTED_QUAD = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})", re.A)
+
+
 def _ipv4_number(value: str) -> int | None:
-    parts = value.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+    quad = _DOTTED_QUAD.fullmatch(value)
+    if quad is None:
         return None
-    a, b, c, d = (int(p) for p in parts)
+    a, b, c, d = map(int, quad.groups())
     if max(a, b, c, d) > 255:
         return None
     return (a << 24) | (b << 16) | (c << 8) | d
@@ -248,10 +293,12 @@ _NEVER_V4 = (
     "0.0.0.0/8", "127.0.0.0/8", "192.0.0.0/24", "192.0.2.0/24", "198.18.0.0/15",
     "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
 )  # fmt: skip
-# IANA's special-purpose IPv4 ranges: private ones (kept when configured), the rest never
-_IPV4_SPECIAL = [_ipv4_range(n, True) for n in _PRIVATE_V4] + [
-    _ipv4_range(n, False) for n in _NEVER_V4
-]
+# IANA's special-purpose IPv4 ranges: private ones (kept when configured), the rest never;
+# by start, for bisect (they do not overlap: tests/test_observables.py)
+_IPV4_SPECIAL = sorted(
+    [_ipv4_range(n, True) for n in _PRIVATE_V4] + [_ipv4_range(n, False) for n in _NEVER_V4]
+)
+_IPV4_STARTS = [start for start, _, _ in _IPV4_SPECIAL]
 
 _DOCUMENTATION = [
     ipaddress.ip_network(n)
@@ -289,41 +336,51 @@ def _defanged(raw: str) -> bool:
     return raw != refang(raw) or any(mark in raw for mark in ("[", "(", "{"))
 
 
-class _Candidate(NamedTuple):
-    name: str  # iocsearcher's target name
-    value: str
-    start: int
-    end: int
-    raw: str  # as written: defanged or not
+Tests = tuple[tuple[Callable[[str], object], tuple[str, ...]], ...]
 
 
-def _candidates(text: str, targets: set[str]) -> list[_Candidate]:
-    searcher = _searcher()
-    wanted = set()
-    for name in targets:
-        if name in _MAY_HOLD:
-            if _MAY_HOLD[name].search(text):
-                wanted.add(name)
-        elif name == "url":
-            if "://" in text:
-                wanted.add(name)
-        elif name == "email":
-            if "@" in text:
-                wanted.add(name)
-        elif len(text) >= _HASH_LENGTHS[name] and _HEX_RUN.search(text):
-            wanted.add(name)
+def _candidates(text: str, tests: Tests) -> list[_Candidate]:
+    """iocsearcher's candidates for the targets whose cheap test says the text may hold one."""
+    wanted = [name for may_hold, names in tests if may_hold(text) for name in names]
     if not wanted:
         return []
-    return [
-        _Candidate(
-            m.name,
-            m.rearmed_value if m.name == "url" else m.value,  # a URL as written, refanged
-            m.start_offset,
-            m.start_offset + len(m.raw_value),
-            m.raw_value,
-        )
-        for m in searcher.search_matches(text, targets=wanted)
-    ]
+    return list(_searcher().matches(text, wanted))
+
+
+def _has_scheme(text: str) -> bool:
+    return "://" in text  # a URL needs its scheme, refanged: see _url
+
+
+def _has_at(text: str) -> bool:
+    return "@" in text
+
+
+# A cheap test that text could hold a target at all: most chat lines hold none. The hashes
+# share one (a run of 32 hex digits), run once
+_MAY_HOLD: dict[str, Callable[[str], object]] = {
+    "ip4": re.compile(r"\d\.\d").search,
+    "ip6": re.compile(r"[0-9a-fA-F]:[0-9a-fA-F]*:").search,
+    "fqdn": re.compile(r"[A-Za-z0-9]\.[A-Za-z]").search,
+    "cve": re.compile(r"CVE-", re.I).search,
+    "url": _has_scheme,
+    "email": _has_at,
+    **dict.fromkeys(_HASH_NAMES, re.compile(r"[0-9a-fA-F]{32}").search),
+}
+
+
+@lru_cache(maxsize=64)
+def _plan(filters: Filters) -> Tests:
+    """iocsearcher's targets for the kinds wanted, grouped by their cheap test, once per
+    deployment's filters."""
+    targets = [name for name, kind in _TARGETS.items() if kind in filters.kinds]
+    if URL not in filters.kinds and DOMAIN in filters.kinds:
+        targets.append("url")  # a URL's host is not a domain of its own: the URL is needed
+    if EMAIL not in filters.kinds and DOMAIN in filters.kinds:
+        targets.append("email")
+    grouped: dict[Callable[[str], object], list[str]] = {}
+    for name in targets:
+        grouped.setdefault(_MAY_HOLD[name], []).append(name)
+    return tuple((test, tuple(names)) for test, names in grouped.items())
 
 
 def extract(text: str, filters: Filters = Filters()) -> list[Found]:
@@ -331,14 +388,9 @@ def extract(text: str, filters: Filters = Filters()) -> list[Found]:
     once."""
     if not text:
         return []
-    targets = {name for name, kind in _TARGETS.items() if kind in filters.kinds}
-    if URL not in filters.kinds and DOMAIN in filters.kinds:
-        targets.add("url")  # a URL's host is not a domain of its own: the URL is needed
-    if EMAIL not in filters.kinds and DOMAIN in filters.kinds:
-        targets.add("email")
     original = text
     text = refang(text)
-    candidates = _candidates(text, targets)
+    candidates = _candidates(text, _plan(filters))
     if not candidates:
         return []
     code = _code_spans(text)
@@ -385,6 +437,10 @@ def _judge(
     return _domain(candidate, text, code, containers, filters, original)
 
 
+_NUMBER_GOES_ON = re.compile(r"\.\d|\d")  # `1.2.3.4.5`, `1.2.3.45` cut short
+_LABEL_GOES_ON = re.compile(r"\.\w")  # `a.b` followed by `.c`: a path or an identifier
+
+
 def _version(text: str, candidate: _Candidate) -> bool:
     """`version 1.2.3.4`, `v1.2.3.4`, `Chrome/10.4.2.1`, `1.2.3.4.5`: not addresses."""
     before = text[max(0, candidate.start - 24) : candidate.start]
@@ -395,7 +451,7 @@ def _version(text: str, candidate: _Candidate) -> bool:
     if last_word in _VERSION_WORDS or tail.endswith(_VERSION_PHRASES):
         return True
     after = text[candidate.end : candidate.end + 2]
-    return bool(re.match(r"\.\d|\d", after))
+    return bool(_NUMBER_GOES_ON.match(after))
 
 
 def _domain(
@@ -414,7 +470,7 @@ def _domain(
     if text[start - 1 : start] in ("@", "/", "\\", "-", "_") and start > 0:
         return None
     following = text[end : end + 2]
-    if following[:1] in ("(", "/", "-") or re.match(r"\.\w", following):
+    if following[:1] in ("(", "/", "-") or _LABEL_GOES_ON.match(following):
         return None
     value = candidate.value.lower()
     if not _written_defanged(candidate, original):
