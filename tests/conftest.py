@@ -42,6 +42,7 @@ DOMAIN_TESTS = frozenset(
         "test_domain.py",
         "test_errors.py",
         "test_home.py",
+        "test_invariants.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
         "test_simulator.py",
