@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -479,3 +480,93 @@ def test_a_reply_whose_root_cannot_be_fetched_is_still_linked_to_its_channel(
     assert relationships(parts) == {(source, channel_id(CONTEXT))}
     (message,) = media(parts).values()
     assert "thread root not available" in message["x_opencti_description"]
+
+
+# -- the README's claims ---------------------------------------------------------------------
+
+
+class Works:
+    name = "works"
+
+    def open_work(self, work: Any) -> None:
+        pass
+
+    def save_state(self, channel_id: str, state: dict[str, Any]) -> None:
+        pass
+
+
+def pipeline_on(reader: SimpleNamespace, store: StateStore) -> ChannelPipeline:
+    """The channel pipeline on the simulator, a SQLite store and no destination."""
+    mattermost = SimpleNamespace(
+        server_url=f"http://127.0.0.1:{reader.sim.port}",
+        start_timestamp=0,
+        include_system_messages=False,
+    )
+    settings = SimpleNamespace(mattermost=mattermost)
+    users = SimpleNamespace(resolve=lambda ids: {})
+    return ChannelPipeline(Services(settings, reader.client, store, [Works()], users))  # type: ignore[arg-type]
+
+
+def deliver_new_posts(pipeline: ChannelPipeline, channel_id: str, run_id: int) -> Any:
+    """A sync's new-posts pass, each batch recorded as its delivery would record it."""
+    run = pipeline.open(channel_id, run_id, RunKind.SYNC).run
+    while True:
+        batch = pipeline.read_batch(run)
+        pipeline.store.record_delivery(run.cursor_key, channel_id, batch.cursor, batch.posts)
+        run = replace(
+            run,
+            cursor=batch.cursor,
+            listed=run.listed + batch.listed,
+            ahead=run.ahead + batch.ahead,
+        )
+        if batch.exhausted:
+            return run
+
+
+@pytest.mark.parametrize("failed", [True, False], ids=["failed", "completed"])
+def test_a_run_that_failed_after_listing_new_posts_makes_the_next_check_every_post(
+    reader: SimpleNamespace, store: StateStore, failed: bool
+):
+    """The channel's message count is compared with the posts each run listed, but only a run
+    that completes (commits its changes) records the count it read: after a run that failed
+    once it had listed new posts, the next run cannot tell them from posts that came in
+    behind the cursor, and checks every post. After a completed run, `since` is trusted."""
+    sim, channel_id = reader.sim, reader.channel["id"]
+    for n in range(5):
+        sim.add_post(reader.channel, reader.alice, f"before {n}")
+    pipeline = pipeline_on(reader, store)
+    first = deliver_new_posts(pipeline, channel_id, store.start_run(channel_id, RunKind.SYNC))
+    pipeline.commit_changes(first)
+    sim.advance_clock(60_000)
+    for n in range(3):
+        sim.add_post(reader.channel, reader.alice, f"after {n}")
+    second = deliver_new_posts(pipeline, channel_id, store.start_run(channel_id, RunKind.SYNC))
+    assert second.listed == 3
+    if not failed:
+        pipeline.commit_changes(second)
+    sim.advance_clock(60_000)
+    third = deliver_new_posts(pipeline, channel_id, store.start_run(channel_id, RunKind.SYNC))
+    assert third.listed == 0
+    verdict, _ = pipeline.scan_changes(third)
+    assert verdict.full_check == (FullCheck.UNCOUNTED if failed else None)
+    assert verdict.missing == (3 if failed else 0)
+
+
+def test_a_second_signal_stops_live_mode_at_once_and_the_cli_exits_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    import signal
+
+    from mattermost_connector.live.stopping import stop_on_signals
+    from mattermost_prefect import cli
+
+    stop, asked = threading.Event(), []
+    handler = stop_on_signals(stop, lambda: (asked.append(True), stop.set()))
+    handler(signal.SIGTERM, None)  # the first: finish the delivery in flight
+    assert asked == [True] and stop.is_set()
+    monkeypatch.setattr(cli, "_PREFECT_DEFAULTS", {})  # leave this process's environment be
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    monkeypatch.setitem(cli.COMMANDS, "live", lambda args: handler(signal.SIGINT, None))
+    assert cli.main(["live"]) == 130  # the second: at once
+    assert asked == [True]
+    assert "interrupted" in capsys.readouterr().err
