@@ -570,3 +570,43 @@ def test_a_second_signal_stops_live_mode_at_once_and_the_cli_exits_130(
     assert cli.main(["live"]) == 130  # the second: at once
     assert asked == [True]
     assert "interrupted" in capsys.readouterr().err
+
+
+def channel_runs(events: int, seconds: float, run_seconds: float) -> int:
+    """The runs DueChannels makes of `events` posts spread evenly over `seconds`, the
+    delivery loop taking a channel whenever it is free and each run lasting `run_seconds`:
+    time stepped by the millisecond on a fake clock."""
+    from mattermost_connector.live.due import DueChannels
+
+    now = 0.0
+    due = DueChannels(clock=lambda: now)
+    arrivals = iter([n * seconds / events for n in range(events)])
+    upcoming = next(arrivals, None)
+    free_at, runs = 0.0, 0
+    while upcoming is not None or due.pending():
+        while upcoming is not None and upcoming <= now + 1e-9:
+            due.mark("c", "posted")
+            upcoming = next(arrivals, None)
+        if now >= free_at - 1e-9 and due.take(0):
+            runs, free_at = runs + 1, now + run_seconds
+        now = round(now + 0.001, 6)
+    return runs
+
+
+@pytest.mark.parametrize(("events", "seconds"), [(1000, 10.0), (300, 3.0)])
+def test_a_burst_makes_one_run_per_busy_interval(events: int, seconds: float):
+    """A first run SETTLE_SECONDS after the first post, then one every BUSY_INTERVAL while
+    posts keep coming, the last taking the last post: 6 runs for 1,000 posts in 10 s (the
+    README's "6 or 7": its 7th when the first run takes fewer than BUSY_EVENTS posts), 3 for
+    tests/test_live.py's 300 in 3 s, whatever a run lasts up to BUSY_INTERVAL; fewer when
+    runs last longer."""
+    import math
+
+    from mattermost_connector.live.due import BUSY_INTERVAL, SETTLE_SECONDS
+
+    last_post = (events - 1) * seconds / events
+    expected = 1 + math.ceil((last_post - SETTLE_SECONDS) / BUSY_INTERVAL)
+    assert expected == {1000: 6, 300: 3}[events]
+    for run_seconds in (0.0, 0.3, 1.0, BUSY_INTERVAL - 0.1):
+        assert channel_runs(events, seconds, run_seconds) == expected
+    assert 2 <= channel_runs(events, seconds, 2 * BUSY_INTERVAL) < expected
