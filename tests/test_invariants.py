@@ -280,9 +280,11 @@ def test_a_released_lease_frees_the_channel_at_once_and_only_its_holder_releases
     assert store.try_lease("c", "run-2", 60)  # its holder renews it
 
 
-def test_a_lease_whose_holder_died_expires(store: StateStore):
-    assert store.try_lease("c", "killed", 0.01)
-    threading.Event().wait(0.05)
+def test_a_lease_whose_holder_died_is_waited_for_then_expires(store: StateStore):
+    """A run killed outright never releases: the next one waits for the lease to run out."""
+    assert store.try_lease("c", "killed", 0.5)
+    assert not store.try_lease("c", "next", 60)  # still held: wait
+    threading.Event().wait(0.6)
     assert store.try_lease("c", "next", 60)
 
 
