@@ -18,12 +18,14 @@ import pytest
 
 from mattermost_connector.attachments import download_attachments
 from mattermost_connector.changes import (
+    FULL_CHECK_REASONS,
     SINCE_CAP,
     FullCheck,
     deleted_version,
     judge_since,
     scan_since,
     stale,
+    unaccounted,
 )
 from mattermost_connector.config import TLP
 from mattermost_connector.cursor import Cursor
@@ -32,7 +34,8 @@ from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.live.events import HELLO, POST_DELETED, POSTED, LiveEvent
 from mattermost_connector.live.socket import MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
-from mattermost_connector.pipeline import ChannelPipeline, Services
+from mattermost_connector.pipeline import changed_posts, lifecycle, new_posts
+from mattermost_connector.pipeline.services import Services
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import DELETED_LABEL, ChannelContext, iter_bundles, message_id
 from tests.mattermost_sim import MattermostSimulator
@@ -320,8 +323,14 @@ def test_an_archived_channels_403_is_skipped_not_failed(
     settings = SimpleNamespace(connector=SimpleNamespace(delivery_retries=0))
     services = Services(settings, reader.client, store, [destination], None)  # type: ignore[arg-type]
     run_id = store.start_run(reader.channel["id"], RunKind.SYNC)
-    result = ChannelPipeline(services).close(
-        reader.channel["id"], run_id, None, RunKind.SYNC, None, archived=str(refused.value)
+    result = lifecycle.close(
+        services,
+        reader.channel["id"],
+        run_id,
+        None,
+        RunKind.SYNC,
+        None,
+        archived=str(refused.value),
     )
     assert result.status == RunStatus.ARCHIVED and result.ok
     (history,) = store.runs(channel_id=reader.channel["id"])
@@ -351,12 +360,12 @@ def test_the_change_watermark_looks_back_past_changes_not_yet_committed(tmp_path
     started = 1_700_000_600_000
     run = channel_run(tmp_path, Cursor(1000, changes_ms=1_700_000_000_000))
     run.server_start_ms = started
-    committed = ChannelPipeline(services).commit_changes(run)
+    committed = changed_posts.commit_changes(services, run)
     assert store.saved["c1"] == committed
     query_timeout_ms = 30_000
     late = {"update_at": started - query_timeout_ms + 1}  # committed within the timeout
     assert late["update_at"] > committed.changes_ms  # `since` returns UpdateAt > since
-    again = ChannelPipeline(services).commit_changes(run)  # never moves backwards
+    again = changed_posts.commit_changes(services, run)  # never moves backwards
     assert again.changes_ms == committed.changes_ms
 
 
@@ -373,12 +382,11 @@ def test_a_root_deleted_in_live_mode_takes_its_delivered_replies_along(store: St
     delivered_rows(store, [root, *replies, other])
     witness = ChangeWitness(clock_ms=lambda: 1_700_000_100_000)
     services = Services(None, None, store, [], None, witness=witness)  # type: ignore[arg-type]
-    pipeline = ChannelPipeline(services)
     witness.opened(CONTEXT.channel_id)
     witness.end_scan(CONTEXT.channel_id)  # a first run, no gap since
     witness.saw(LiveEvent(POST_DELETED, 1, CONTEXT.channel_id, dict(root)))
     run = SimpleNamespace(channel_id=CONTEXT.channel_id)
-    rows = pipeline.changed_rows(run, 1)  # type: ignore[arg-type]
+    rows = changed_posts.changed_rows(services, run, 1)  # type: ignore[arg-type]
     assert rows is not None
     deleted = {r["id"] for r in rows if r.get("delete_at")}
     assert deleted == {root["id"], *(r["id"] for r in replies)}
@@ -497,8 +505,8 @@ class Works:
         pass
 
 
-def pipeline_on(reader: SimpleNamespace, store: StateStore) -> ChannelPipeline:
-    """The channel pipeline on the simulator, a SQLite store and no destination."""
+def services_on(reader: SimpleNamespace, store: StateStore) -> Services:
+    """The channel pipeline's services on the simulator, a SQLite store and no destination."""
     mattermost = SimpleNamespace(
         server_url=f"http://127.0.0.1:{reader.sim.port}",
         start_timestamp=0,
@@ -506,15 +514,16 @@ def pipeline_on(reader: SimpleNamespace, store: StateStore) -> ChannelPipeline:
     )
     settings = SimpleNamespace(mattermost=mattermost)
     users = SimpleNamespace(resolve=lambda ids: {})
-    return ChannelPipeline(Services(settings, reader.client, store, [Works()], users))  # type: ignore[arg-type]
+    return Services(settings, reader.client, store, [Works()], users)  # type: ignore[arg-type]
 
 
-def deliver_new_posts(pipeline: ChannelPipeline, channel_id: str, run_id: int) -> Any:
+def deliver_new_posts(services: Services, channel_id: str) -> Any:
     """A sync's new-posts pass, each batch recorded as its delivery would record it."""
-    run = pipeline.open(channel_id, run_id, RunKind.SYNC).run
+    run_id = lifecycle.start_run(services, channel_id, RunKind.SYNC, None, None)
+    run = lifecycle.open_channel(services, channel_id, run_id, RunKind.SYNC)
     while True:
-        batch = pipeline.read_batch(run)
-        pipeline.store.record_delivery(run.cursor_key, channel_id, batch.cursor, batch.posts)
+        batch = new_posts.read_batch(services, run)
+        services.store.record_delivery(run.cursor_key, channel_id, batch.cursor, batch.posts)
         run = replace(
             run,
             cursor=batch.cursor,
@@ -536,22 +545,25 @@ def test_a_run_that_failed_after_listing_new_posts_makes_the_next_check_every_po
     sim, channel_id = reader.sim, reader.channel["id"]
     for n in range(5):
         sim.add_post(reader.channel, reader.alice, f"before {n}")
-    pipeline = pipeline_on(reader, store)
-    first = deliver_new_posts(pipeline, channel_id, store.start_run(channel_id, RunKind.SYNC))
-    pipeline.commit_changes(first)
+    services = services_on(reader, store)
+    first = deliver_new_posts(services, channel_id)
+    changed_posts.commit_changes(services, first)
     sim.advance_clock(60_000)
     for n in range(3):
         sim.add_post(reader.channel, reader.alice, f"after {n}")
-    second = deliver_new_posts(pipeline, channel_id, store.start_run(channel_id, RunKind.SYNC))
+    second = deliver_new_posts(services, channel_id)
     assert second.listed == 3
     if not failed:
-        pipeline.commit_changes(second)
+        changed_posts.commit_changes(services, second)
     sim.advance_clock(60_000)
-    third = deliver_new_posts(pipeline, channel_id, store.start_run(channel_id, RunKind.SYNC))
+    third = deliver_new_posts(services, channel_id)
     assert third.listed == 0
-    verdict, _ = pipeline.scan_changes(third)
-    assert verdict.full_check == (FullCheck.UNCOUNTED if failed else None)
-    assert verdict.missing == (3 if failed else 0)
+    checked = third.cursor_before.messages
+    missing = unaccounted(checked, third.total_posts, third.listed)
+    assert missing == (3 if failed else 0)
+    batch, note = changed_posts.scan_changes(services, third)
+    assert (batch is None) == failed
+    assert note == (FULL_CHECK_REASONS[FullCheck.UNCOUNTED] if failed else None)
 
 
 def test_a_second_signal_stops_live_mode_at_once_and_the_cli_exits_130(
