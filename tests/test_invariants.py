@@ -624,3 +624,57 @@ def test_a_burst_makes_one_run_per_busy_interval(events: int, seconds: float):
     for run_seconds in (0.0, 0.3, 1.0, BUSY_INTERVAL - 0.1):
         assert channel_runs(events, seconds, run_seconds) == expected
     assert 2 <= channel_runs(events, seconds, 2 * BUSY_INTERVAL) < expected
+
+
+# -- the same invariants through a whole run (run_channel over plain steps, no Prefect) -------
+
+
+def test_a_whole_run_delivers_all_ten_files_and_labels_a_deleted_thread(
+    sim: MattermostSimulator, workdir: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """What the slow CLI tests checked, through every step a driver runs: the ten files of a
+    post in its message and the state store, then a deleted root and its replies delivered
+    again, labelled, by the next run's change scan."""
+    from mattermost_connector.config import load_settings
+    from mattermost_connector.delivery import destinations
+    from mattermost_connector.mattermost.client import MattermostClient, RetryPolicy
+    from mattermost_connector.mattermost.users import UserDirectory
+    from mattermost_connector.pipeline.run import run_channel
+    from mattermost_connector.pipeline.steps import plain_steps
+    from tests.checks import directory_bundles, objects_by_id
+    from tests.support import World
+
+    world = World(sim, workdir, monkeypatch)
+    channel = world.channel("whole")
+    author = world.authors[0]
+    files = [sim.add_file(author, f"f{n}.bin", bytes([n]) * 100, "x/y") for n in range(10)]
+    loaded = sim.add_post(channel, author, "ten files", files=files)
+    root = sim.add_post(channel, author, "root")
+    replies = [sim.add_post(channel, world.authors[1], f"reply {n}", root=root) for n in range(2)]
+    world.configure([channel])
+    settings = load_settings()
+    client = MattermostClient(settings.mattermost, retry=RetryPolicy(base_delay=0.01))
+    store = StateStore(settings.connector.state_database_url)
+    steps = plain_steps(
+        Services(settings, client, store, destinations(settings), UserDirectory(client))
+    )
+
+    first = run_channel(steps, channel["id"])
+    assert first.ok and first.counts.posts == 4 and first.counts.files == len(files)
+    context = world.context(channel)
+    objects = objects_by_id(directory_bundles(workdir / "bundles"))
+    message = objects[message_id(context, loaded["id"])]
+    assert sorted(f["name"] for f in message["x_opencti_files"]) == sorted(f["name"] for f in files)
+    assert [a["status"] for a in store.attachments(channel["id"])] == ["embedded"] * len(files)
+
+    sim.delete_post(root["id"])  # its replies go with it
+    sim.advance_clock(60_000)
+    before = set((workdir / "bundles").glob("*.json"))
+    second = run_channel(steps, channel["id"])
+    assert second.ok and second.counts.deleted == 1 + len(replies)
+    latest = sorted(set((workdir / "bundles").glob("*.json")) - before)
+    objects = objects_by_id([json.loads(path.read_text()) for path in latest])
+    for post in [root, *replies]:
+        again = objects[message_id(context, post["id"])]
+        assert again["x_opencti_labels"] == [DELETED_LABEL]
+        assert again["content"] == post["message"]
