@@ -341,6 +341,7 @@ class MattermostSimulator:
                 # SaveMultiple: "UPDATE Posts SET UpdateAt = <the reply's CreateAt>" on the
                 # root, unconditionally: an old reply moves its root's update_at back
                 stored_root["update_at"] = at
+                self._moved(stored_root)
                 stored_root["reply_count"] += 1
                 stored_root["last_reply_at"] = at
             self._count(channel, post)
@@ -368,6 +369,7 @@ class MattermostSimulator:
             history.update(id=self.new_id(), original_id=post_id, delete_at=at, update_at=at)
             self._index(history)
             post.update(message=message, edit_at=at, update_at=at)
+            self._moved(post)
             self._bump_root(post, at)
             # SqlPostStore.Update: "UPDATE Channels SET LastPostAt = now WHERE LastPostAt < now"
             channel = self.state.channels[post["channel_id"]]
@@ -381,6 +383,15 @@ class MattermostSimulator:
         self.state.tiebreak[post["id"]] = self._rng.random()
         self.state.by_channel.setdefault(post["channel_id"], {})[post["id"]] = None
 
+    def _moved(self, post: dict[str, Any]) -> None:
+        """An UPDATE moved the row: its place among the posts of its millisecond changes.
+
+        The listings order by CreateAt alone, without an Id tie-break (post_store.go:
+        getPostsAround, getRootPosts), and PostgreSQL writes an updated row as a new tuple
+        (its btree keeps equal keys in heap order), so tied posts come back in another order
+        after any update of one of them. Here: a new random place among its ties."""
+        self.state.tiebreak[post["id"]] = self._rng.random()
+
     def channel_rows(self, channel_id: str) -> list[dict[str, Any]]:
         posts = self.state.posts
         return [posts[i] for i in self.state.by_channel.get(channel_id, {}) if i in posts]
@@ -389,6 +400,7 @@ class MattermostSimulator:
         with self._lock:
             self._version += 1
             self.state.posts[post_id]["update_at"] = self.now()
+            self._moved(self.state.posts[post_id])
 
     def delete_post(self, post_id: str) -> None:
         """Soft delete; deleting a root deletes its replies too."""
@@ -408,6 +420,7 @@ class MattermostSimulator:
                 if target["delete_at"]:
                     continue
                 target.update(delete_at=at, update_at=at)
+                self._moved(target)
                 target["props"] = {**target["props"], "deleteBy": post["user_id"]}
             self._bump_root(post, at)
             # App.DeletePost then deletes the files of that post (not of its replies):
@@ -432,6 +445,7 @@ class MattermostSimulator:
         if post["root_id"] and post["root_id"] in self.state.posts:
             root = self.state.posts[post["root_id"]]
             root["update_at"] = max(root["update_at"], at)
+            self._moved(root)
 
     def archive_channel(self, channel_id: str, by: dict[str, Any]) -> dict[str, Any]:
         """App.DeleteChannel: a "has archived the channel." system post, then the channel's
