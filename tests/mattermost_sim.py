@@ -910,12 +910,6 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.sim
         split = urlsplit(self.path)
         query = parse_qs(split.query)
-        if split.path == f"{API}/websocket" and self.headers.get("Upgrade", "").lower() == (
-            "websocket"
-        ):
-            self._log(method, split.path, query, 101)
-            sim.websocket.serve(self, query)
-            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request_id = uuid.uuid4().hex[:26]
@@ -927,6 +921,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not allowed:
             self._log(method, split.path, query, 429)
             self._send(429, b"limit exceeded\n", "text/plain; charset=utf-8", limit_headers)
+            return
+        if split.path == f"{API}/websocket" and self.headers.get("Upgrade", "").lower() == (
+            "websocket"
+        ):  # behind the rate limiter, as every request (app/server.go)
+            self._log(method, split.path, query, 101)
+            sim.websocket.serve(self, query)
             return
         if split.path in sim.faults.failing_paths:
             status = sim.faults.failing_paths[split.path]

@@ -9,6 +9,7 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -125,6 +126,7 @@ def test_simulator_resumes_within_its_replay_window_only(sim, world):
     time.sleep(0.2)
     # past the replay window: a new connection id, seq 0
     sim.websocket.replay_seconds = 0.1
+    sim.websocket.reap_interval = 0.1
     time.sleep(0.3)
     late = connect(
         f"{url(sim)}?connection_id={connection_id}&sequence_number=3", additional_headers=headers
@@ -317,3 +319,61 @@ def test_witness_is_complete_only_without_a_gap_since_the_last_run_opened(sim, w
     witness.end_scan(channel)
     assert not witness.snapshot(channel).complete
     assert witness.snapshot(channel).posts == {}
+
+
+# -- what the server does that loses events (issue 22) -------------------------------------------
+
+
+def test_listener_resyncs_when_a_seq_skips(sim, world):
+    """The server can skip a seq (an event that fails to encode in writePump): the event it
+    held is lost, so every channel is caught up over REST."""
+    watched, other = world["watched"], world["other"]
+    listener, due, thread = start_listener(sim, [watched["id"], other["id"]])
+    sim.websocket.lose_next(1)
+    sim.add_post(watched, world["alice"], "its event is lost")
+    sim.add_post(other, world["alice"], "its event arrives, one seq too far")
+    found = take_all(due)
+    assert found == {watched["id"]: {RESYNC: 1}, other["id"]: {RESYNC: 1, "posted": 1}}
+    assert listener.resyncs == 1
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_listener_resyncs_when_reaped_soon_after_a_drop(sim, world):
+    """A connection up longer than the reaper's threshold is reaped at its next tick, however
+    recently it dropped: the resume gets a new connection id, and every channel is due."""
+    watched = world["watched"]
+    hub = sim.websocket
+    hub.replay_seconds, hub.reap_interval = 0.4, 0.4
+    listener, due, thread = start_listener(sim, [watched["id"]])
+    time.sleep(0.5)
+    dropped = time.monotonic()
+    next_tick = hub._origin + ((dropped - hub._origin) // 0.4 + 1) * 0.4
+    hub.down(next_tick - dropped + 0.05)  # back before replay_seconds since the drop
+    sim.add_post(watched, world["alice"], "while away")
+    assert take_all(due) == {watched["id"]: {RESYNC: 1}}
+    assert listener.resyncs == 1
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_listener_waits_what_a_429_on_the_upgrade_asks(sim, world):
+    """The rate limiter wraps the upgrade too: a reconnection meeting a 429 waits its
+    Retry-After instead of trying again at its own short delay."""
+    listener, _due, thread = start_listener(sim, [world["watched"]["id"]], delay=0.05)
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 1.0, 1
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{sim.port}/api/v4",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    while client.get("/users/me").status_code != 429:
+        pass
+    sim.websocket.drop()
+    deadline = time.monotonic() + 8
+    while listener.connections < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listener.connections == 2
+    refused = [r for r in sim.requests if r.path.endswith("/websocket") and r.status == 429]
+    assert 1 <= len(refused) <= 2, len(refused)
+    listener.stop.set()
+    thread.join(5)

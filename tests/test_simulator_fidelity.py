@@ -4,8 +4,13 @@ tests/mattermost_websocket.py. Tests of the simulator itself, not of the connect
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.mattermost_sim import MattermostSimulator
 
@@ -38,3 +43,57 @@ def test_an_update_moves_a_post_among_its_ties(world):
         orders.add(tuple(listing(client, channel, after=anchor["id"])["order"]))
     assert len(orders - {tuple(first)}) >= 2  # updates reorder the millisecond
     assert all(set(order) == set(first) for order in orders)
+
+
+# -- the WebSocket (tests/mattermost_websocket.py) ----------------------------------------------
+
+
+def ws_url(sim: MattermostSimulator, **query) -> str:
+    tail = "&".join(f"{name}={value}" for name, value in query.items())
+    return f"ws://127.0.0.1:{sim.port}/api/v4/websocket" + (f"?{tail}" if tail else "")
+
+
+HEADERS = {"Authorization": "Bearer tok"}
+
+
+def test_a_seq_skips_when_an_event_fails_to_encode(world):
+    sim, me, channel, _ = world
+    ws = connect(ws_url(sim), additional_headers=HEADERS)
+    assert json.loads(ws.recv(timeout=5))["seq"] == 0  # hello
+    sim.websocket.lose_next(1)
+    sim.add_post(channel, me, "lost in writePump")
+    sim.add_post(channel, me, "sent")
+    event = json.loads(ws.recv(timeout=5))
+    assert event["seq"] == 2 and json.loads(event["data"]["post"])["message"] == "sent"
+    ws.close()
+
+
+def test_a_connection_is_reaped_by_its_connect_time_not_its_drop_time(world):
+    sim = world[0]
+    hub = sim.websocket
+    hub.replay_seconds, hub.reap_interval = 0.4, 0.4
+    ws = connect(ws_url(sim), additional_headers=HEADERS)
+    connection_id = json.loads(ws.recv(timeout=5))["data"]["connection_id"]
+    time.sleep(0.5)  # connected longer than the threshold
+    hub.drop()
+    dropped = time.monotonic()
+    next_tick = hub._origin + ((dropped - hub._origin) // 0.4 + 1) * 0.4
+    time.sleep(next_tick - time.monotonic() + 0.02)
+    assert time.monotonic() - dropped < hub.replay_seconds  # dropped less than that ago
+    late = connect(
+        ws_url(sim, connection_id=connection_id, sequence_number=1), additional_headers=HEADERS
+    )
+    hello = json.loads(late.recv(timeout=5))
+    assert hello["event"] == "hello" and hello["data"]["connection_id"] != connection_id
+    late.close()
+
+
+def test_the_upgrade_meets_the_rate_limiter(world):
+    sim, _, _, client = world
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 1.0, 1
+    while client.get("/users/me").status_code != 429:
+        pass
+    with pytest.raises(InvalidStatus) as refused:
+        connect(ws_url(sim), additional_headers=HEADERS)
+    assert refused.value.response.status_code == 429
+    assert int(refused.value.response.headers["Retry-After"]) >= 1

@@ -1,7 +1,8 @@
 """The WebSocket listener: connect, turn events into due channels, reconnect.
 
 MATTERMOST_KEEPALIVE=true: after a disconnection, reconnect after MATTERMOST_KEEPALIVE_DELAY
-seconds, then twice as long each failed attempt (at most MAX_DELAY), resuming the connection
+seconds, then twice as long each failed attempt (at most MAX_DELAY; at least what a 429 asks:
+the rate limiter wraps the upgrade too), resuming the connection
 so that the server replays what was missed. When the server answers with a new connection id
 (its queue for us is gone), or a `seq` skips, every channel is due ("resync": caught up over
 REST). MATTERMOST_KEEPALIVE=false: the first disconnection ends the listener (`failure`), so
@@ -69,7 +70,8 @@ class Listener:
                         self._give_up(f"{one_line(error)} (MATTERMOST_KEEPALIVE=false)")
                         return
                     wait = min(self.delay * 2**attempt, max(MAX_DELAY, self.delay))
-                    wait *= random.uniform(1.0, 1.1)
+                    # a 429: the limiter refuses every attempt until its wait is over
+                    wait = max(wait, error.retry_after) * random.uniform(1.0, 1.1)
                     attempt += 1
                     log.warning("%s: reconnecting in %.1f s", one_line(error), wait)
                     self.stop.wait(wait)
