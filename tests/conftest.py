@@ -46,6 +46,7 @@ DOMAIN_TESTS = frozenset(
         "test_pipeline_core.py",
         "test_simulator.py",
         "test_simulator_fidelity.py",
+        "test_since.py",
         "test_state.py",
         "test_stix.py",
         "test_walk.py",

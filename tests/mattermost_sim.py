@@ -408,21 +408,23 @@ class MattermostSimulator:
             self._version += 1
             at = self.now()
             post = self.state.posts[post_id]
+            if post["delete_at"]:  # App.DeletePost: GetSingle(id, false) finds no such post
+                return
             before = json.loads(json.dumps(post))  # the event carries the post as read before
-            targets = [post]
-            if not post["root_id"]:
-                targets += [
-                    self.state.posts[i]
-                    for i in self.state.replies.get(post_id, [])
-                    if i in self.state.posts
-                ]
+            # SqlPostStore.Delete: "UPDATE Posts SET DeleteAt = ?, UpdateAt = ?, Props = ...
+            # WHERE Id = ? OR RootId = ?": the replies of a root, those deleted already and
+            # the edit-history rows of its replies (their RootId is the root) included, all
+            # stamped again; a root's own history rows (RootId '') are not. The root of a
+            # deleted reply is not touched (only its Threads row is).
+            targets = [
+                row
+                for row in self.channel_rows(post["channel_id"])
+                if row["id"] == post_id or row["root_id"] == post_id
+            ]
             for target in targets:
-                if target["delete_at"]:
-                    continue
                 target.update(delete_at=at, update_at=at)
                 self._moved(target)
                 target["props"] = {**target["props"], "deleteBy": post["user_id"]}
-            self._bump_root(post, at)
             # App.DeletePost then deletes the files of that post (not of its replies):
             # FileInfo.DeleteForPost sets their DeleteAt, and GET /files/{id} answers 404
             # (app/post.go, file_info_store.go). SqlPostStore.Delete updates Posts only: the
@@ -790,8 +792,12 @@ class MattermostSimulator:
             picked += [
                 self.state.posts[r] for r in roots if r in self.state.posts and r not in picked_ids
             ]
-            selected = sorted(picked, key=key, reverse=True)
-            return self._answer(selected, [], etag=False)
+            # GetPostsSince: the rows, and the roots of the replies among them, are all in
+            # `posts`; only those changed after `since` are in `order` (p.UpdateAt > Time):
+            # a root sent along for a reply is in `posts` alone unless it changed too
+            rows = sorted(picked, key=key, reverse=True)
+            selected = [p for p in rows if p["update_at"] > since]
+            return self._answer(selected, [p for p in rows if p["update_at"] <= since], etag=False)
         live, stamps = self._live_ascending(channel_id)
         if after or before:
             anchor_id = _valid(after or before)
@@ -805,10 +811,10 @@ class MattermostSimulator:
             else:
                 end = bisect.bisect_left(stamps, anchor["create_at"]) - page * per_page
                 selected = live[max(0, end - per_page) : max(0, end)][::-1]
-        else:
-            end = len(live) - page * per_page
-            selected = live[max(0, end - per_page) : max(0, end)][::-1]
-        return self._answer(selected, self._context(selected), etag=True)
+            return self._answer(selected, self._threads(selected, every_post=True), etag=True)
+        end = len(live) - page * per_page
+        selected = live[max(0, end - per_page) : max(0, end)][::-1]
+        return self._answer(selected, self._threads(selected, every_post=False), etag=True)
 
     def _live_ascending(self, channel_id: str) -> tuple[list[dict[str, Any]], list[int]]:
         """Non-deleted posts by (create_at, row order), as the database's index returns them;
@@ -823,21 +829,27 @@ class MattermostSimulator:
             self._listing[channel_id] = cached
         return cached[1], cached[2]
 
-    def _context(self, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Roots and a sibling reply of the page's replies: sent in `posts`, not in `order`."""
+    def _threads(self, selected: list[dict[str, Any]], *, every_post: bool) -> list[dict]:
+        """Every live post of every thread the page touches, sent in `posts`, not in `order`
+        (no skipFetchThreads is sent). `after`/`before` (getPostsAround): the threads of
+        every post of the page, `Id IN rootIds OR RootId IN rootIds` with rootIds the page's
+        ids and their roots. The default page (getParentsPostsPostgreSQL): the threads of its
+        replies only (`q1.RootId = q2.Id OR q1.RootId = q2.RootId`). post_store.go."""
+        posts = self.state.posts
+        roots: set[str] = set()
+        for post in selected:
+            if post["root_id"]:
+                roots.add(post["root_id"])
+            elif every_post:
+                roots.add(post["id"])
         ids = {p["id"] for p in selected}
         extra: dict[str, dict[str, Any]] = {}
-        for post in selected:
-            root_id = post["root_id"]
-            if not root_id:
-                continue
-            if root_id not in ids and root_id in self.state.posts:
-                extra[root_id] = self.state.posts[root_id]
-            for sibling_id in self.state.replies.get(root_id, []):
-                if sibling_id not in ids and sibling_id in self.state.posts:
-                    extra.setdefault(sibling_id, self.state.posts[sibling_id])
-                    break
-        return [p for p in extra.values() if not p["delete_at"]]
+        for root_id in roots:
+            for post_id in (root_id, *self.state.replies.get(root_id, ())):
+                post = posts.get(post_id)
+                if post is not None and post_id not in ids and not post["delete_at"]:
+                    extra[post_id] = post
+        return list(extra.values())
 
     def _answer(
         self, selected: list[dict[str, Any]], context: list[dict[str, Any]], *, etag: bool

@@ -97,3 +97,63 @@ def test_the_upgrade_meets_the_rate_limiter(world):
         connect(ws_url(sim), additional_headers=HEADERS)
     assert refused.value.response.status_code == 429
     assert int(refused.value.response.headers["Retry-After"]) >= 1
+
+
+# -- what the listings carry (post_store.go) -----------------------------------------------------
+
+
+def test_since_sends_a_reply_s_root_in_posts_not_in_order(world):
+    sim, me, channel, client = world
+    root = sim.add_post(channel, me, "root", create_at=10_000)
+    reply = sim.add_post(channel, me, "reply", root=root, create_at=10_005)
+    since = sim.now()
+    sim.delete_post(reply["id"])  # the root's row is not touched
+    answer = listing(client, channel, since=since)
+    assert answer["order"] == [reply["id"]]
+    assert root["id"] in answer["posts"]
+    assert answer["posts"][root["id"]]["update_at"] <= since
+
+
+def test_deleting_a_root_stamps_again_every_row_of_its_thread(world):
+    sim, me, channel, client = world
+    root = sim.add_post(channel, me, "root", create_at=20_000)
+    edited = sim.add_post(channel, me, "reply", root=root, create_at=20_001)
+    gone = sim.add_post(channel, me, "reply, deleted first", root=root, create_at=20_002)
+    sim.edit_post(edited["id"], "reply, edited")  # a history row whose RootId is the root
+    sim.edit_post(root["id"], "root, edited")  # a history row whose RootId is ''
+    sim.delete_post(gone["id"])
+    since = sim.now()
+    sim.delete_post(root["id"])
+    answer = listing(client, channel, since=since)
+    rows = [answer["posts"][i] for i in answer["order"]]
+    history = [r for r in rows if r["original_id"]]
+    assert {r["id"] for r in rows if not r["original_id"]} == {
+        root["id"],
+        edited["id"],
+        gone["id"],
+    }
+    assert [r["original_id"] for r in history] == [edited["id"]]  # not the root's own
+    assert len({r["update_at"] for r in rows}) == 1  # one stamp, counted toward the cap
+
+
+def test_pages_carry_every_post_of_the_threads_they_touch(world):
+    sim, me, channel, client = world
+    first = sim.add_post(channel, me, "first", create_at=30_000)
+    root = sim.add_post(channel, me, "root", create_at=30_001)
+    replies = [
+        sim.add_post(channel, me, f"reply {i}", root=root, create_at=30_010 + i) for i in range(5)
+    ]
+    sim.delete_post(replies[4]["id"])
+    live = {r["id"] for r in replies[:4]}
+    # `after`: the page holds the root alone; all its live replies come along
+    after = listing(client, channel, after=first["id"], per_page=1)
+    assert after["order"] == [root["id"]]
+    assert set(after["posts"]) == {root["id"], *live}
+    # the default page: a reply's whole thread comes along...
+    newest = listing(client, channel, per_page=1)
+    assert newest["order"] == [replies[3]["id"]]
+    assert set(newest["posts"]) == {root["id"], *live}
+    # ...but a root on it does not bring its replies (getParentsPosts looks at RootIds)
+    oldest = listing(client, channel, per_page=1, page=4)
+    assert oldest["order"] == [root["id"]]
+    assert set(oldest["posts"]) == {root["id"]}
