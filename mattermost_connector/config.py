@@ -301,10 +301,19 @@ class MattermostSettings(_Group):
     keepalive: bool = False
     keepalive_delay: float = Field(5.0, ge=0)
     live: bool = False
+    # live mode catches every channel up this often, whatever the events (ISO 8601)
+    live_check_period: timedelta = timedelta(minutes=10)
     debug: bool = False
     deleted_posts: Literal["label", "ignore"] = "label"
     include_system_messages: bool = False
     max_attachment_size: Annotated[int, NoDecode] = Field(DEFAULT_MAX_ATTACHMENT, ge=0)
+
+    @field_validator("live_check_period")
+    @classmethod
+    def _positive_check_period(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be greater than zero, like PT10M")
+        return value
 
     @field_validator("max_attachment_size", mode="before")
     @classmethod

@@ -145,6 +145,13 @@ class MattermostSimulator:
         self._throttled_until = 0.0  # an injected 429 holds until then (monotonic s)
         self._version = 0  # bumped by every change to posts: invalidates the listing cache
         self._listing: dict[str, tuple[int, list[dict[str, Any]], list[int]]] = {}
+        # Read replicas (SqlSettings.DataSourceReplicas): the post listings and GetSingle read
+        # GetReplicaX (post_store.go getPostsAround, getRootPosts, GetPostsSince, GetSingle),
+        # while the WebSocket event is sent from the master's data as soon as it is written
+        # (app/post.go): a `posted` event can come before a listing shows the post. Seconds.
+        self.replica_lag: float = 0.0
+        self._created: dict[str, float] = {}  # post id -> when inserted (monotonic)
+        self._history: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # rows before changes
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -338,6 +345,7 @@ class MattermostSimulator:
             if root:
                 self.state.replies.setdefault(root["id"], []).append(post["id"])
                 stored_root = self.state.posts[root["id"]]
+                self._before_change(stored_root)
                 # SaveMultiple: "UPDATE Posts SET UpdateAt = <the reply's CreateAt>" on the
                 # root, unconditionally: an old reply moves its root's update_at back
                 stored_root["update_at"] = at
@@ -368,6 +376,7 @@ class MattermostSimulator:
             history = json.loads(json.dumps(post))
             history.update(id=self.new_id(), original_id=post_id, delete_at=at, update_at=at)
             self._index(history)
+            self._before_change(post)
             post.update(message=message, edit_at=at, update_at=at)
             self._moved(post)
             self._bump_root(post, at)
@@ -381,7 +390,33 @@ class MattermostSimulator:
         self._version += 1
         self.state.posts[post["id"]] = post
         self.state.tiebreak[post["id"]] = self._rng.random()
+        self._created[post["id"]] = time.monotonic()
         self.state.by_channel.setdefault(post["channel_id"], {})[post["id"]] = None
+
+    def _before_change(self, post: dict[str, Any]) -> None:
+        """Keep the row as it was, for the replica (`replica_lag`) to serve a while longer."""
+        if self.replica_lag:
+            self._history.setdefault(post["id"], []).append((time.monotonic(), dict(post)))
+
+    def _replicated(self, post: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The row as the read replica has it: `replica_lag` seconds behind the master; None
+        while its insert has not reached the replica."""
+        if post is None or not self.replica_lag:
+            return post
+        horizon = time.monotonic() - self.replica_lag
+        if self._created.get(post["id"], 0.0) > horizon:
+            return None
+        for changed_at, before in self._history.get(post["id"], ()):
+            if changed_at > horizon:
+                return before
+        return post
+
+    def replica_rows(self, channel_id: str) -> list[dict[str, Any]]:
+        """The channel's rows on the read replica."""
+        rows = self.channel_rows(channel_id)
+        if not self.replica_lag:
+            return rows
+        return [r for p in rows if (r := self._replicated(p)) is not None]
 
     def _moved(self, post: dict[str, Any]) -> None:
         """An UPDATE moved the row: its place among the posts of its millisecond changes.
@@ -399,6 +434,7 @@ class MattermostSimulator:
     def react(self, post_id: str) -> None:
         with self._lock:
             self._version += 1
+            self._before_change(self.state.posts[post_id])
             self.state.posts[post_id]["update_at"] = self.now()
             self._moved(self.state.posts[post_id])
 
@@ -422,6 +458,7 @@ class MattermostSimulator:
                 if row["id"] == post_id or row["root_id"] == post_id
             ]
             for target in targets:
+                self._before_change(target)
                 target.update(delete_at=at, update_at=at)
                 self._moved(target)
                 target["props"] = {**target["props"], "deleteBy": post["user_id"]}
@@ -446,6 +483,7 @@ class MattermostSimulator:
     def _bump_root(self, post: dict[str, Any], at: int) -> None:
         if post["root_id"] and post["root_id"] in self.state.posts:
             root = self.state.posts[post["root_id"]]
+            self._before_change(root)
             root["update_at"] = max(root["update_at"], at)
             self._moved(root)
 
@@ -631,8 +669,8 @@ class MattermostSimulator:
                     )
                 return self.list_posts(channel["id"], query, me)
             case "GET", ["posts", post_id]:
-                post = self.state.posts.get(_valid(post_id))
-                if not post or post["delete_at"]:
+                post = self._replicated(self.state.posts.get(_valid(post_id)))
+                if not post or post["delete_at"]:  # GetSingle reads the replica
                     raise AppError(404, "app.post.get.app_error")
                 self.readable_channel(post["channel_id"], me)
                 return self.with_metadata(post)
@@ -784,13 +822,16 @@ class MattermostSimulator:
             raise AppError(403, "api.context.permissions.app_error")
         key = lambda p: (p["create_at"], self.state.tiebreak[p["id"]])  # noqa: E731
         if since > 0:
-            changed = [p for p in self.channel_rows(channel_id) if p["update_at"] > since]
+            changed = [p for p in self.replica_rows(channel_id) if p["update_at"] > since]
             self._rng.shuffle(changed)  # LIMIT 1000 with no ORDER BY: any 1000 rows
             picked = changed[:SINCE_LIMIT]
             roots = {p["root_id"] for p in picked if p["root_id"]}
             picked_ids = {p["id"] for p in picked}
             picked += [
-                self.state.posts[r] for r in roots if r in self.state.posts and r not in picked_ids
+                row
+                for r in roots
+                if r not in picked_ids
+                and (row := self._replicated(self.state.posts.get(r))) is not None
             ]
             # GetPostsSince: the rows, and the roots of the replies among them, are all in
             # `posts`; only those changed after `since` are in `order` (p.UpdateAt > Time):
@@ -801,7 +842,7 @@ class MattermostSimulator:
         live, stamps = self._live_ascending(channel_id)
         if after or before:
             anchor_id = _valid(after or before)
-            anchor = self.state.posts.get(anchor_id)
+            anchor = self._replicated(self.state.posts.get(anchor_id))
             if anchor is None:
                 return self._answer([], [], etag=True)
             if after:
@@ -820,9 +861,9 @@ class MattermostSimulator:
         """Non-deleted posts by (create_at, row order), as the database's index returns them;
         rebuilt only after a change."""
         cached = self._listing.get(channel_id)
-        if cached is None or cached[0] != self._version:
+        if cached is None or cached[0] != self._version or self.replica_lag:
             live = sorted(
-                (p for p in self.channel_rows(channel_id) if not p["delete_at"]),
+                (p for p in self.replica_rows(channel_id) if not p["delete_at"]),
                 key=lambda p: (p["create_at"], self.state.tiebreak[p["id"]]),
             )
             cached = (self._version, live, [p["create_at"] for p in live])
@@ -846,7 +887,7 @@ class MattermostSimulator:
         extra: dict[str, dict[str, Any]] = {}
         for root_id in roots:
             for post_id in (root_id, *self.state.replies.get(root_id, ())):
-                post = posts.get(post_id)
+                post = self._replicated(posts.get(post_id))
                 if post is not None and post_id not in ids and not post["delete_at"]:
                     extra[post_id] = post
         return list(extra.values())

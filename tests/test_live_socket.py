@@ -15,7 +15,9 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from mattermost_connector.config import MattermostSettings
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.live.announced import AnnouncedPosts, PeriodicCheck
 from mattermost_connector.live.due import DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket, websocket_url
@@ -377,3 +379,72 @@ def test_listener_waits_what_a_429_on_the_upgrade_asks(sim, world):
     assert 1 <= len(refused) <= 2, len(refused)
     listener.stop.set()
     thread.join(5)
+
+
+# -- announced posts: the listing may lag the event (read replicas) ------------------------------
+
+
+def test_an_announced_post_is_looked_for_again_until_a_run_takes_it():
+    clock = Clock()
+    announced = AnnouncedPosts(first_retry=1.0, attempts=3, clock=clock)
+    announced.announce("c", "p", create_at=5_000)
+    behind = Cursor(boundary_ms=4_000)  # the run's listing did not show the post yet
+    assert announced.confirm("c", behind, run_started=0.0) == ["p"]
+    clock.now = 0.9
+    assert announced.due() == []
+    clock.now = 1.0
+    assert announced.due() == ["c"] and announced.due() == []  # once per retry
+    assert announced.confirm("c", behind, run_started=1.0) == ["p"]
+    clock.now = 2.9
+    assert announced.due() == []  # twice as long: 2 s after the second run
+    clock.now = 3.0
+    assert announced.due() == ["c"]
+    past = Cursor(boundary_ms=5_000, boundary_ids=("p",))
+    assert announced.confirm("c", past, run_started=3.0) == []
+    clock.now = 100.0
+    assert announced.due() == [] and announced.waiting("c") == set()
+
+
+def test_an_announced_post_is_given_up_after_its_attempts_and_only_runs_after_it_count():
+    clock = Clock()
+    announced = AnnouncedPosts(first_retry=1.0, attempts=2, clock=clock)
+    clock.now = 10.0
+    announced.announce("c", "p", create_at=5_000)
+    # a run that started before the event came: it is not expected to have taken the post
+    assert announced.confirm("c", None, run_started=9.0) == ["p"]
+    assert announced.next_retry_in() is None
+    for _ in range(2):  # the attempts
+        clock.now += 10.0
+        assert announced.confirm("c", None, run_started=clock.now) == ["p"]
+        assert announced.next_retry_in() is not None
+    clock.now += 10.0
+    assert announced.confirm("c", None, run_started=clock.now) == []  # given up
+    assert announced.waiting("c") == set() and announced.given_up == 1
+
+
+def test_a_deleted_post_is_no_longer_awaited_and_the_listener_announces_new_ones(sim, world):
+    watched = world["watched"]
+    listener, due, thread = start_listener(sim, [watched["id"], world["other"]["id"]])
+    kept = sim.add_post(watched, world["alice"], "kept")
+    gone = sim.add_post(watched, world["alice"], "deleted soon")
+    sim.add_post(world["private"], world["alice"], "not ours")
+    take_all(due)
+    assert listener.announced.waiting(watched["id"]) == {kept["id"], gone["id"]}
+    sim.delete_post(gone["id"])
+    take_all(due)
+    assert listener.announced.waiting(watched["id"]) == {kept["id"]}
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_the_periodic_check_comes_once_a_period():
+    clock = Clock()
+    check = PeriodicCheck(600.0, clock=clock)
+    clock.now = 599.0
+    assert not check.due() and check.next_in() == 1.0
+    clock.now = 600.0
+    assert check.due() and not check.due()
+    clock.now = 1199.0
+    assert not check.due()
+    clock.now = 1200.0
+    assert check.due()

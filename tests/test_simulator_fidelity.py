@@ -157,3 +157,24 @@ def test_pages_carry_every_post_of_the_threads_they_touch(world):
     oldest = listing(client, channel, per_page=1, page=4)
     assert oldest["order"] == [root["id"]]
     assert set(oldest["posts"]) == {root["id"]}
+
+
+def test_listings_read_a_replica_that_lags_the_event(world):
+    sim, me, channel, client = world
+    sim.replica_lag = 0.5
+    first = sim.add_post(channel, me, "first", create_at=40_000)
+    time.sleep(0.6)
+    ws = connect(ws_url(sim), additional_headers=HEADERS)
+    json.loads(ws.recv(timeout=5))  # hello
+    post = sim.add_post(channel, me, "new")
+    sim.edit_post(first["id"], "first, edited")
+    event = json.loads(ws.recv(timeout=5))
+    assert event["event"] == "posted"  # the event is out at once...
+    assert post["id"] not in listing(client, channel)["order"]  # ...the listing lags
+    assert post["id"] not in listing(client, channel, after=first["id"])["order"]
+    assert client.get(f"/posts/{post['id']}").status_code == 404
+    assert listing(client, channel)["posts"][first["id"]]["message"] == "first"
+    time.sleep(0.6)
+    assert post["id"] in listing(client, channel, after=first["id"])["order"]
+    assert listing(client, channel)["posts"][first["id"]]["message"] == "first, edited"
+    ws.close()

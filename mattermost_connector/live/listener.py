@@ -17,8 +17,9 @@ import threading
 from collections.abc import Collection
 
 from mattermost_connector.errors import AuthenticationError, one_line
+from mattermost_connector.live.announced import AnnouncedPosts
 from mattermost_connector.live.due import DueChannels
-from mattermost_connector.live.events import HELLO, POST_EVENTS, LiveEvent
+from mattermost_connector.live.events import HELLO, POST_DELETED, POST_EVENTS, POSTED, LiveEvent
 from mattermost_connector.live.socket import Disconnected, MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
 
@@ -40,10 +41,12 @@ class Listener:
         delay: float,
         stop: threading.Event,
         witness: ChangeWitness | None = None,
+        announced: AnnouncedPosts | None = None,
     ) -> None:
         self.socket, self.channels, self.due = socket, frozenset(channels), due
         self.keepalive, self.delay, self.stop = keepalive, delay, stop
         self.witness = witness or ChangeWitness()
+        self.announced = announced or AnnouncedPosts()
         self.failure: str | None = None  # why the listener gave up, when it did
         self.connected = threading.Event()  # set once the first hello came
         self.connections = 0  # upgrades that succeeded (tests, benchmark)
@@ -103,4 +106,16 @@ class Listener:
             self.connected.set()
         if event.name in POST_EVENTS and event.channel_id in self.channels:
             self.witness.saw(event)
+            self._note(event)
             self.due.mark(event.channel_id, event.name)
+
+    def _note(self, event: LiveEvent) -> None:
+        """A new post is awaited until a delivery takes it (the listing may lag the event);
+        a deleted one no longer is."""
+        post, channel_id = event.post or {}, event.channel_id
+        if not isinstance(post.get("id"), str) or channel_id is None:
+            return
+        if event.name == POSTED and isinstance(post.get("create_at"), int):
+            self.announced.announce(channel_id, post["id"], post["create_at"])
+        elif event.name == POST_DELETED:
+            self.announced.forget(channel_id, post["id"])
