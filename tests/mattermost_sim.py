@@ -821,6 +821,7 @@ class MattermostSimulator:
         ):
             raise AppError(403, "api.context.permissions.app_error")
         key = lambda p: (p["create_at"], self.state.tiebreak[p["id"]])  # noqa: E731
+        whole = query.get("skipFetchThreads", ["false"])[0] != "true"
         if since > 0:
             changed = [p for p in self.replica_rows(channel_id) if p["update_at"] > since]
             self._rng.shuffle(changed)  # LIMIT 1000 with no ORDER BY: any 1000 rows
@@ -852,10 +853,12 @@ class MattermostSimulator:
             else:
                 end = bisect.bisect_left(stamps, anchor["create_at"]) - page * per_page
                 selected = live[max(0, end - per_page) : max(0, end)][::-1]
-            return self._answer(selected, self._threads(selected, every_post=True), etag=True)
+            threads = self._threads(selected, every_post=True, whole=whole)
+            return self._answer(selected, threads, etag=True)
         end = len(live) - page * per_page
         selected = live[max(0, end - per_page) : max(0, end)][::-1]
-        return self._answer(selected, self._threads(selected, every_post=False), etag=True)
+        threads = self._threads(selected, every_post=False, whole=whole)
+        return self._answer(selected, threads, etag=True)
 
     def _live_ascending(self, channel_id: str) -> tuple[list[dict[str, Any]], list[int]]:
         """Non-deleted posts by (create_at, row order), as the database's index returns them;
@@ -870,23 +873,27 @@ class MattermostSimulator:
             self._listing[channel_id] = cached
         return cached[1], cached[2]
 
-    def _threads(self, selected: list[dict[str, Any]], *, every_post: bool) -> list[dict]:
-        """Every live post of every thread the page touches, sent in `posts`, not in `order`
-        (no skipFetchThreads is sent). `after`/`before` (getPostsAround): the threads of
-        every post of the page, `Id IN rootIds OR RootId IN rootIds` with rootIds the page's
-        ids and their roots. The default page (getParentsPostsPostgreSQL): the threads of its
-        replies only (`q1.RootId = q2.Id OR q1.RootId = q2.RootId`). post_store.go."""
+    def _threads(
+        self, selected: list[dict[str, Any]], *, every_post: bool, whole: bool
+    ) -> list[dict[str, Any]]:
+        """Every live post of every thread the page touches, sent in `posts`, not in `order`,
+        unless `skipFetchThreads=true` (`whole` False): then the roots of its replies only.
+        `after`/`before` (getPostsAround): the threads of every post of the page, `Id IN
+        rootIds OR RootId IN rootIds` with rootIds the page's ids and their roots. The default
+        page (getParentsPostsPostgreSQL): the threads of its replies only (`q1.RootId = q2.Id
+        OR q1.RootId = q2.RootId`). post_store.go."""
         posts = self.state.posts
         roots: set[str] = set()
         for post in selected:
             if post["root_id"]:
                 roots.add(post["root_id"])
-            elif every_post:
+            elif every_post and whole:
                 roots.add(post["id"])
         ids = {p["id"] for p in selected}
         extra: dict[str, dict[str, Any]] = {}
         for root_id in roots:
-            for post_id in (root_id, *self.state.replies.get(root_id, ())):
+            thread = self.state.replies.get(root_id, ()) if whole else ()
+            for post_id in (root_id, *thread):
                 post = self._replicated(posts.get(post_id))
                 if post is not None and post_id not in ids and not post["delete_at"]:
                     extra[post_id] = post

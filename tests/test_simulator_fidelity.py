@@ -178,3 +178,17 @@ def test_listings_read_a_replica_that_lags_the_event(world):
     assert post["id"] in listing(client, channel, after=first["id"])["order"]
     assert listing(client, channel)["posts"][first["id"]]["message"] == "first, edited"
     ws.close()
+
+
+def test_skip_fetch_threads_sends_the_roots_of_the_replies_only(world):
+    sim, me, channel, client = world
+    first = sim.add_post(channel, me, "first", create_at=50_000)
+    root = sim.add_post(channel, me, "root", create_at=50_001)
+    replies = [
+        sim.add_post(channel, me, f"reply {i}", root=root, create_at=50_010 + i) for i in range(4)
+    ]
+    lean = listing(client, channel, after=first["id"], per_page=1, skipFetchThreads="true")
+    assert set(lean["posts"]) == {root["id"]}
+    lean = listing(client, channel, after=replies[0]["id"], per_page=1, skipFetchThreads="true")
+    assert lean["order"] == [replies[1]["id"]]
+    assert set(lean["posts"]) == {replies[1]["id"], root["id"]}

@@ -134,3 +134,15 @@ def test_a_millisecond_reordered_while_paged_is_taken_exactly(sim: MattermostSim
         taken, _ = walk_all(sim, channel, Cursor.start_at(0), per_page=5)
         assert Counter(taken).most_common(1)[0][1] == 1, f"trial {trial}: a post twice"
         assert set(taken) == set(sim.state.posts), f"trial {trial}: a post skipped"
+
+
+def test_the_walk_asks_for_no_thread_context(sim: MattermostSimulator):
+    """Every listing the walk reads says skipFetchThreads=true: else the server adds every post
+    of every thread a page touches (post_store.go getPostsAround), which the walk discards."""
+    user, channel = channel_with(sim, [6_000_000 + i for i in range(12)])
+    root = next(iter(sim.state.posts.values()))
+    for i in range(30):
+        sim.add_post(channel, user, f"reply {i}", root=root, create_at=6_000_100 + i)
+    walk_all(sim, channel, Cursor.start_at(0), per_page=5)
+    listings = [r for r in sim.requests if r.path.endswith("/posts")]
+    assert listings and all(r.query.get("skipFetchThreads") == ["true"] for r in listings)
