@@ -349,9 +349,10 @@ def test_listener_resyncs_when_reaped_soon_after_a_drop(sim, world):
     hub.replay_seconds, hub.reap_interval = 0.4, 0.4
     listener, due, thread = start_listener(sim, [watched["id"]])
     time.sleep(0.5)
+    hub.down(10.0)
     dropped = time.monotonic()
     next_tick = hub._origin + ((dropped - hub._origin) // 0.4 + 1) * 0.4
-    hub.down(next_tick - dropped + 0.05)  # back before replay_seconds since the drop
+    hub.down_until = next_tick + 0.05  # back up before replay_seconds since the drop
     sim.add_post(watched, world["alice"], "while away")
     assert take_all(due) == {watched["id"]: {RESYNC: 1}}
     assert listener.resyncs == 1

@@ -71,14 +71,14 @@ def test_a_seq_skips_when_an_event_fails_to_encode(world):
 def test_a_connection_is_reaped_by_its_connect_time_not_its_drop_time(world):
     sim = world[0]
     hub = sim.websocket
-    hub.replay_seconds, hub.reap_interval = 0.4, 0.4
+    hub.replay_seconds, hub.reap_interval = 0.8, 0.8
     ws = connect(ws_url(sim), additional_headers=HEADERS)
     connection_id = json.loads(ws.recv(timeout=5))["data"]["connection_id"]
-    time.sleep(0.5)  # connected longer than the threshold
+    time.sleep(0.9)  # connected longer than the threshold
     hub.drop()
     dropped = time.monotonic()
-    next_tick = hub._origin + ((dropped - hub._origin) // 0.4 + 1) * 0.4
-    time.sleep(next_tick - time.monotonic() + 0.02)
+    next_tick = hub._origin + ((dropped - hub._origin) // 0.8 + 1) * 0.8
+    time.sleep(max(0.0, next_tick - time.monotonic() + 0.02))
     assert time.monotonic() - dropped < hub.replay_seconds  # dropped less than that ago
     late = connect(
         ws_url(sim, connection_id=connection_id, sequence_number=1), additional_headers=HEADERS
