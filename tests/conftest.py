@@ -45,6 +45,7 @@ DOMAIN_TESTS = frozenset(
         "test_home.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
+        "test_pipeline_run.py",
         "test_simulator.py",
         "test_simulator_fidelity.py",
         "test_since.py",

@@ -22,6 +22,7 @@ from mattermost_connector.live.due import DueChannels
 from mattermost_connector.live.events import HELLO, POST_DELETED, POST_EVENTS, POSTED, LiveEvent
 from mattermost_connector.live.socket import Disconnected, MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
+from mattermost_connector.retries import backoff
 
 log = logging.getLogger("mattermost_connector.live")
 
@@ -72,7 +73,7 @@ class Listener:
                     if not self.keepalive:
                         self._give_up(f"{one_line(error)} (MATTERMOST_KEEPALIVE=false)")
                         return
-                    wait = min(self.delay * 2**attempt, max(MAX_DELAY, self.delay))
+                    wait = min(backoff(self.delay, attempt), max(MAX_DELAY, self.delay))
                     # a 429: the limiter refuses every attempt until its wait is over
                     wait = max(wait, error.retry_after) * random.uniform(1.0, 1.1)
                     attempt += 1
