@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import stix2
-from pycti import Channel, Identity
 
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
@@ -45,11 +43,13 @@ _STATEMENT_MARKINGS = {
         "TLP:AMBER+STRICT",
     ),
 }
+# stix2's TLP_WHITE ... TLP_RED, as it serialises them (written out: importing stix2 and pycti
+# cost a second and 40 MB per process; tests/test_stix.py compares them with stix2's)
 _STANDARD_MARKINGS = {
-    TLP.WHITE: stix2.TLP_WHITE,
-    TLP.GREEN: stix2.TLP_GREEN,
-    TLP.AMBER: stix2.TLP_AMBER,
-    TLP.RED: stix2.TLP_RED,
+    TLP.WHITE: ("marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9", "white"),
+    TLP.GREEN: ("marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da", "green"),
+    TLP.AMBER: ("marking-definition--f88d31f6-486f-44da-b317-01333bde0b82", "amber"),
+    TLP.RED: ("marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed", "red"),
 }
 
 
@@ -136,7 +136,16 @@ def _build_marking(tlp: TLP) -> dict[str, Any]:
             "x_opencti_definition_type": "TLP",
             "x_opencti_definition": definition,
         }
-    return json.loads(_STANDARD_MARKINGS[tlp].serialize())
+    marking_id, colour = _STANDARD_MARKINGS[tlp]
+    return {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": marking_id,
+        "created": "2017-01-20T00:00:00.000Z",
+        "definition_type": "tlp",
+        "name": f"TLP:{colour.upper()}",
+        "definition": {"tlp": colour},
+    }
 
 
 def _timestamp(epoch_ms: int) -> datetime:
@@ -195,9 +204,16 @@ def _uuid5(kind: str, canonical: str) -> str:
     return f"{kind}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _json_string(text: str) -> str:
+    """A string as canonical JSON writes it (orjson escapes as RFC 8785 does)."""
+    return orjson.dumps(text).decode()
+
+
 @cache
 def _identity_id(name: str) -> str:
-    return Identity.generate_id(name, "individual")
+    """pycti's Identity.generate_id(name, "individual"), written out."""
+    name = _json_string(name.lower().strip())
+    return _uuid5("identity", f'{{"identity_class":"individual","name":{name}}}')
 
 
 def identity_id(user: Mapping[str, Any]) -> str:
@@ -208,7 +224,8 @@ def identity_id(user: Mapping[str, Any]) -> str:
 
 @cache
 def _channel_id(name: str) -> str:
-    return Channel.generate_id(name)
+    """pycti's Channel.generate_id(name), written out."""
+    return _uuid5("channel", f'{{"name":{_json_string(name.lower().strip())}}}')
 
 
 def channel_id(context: ChannelContext) -> str:
