@@ -356,7 +356,13 @@ def _size(text: str) -> int:
 
 
 def _segments_size(segments: Iterable[Segment]) -> int:
-    return sum(s.encoded_size if isinstance(s, Spooled) else _size(s) for s in segments)
+    total = 0
+    for segment in segments:  # a loop, not sum(): measured for every object of every post
+        if isinstance(segment, str):
+            total += len(segment) if segment.isascii() else len(segment.encode("utf-8"))
+        else:
+            total += segment.encoded_size
+    return total
 
 
 def write_segments(segments: Iterable[Segment], handle: Any) -> None:
@@ -463,13 +469,16 @@ def _artifact_object(
 
 
 def _title(message: str) -> str | None:
-    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    stripped = message.strip()
+    first_line = stripped.splitlines()[0] if stripped else ""
     return (first_line[:117] + "...") if len(first_line) > 120 else (first_line or None)
 
 
 def _fates(attachments: list[Attachment]) -> list[str]:
     """What became of each file, for the message's description (the same in every copy). By
     status: a file stored by an earlier delivery keeps its line though not sent again."""
+    if not attachments:
+        return []
     lines = []
     missing = [a for a in attachments if a.status not in (Fate.EMBEDDED, Fate.UPLOADED)]
     if missing:
@@ -641,6 +650,7 @@ class _PostPlan:
     attachments: list[Attachment]
     uploads: list[Upload]
     embedded: list[Attachment]  # in the media-content: what a copy of it must carry too
+    final_size: int = 0  # bytes of `final` in a bundle, separators included
 
 
 def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[Segment]:
@@ -680,8 +690,7 @@ def _plan_post(
     Artifact. A file already uploaded (a post delivered before: redelivery_files) goes as an
     Artifact in either mode."""
     marking = marking_id(tlp)
-    files = unique_names(files)
-    url, author_id = context.permalink(post["id"]), identity_id(author)
+    files = unique_names(files) if files else files
 
     def objects(attachments: list[Attachment]) -> tuple[str, list[str]]:
         message, links = message_objects(post, context, author, attachments, tlp, root_known)
@@ -690,7 +699,7 @@ def _plan_post(
     def entry_size(attachment: Attachment) -> int:
         return _segments_size(_file_entry(attachment, marking, no_trigger_import)) + 1
 
-    if queue:
+    if queue and any(a.path for a in files):  # else nothing to place: no room to measure
         # the post's text and links at their largest: every file an Artifact
         placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
         widest = [replace(a, status=Fate.UPLOADED, **placeholder) if a.path else a for a in files]
@@ -719,6 +728,7 @@ def _plan_post(
     for attachment in files:
         if attachment.status != Fate.UPLOADED or attachment.path is None:
             continue
+        url, author_id = context.permalink(post["id"]), identity_id(author)
         artifact = _artifact_object(attachment, url, author_id, marking)
         carried = _payload_artifact(artifact, attachment)
         if not queue or _segments_size(carried) <= artifact_room:
@@ -734,7 +744,8 @@ def _plan_post(
                     attachment.file_id,
                 )
             )
-    return _PostPlan(artifacts, final, files, uploads, embedded)
+    size = sum(_segments_size(obj) + 2 for obj in final)
+    return _PostPlan(artifacts, final, files, uploads, embedded, size)
 
 
 def with_hashes(attachment: Attachment) -> Attachment:
@@ -769,6 +780,7 @@ class _References:
         self._missing = set(missing)
         self._first_files, self._no_trigger_import = first_files, no_trigger_import
         self._parts: dict[tuple[str, str], Part] = {}
+        self._sizes: dict[tuple[str, str], int] = {}  # of each part in a bundle, separator included
         self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
 
     def author(self, user_id: str) -> Mapping[str, Any]:
@@ -791,6 +803,15 @@ class _References:
 
     def parts(self, keys: list[tuple[str, str]]) -> list[Part]:
         return [self._part(key) for key in keys]
+
+    def size(self, keys: list[tuple[str, str]]) -> int:
+        """Bytes these parts add to a bundle, separators included (measured once each)."""
+        total = 0
+        for key in keys:
+            if key not in self._sizes:
+                self._sizes[key] = _segments_size(self._part(key)) + 2
+            total += self._sizes[key]
+        return total
 
     def _part(self, key: tuple[str, str]) -> Part:
         if key not in self._parts:
@@ -865,8 +886,12 @@ def iter_bundles(
     def plan_of(post: Post) -> _PostPlan:
         """Planned once: a reply's copy of its root needs the root's plan, maybe first."""
         if post["id"] not in plans:
-            identity = refs.parts([("user", post["user_id"])])[0]
-            alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
+            room = artifact_room = max_bytes  # only OpenCTI's messages bound a post's files
+            if queue:
+                alone = refs.needed(post, fresh=True)  # what a bundle of its own holds
+                room = max_bytes - base - refs.size(alone)
+                identity = refs.size([("user", post["user_id"])])
+                artifact_room = max_bytes - _BUNDLE_OVERHEAD - _size(header[0]) - 2 - identity
             plan = _plan_post(
                 post,
                 context,
@@ -874,13 +899,8 @@ def iter_bundles(
                 attachments.get(post["id"], []),
                 tlp,
                 root_known=refs.linkable(post),
-                room=max_bytes - base - sum(_segments_size(part) + 2 for part in alone),
-                artifact_room=max_bytes
-                - _BUNDLE_OVERHEAD
-                - _size(header[0])
-                - 2
-                - _segments_size(identity)
-                - 2,
+                room=room,
+                artifact_room=artifact_room,
                 queue=queue,
                 no_trigger_import=no_trigger_import,
             )
@@ -904,26 +924,21 @@ def iter_bundles(
         refs.present.clear()
         return part
 
-    def references(post: Post) -> tuple[list[tuple[str, str]], list[Part]]:
-        needed = refs.needed(post)
-        return needed, refs.parts(needed)
-
     for post in posts:
-        identity = refs.parts([("user", post["user_id"])])[0]
         plan = plan_of(post)
         del plans[post["id"]]  # only `embedded` is needed once the post is placed
         for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
+            identity = refs.parts([("user", post["user_id"])])[0]
             yield BundlePart(_bundle([[header[0]], identity, artifact]), 3, [], [])
-        needed, extra = references(post)
-        added = extra + plan.final
-        added_size = sum(_segments_size(obj) + 2 for obj in added)
-        too_many = len(header) + len(objects) + len(added) > max_objects
+        needed = refs.needed(post)
+        added_size = refs.size(needed) + plan.final_size
+        too_many = len(header) + len(objects) + len(needed) + len(plan.final) > max_objects
         if carried and (size + added_size > max_bytes or too_many):
             yield flush()
             size = base
-            needed, extra = references(post)
-            added = extra + plan.final
-            added_size = sum(_segments_size(obj) + 2 for obj in added)
+            needed = refs.needed(post)
+            added_size = refs.size(needed) + plan.final_size
+        added = refs.parts(needed) + plan.final
         copied = refs.took(post, needed)
         if copied is not None:  # the post replaces the copy of it a reply brought first
             objects.remove(copied)
