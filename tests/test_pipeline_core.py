@@ -20,8 +20,10 @@ from mattermost_connector.config import TLP
 from mattermost_connector.counts import Counts
 from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
+from mattermost_connector.discards import DISCARDS, Discards
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.pipeline import ChannelPipeline, Services
+from mattermost_connector.pipeline import channel as channel_module
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order, take_new_posts
 from mattermost_connector.state import message_digest
@@ -377,6 +379,7 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
     with pytest.raises(RuntimeError, match="bundle 3 refused"):
         pipeline.load(run, bundles)
     assert [c for _, c in store.recorded] == [bundles[0].cursor, bundles[1].cursor]
+    DISCARDS.wait()  # recorded bundles' files are removed in the background
     assert not bundles[0].path.exists() and bundles[2].path.exists()  # kept for a retry
     assert destination.states == []  # mirrored once per batch, only when it completes
     store.recorded.clear()
@@ -385,6 +388,69 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
     assert [c for _, c in store.recorded] == [b.cursor for b in bundles[2:]]
     (state,) = destination.states
     assert state == {"cursor": bundles[-1].cursor.to_dict(), "updated_at": clock().isoformat()}
+
+
+class StuckDiscards(Discards):
+    """A disk so busy that no file handed over is removed yet."""
+
+    def discard(self, *paths: Path) -> None:
+        with self._lock:
+            self._pending.update(paths)
+
+
+class CountingDestination(FakeDestination):
+    def __init__(self, refuse: int) -> None:
+        super().__init__(refuse)
+        self.sent: list[int] = []
+
+    def send(self, work, text, objects, sequence) -> None:
+        super().send(work, text, objects, sequence)
+        self.sent.append(sequence)
+
+
+def test_a_retried_load_skips_recorded_bundles_whose_files_are_not_removed_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Removing a delivered bundle's file is left to a background thread (discards.py): until
+    it is done the file is still there, and must count as gone, or the retry sends it again."""
+    monkeypatch.setattr(channel_module, "DISCARDS", StuckDiscards())
+    settings = SimpleNamespace(
+        connector=SimpleNamespace(delivery_concurrency=1, delivery_retries=0)
+    )
+    store, destination = FakeStore(), CountingDestination(refuse=3)
+    services = Services(settings, None, store, [destination], None)  # type: ignore[arg-type]
+    pipeline = ChannelPipeline(services)
+    run = channel_run(tmp_path)
+    bundles, cursor = [], run.cursor
+    for n in range(1, 5):
+        path = tmp_path / f"bundle-{n}.json"
+        path.write_text("{}")
+        cursor = cursor.advance(post(n))
+        bundles.append(BundleFile(path, 1, 0, [post(n)], [], cursor, sequence=n))
+    with pytest.raises(RuntimeError, match="bundle 3 refused"):
+        pipeline.load(run, bundles)
+    assert bundles[0].path.exists()  # recorded, its removal still pending
+    destination.refuse = -1
+    pipeline.load(run, bundles)
+    assert destination.sent == [1, 2, 3, 4]  # 3 refused then sent; 1 and 2 not sent again
+    assert [c for _, c in store.recorded] == [b.cursor for b in bundles]
+
+
+def test_a_file_downloaded_again_gets_a_path_of_its_own(tmp_path: Path):
+    """A thread root's file is fetched again for a later batch's copies of the root while its
+    first download may still be waiting for removal in the background: the same path would
+    lose the new download."""
+    from mattermost_connector.attachments import _fetch
+
+    class Client:
+        def download(self, file_id, sink, max_bytes):
+            sink.write(b"bytes")
+            return SimpleNamespace(mime_type="text/plain", size=5, sha256="x")
+
+    info = {"id": "f" * 26, "name": "a.txt", "size": 5}
+    first = _fetch(Client(), info, tmp_path, 100)  # type: ignore[arg-type]
+    again = _fetch(Client(), info, tmp_path, 100)  # type: ignore[arg-type]
+    assert first.path != again.path and first.path.exists() and again.path.exists()
 
 
 class SlowRefusal(FakeDestination):

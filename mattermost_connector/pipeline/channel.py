@@ -37,6 +37,7 @@ from mattermost_connector.config import Settings
 from mattermost_connector.counts import Counts
 from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Destination, Work
+from mattermost_connector.discards import DISCARDS
 from mattermost_connector.errors import (
     AuthenticationError,
     DeliveryError,
@@ -325,11 +326,15 @@ class ChannelPipeline:
                         sequence=sequence,
                     )
                 )
-        finally:
-            for files in attachments.values():
-                for attachment in files:
-                    if attachment.path is not None and attachment.path not in keep:
-                        attachment.path.unlink(missing_ok=True)
+        finally:  # each download has a path of its own: none is written again once dropped
+            DISCARDS.discard(
+                *(
+                    attachment.path
+                    for files in attachments.values()
+                    for attachment in files
+                    if attachment.path is not None and attachment.path not in keep
+                )
+            )
         carried = bundle_cursors(run.cursor, (b.posts for b in written), batch.cursor)
         for bundle, cursor in zip(written, carried, strict=True):
             bundle.cursor = cursor
@@ -353,7 +358,11 @@ class ChannelPipeline:
             recorded.append(bundle)
 
         deliver_in_order(
-            [b for b in bundles if b.path.exists() and not recorded_marker(b.path).exists()],
+            [
+                b
+                for b in bundles
+                if not DISCARDS.gone(b.path) and not recorded_marker(b.path).exists()
+            ],
             lambda bundle: self.send(run, bundle),
             settle,
             self.settings.connector.delivery_concurrency,
@@ -406,11 +415,11 @@ class ChannelPipeline:
         if bundle.cursor is None:  # a post's first parts: kept until its last part moves it
             recorded_marker(bundle.path).touch()
             return
-        bundle.path.unlink(missing_ok=True)
-        for upload in bundle.uploads:
-            upload.path.unlink(missing_ok=True)
-        for destination in self.services.destinations:
-            sent_marker(bundle.path, destination.name).unlink(missing_ok=True)
+        DISCARDS.discard(  # the bundle first: gone for a retried load from now on
+            bundle.path,
+            *(upload.path for upload in bundle.uploads),
+            *(sent_marker(bundle.path, d.name) for d in self.services.destinations),
+        )
 
     def publish_state(self, channel_id: str, cursor: Cursor) -> None:
         """Mirror the cursor where operators look (the connector state in OpenCTI's UI)."""
