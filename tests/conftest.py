@@ -43,6 +43,7 @@ DOMAIN_TESTS = frozenset(
         "test_errors.py",
         "test_home.py",
         "test_live_socket.py",
+        "test_memory.py",
         "test_pipeline_core.py",
         "test_simulator.py",
         "test_state.py",

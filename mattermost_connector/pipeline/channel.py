@@ -52,6 +52,7 @@ from mattermost_connector.mattermost.channels import channel_context, first_impo
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.posts import read_batch
 from mattermost_connector.mattermost.users import UserDirectory
+from mattermost_connector.memory import release_free_memory
 from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.ordered import deliver_in_order
 from mattermost_connector.retries import retry_call
@@ -370,6 +371,7 @@ class ChannelPipeline:
         cursor = next((b.cursor for b in reversed(recorded) if b.cursor is not None), None)
         if cursor is not None and run.kind == RunKind.SYNC:
             self.publish_state(run.channel_id, cursor)
+        release_free_memory()  # the batch is done with: its pages back, not a growing heap
 
     def send(self, run: ChannelRun, bundle: BundleFile) -> None:
         """Files too large for a message first (the bundle links them), then the bundle. An
