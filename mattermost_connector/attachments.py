@@ -17,7 +17,7 @@ from mattermost_connector.stix import Attachment, safe_file_name, with_hashes
 log = logging.getLogger("mattermost_connector.attachments")
 
 # numbers each download: a file fetched again (a thread root's, for a later batch's copies of
-# it) gets a new path, not the one of a copy being removed in the background (discards.py)
+# it) gets a new path, not one being removed in the background (pipeline/discards.py)
 _DOWNLOADS = itertools.count()
 Rows = Mapping[str, list[dict[str, Any]]]  # attachments rows (state store) by post id
 
