@@ -233,7 +233,7 @@ def test_transform_writes_bundles_that_carry_those_cursors(tmp_path: Path):
         connector=SimpleNamespace(
             bundle_max_objects=6, bundle_bytes=10**6, no_trigger_import=False, send_to_queue=True
         ),
-        mattermost=SimpleNamespace(tlp=TLP.GREEN),
+        mattermost=SimpleNamespace(tlp=TLP.GREEN, extract_observables=False),
     )
     users = {"u1": {"id": "u1", "username": "ann", FIRST_NAME: "@ann"}}
     batch.users = users
@@ -488,4 +488,5 @@ def test_a_retried_load_sends_again_only_what_no_attempt_delivered(tmp_path: Pat
     loading.load(services, replace(run), bundles)
     assert destination.sent == [2, 5]
     assert [c for _, c in store.recorded[1:]] == [b.cursor for b in bundles[1:]]
+    DISCARDS.wait()  # removed in the background (pipeline/discards.py)
     assert not list(tmp_path.glob("bundle-*"))  # recorded: files and markers gone
