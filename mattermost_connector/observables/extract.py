@@ -394,9 +394,11 @@ def extract(text: str, filters: Filters = Filters()) -> list[Found]:
     if not candidates:
         return []
     code = _code_spans(text)
-    containers = [(c.start, c.end) for c in candidates if c.name in ("url", "email")]
+    containers = [(c.start, c.end) for c in candidates if c.name in _CONTAINERS]
+    if len(candidates) > 1:
+        candidates.sort(key=_start)
     found: dict[Found, None] = {}
-    for candidate in sorted(candidates, key=lambda c: c.start):
+    for candidate in candidates:
         kind = _TARGETS[candidate.name]
         if kind not in filters.kinds:
             continue
@@ -404,6 +406,13 @@ def extract(text: str, filters: Filters = Filters()) -> list[Found]:
         if item is not None:
             found.setdefault(item)
     return list(found)
+
+
+_CONTAINERS = ("url", "email")  # whose host is no indicator of its own
+
+
+def _start(candidate: _Candidate) -> int:
+    return candidate.start
 
 
 def _judge(
@@ -418,7 +427,7 @@ def _judge(
     """The candidate as an indicator, or None when chat context says it is not one."""
     value, start = candidate.value, candidate.start
     if kind in (IPV4, IPV6):
-        if any(s <= start < e for s, e in containers):
+        if containers and any(s <= start < e for s, e in containers):
             return None  # a URL's host: the URL is the indicator
         if kind == IPV4 and _version(text, candidate):
             return None
