@@ -6,6 +6,7 @@ delivered. Only orchestration lives here: every read, write and request happens 
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import replace
 
 from prefect.futures import PrefectFuture
@@ -31,6 +32,7 @@ from mattermost_prefect.tasks.changes import (
     sweep_batch,
 )
 from mattermost_prefect.tasks.channel import begin_channel, close_channel, open_channel
+from mattermost_prefect.tasks.inline import step
 from mattermost_prefect.tasks.load import advance_cursor, configured_load
 from mattermost_prefect.tasks.locks import LeaseError, release_channel
 from mattermost_prefect.tasks.policy import apply_budget
@@ -69,7 +71,7 @@ def run_channel(
     not answer) is raised, after closing."""
     apply_budget(resources.settings().connector, BUDGETED)
     try:
-        holder, run_id = begin_channel(channel_id, kind, window)
+        holder, run_id = step(begin_channel)(channel_id, kind, window)
     except LeaseError as error:  # before any run history could be written
         return ChannelResult(channel_id, None, kind, RunStatus.FAILED, error=describe(error))
     except Exception as error:  # the state store, after its retries: no history row to close
@@ -81,7 +83,7 @@ def run_channel(
     archived: str | None = None
     failure: str | None = None
     try:
-        run = open_channel(channel_id, run_id, kind, window, start_timestamp)
+        run = step(open_channel)(channel_id, run_id, kind, window, start_timestamp)
         run = take_new_posts(run)
         if kind == RunKind.SYNC:
             run = take_missing_files(run)
@@ -96,7 +98,9 @@ def run_channel(
         release_channel(channel_id, holder)
         raise
     try:
-        result = close_channel(channel_id, holder, run_id, run, kind, failure, archived=archived)
+        result = step(close_channel)(
+            channel_id, holder, run_id, run, kind, failure, archived=archived
+        )
     except Exception as error:  # closing itself failed (the lease is released): say why
         result = ChannelResult(
             channel_id,
@@ -116,7 +120,7 @@ def deliver(
     """Attachments (unless fetched ahead), bundles, then each bundle delivered in order, the
     cursor following."""
     run, bundles = transform(run, batch, attachments)
-    configured_load()(run, quote(bundles))
+    step(configured_load())(run, quote(bundles))
     return run
 
 
@@ -129,8 +133,8 @@ def transform(
     """The batch's bundles, and the run as it stands once they are delivered. `recent`: the
     attachments rows of the batch still loading, not yet in the state store."""
     if attachments is None:
-        attachments = fetch_attachments(run, quote(batch.posts))
-    bundles = transform_batch(run, quote(batch), quote(attachments), quote(recent))
+        attachments = step(fetch_attachments)(run, quote(batch.posts))
+    bundles = step(transform_batch)(run, quote(batch), quote(attachments), quote(recent))
     return run.delivering(bundles), bundles
 
 
@@ -138,19 +142,19 @@ class _Stages:
     """The new-posts pass's stages as Prefect tasks (pipeline.ordered.take_new_posts runs
     them). Large values cross as quote(): unquoted, Prefect walks every post."""
 
-    def read(self, run: ChannelRun, pending: list[dict]) -> PrefectFuture:
-        return read_ahead.submit(run, quote(pending))
+    def read(self, run: ChannelRun, pending: list[dict]) -> PrefectFuture | Future:
+        return step(read_ahead).submit(run, quote(pending))
 
     def transform(
         self, run: ChannelRun, batch: Batch, files: dict[str, list[Attachment]], recent: list[dict]
     ) -> tuple[ChannelRun, list[BundleFile]]:
         return transform(run, batch, files, recent)
 
-    def load(self, run: ChannelRun, bundles: list[BundleFile]) -> PrefectFuture:
-        return configured_load().submit(run, quote(bundles))
+    def load(self, run: ChannelRun, bundles: list[BundleFile]) -> PrefectFuture | Future:
+        return step(configured_load()).submit(run, quote(bundles))
 
     def advance(self, run: ChannelRun, cursor: Cursor) -> None:
-        advance_cursor(run, cursor)
+        step(advance_cursor)(run, cursor)
 
     def progress(self, run: ChannelRun) -> None:
         channel_progress(run)
@@ -164,32 +168,32 @@ def take_new_posts(run: ChannelRun) -> ChannelRun:
 
 def take_missing_files(run: ChannelRun) -> ChannelRun:
     """One pass over posts delivered without some file: a failed download is tried again."""
-    return deliver_changes(run, posts_missing_files(run))
+    return deliver_changes(run, step(posts_missing_files)(run))
 
 
 def take_changes(run: ChannelRun) -> ChannelRun:
     """Re-deliver edited and deleted posts, deliver posts found behind the cursor, then move
     the change watermark to this run."""
     if run.cursor.changes_ms is not None:
-        batch, note = scan_changes(run)
+        batch, note = step(scan_changes)(run)
         # None: `since` was cut at 1000 rows, or the channel counts posts no listing returned:
         # every post is checked instead, and the report says why
         run = reconcile(replace(run, note=note)) if batch is None else deliver_changes(run, batch)
-    return replace(run, cursor=commit_changes(run))
+    return replace(run, cursor=step(commit_changes)(run))
 
 
 def reconcile(run: ChannelRun) -> ChannelRun:
     position = Cursor(boundary_ms=run.start_ms)
     while True:
-        batch = reconcile_batch(run, position)
+        batch = step(reconcile_batch)(run, position)
         run = deliver_changes(run, batch)
         if batch.seen:  # delivered for the first time: listed, so no sweep calls them deleted
-            mark_listed(run, batch.seen)
+            step(mark_listed)(run, batch.seen)
         position = batch.cursor
         if batch.exhausted:
             break
     while True:
-        batch = sweep_batch(run)
+        batch = step(sweep_batch)(run)
         run = deliver_changes(run, batch)
         if batch.exhausted:
             return run

@@ -25,6 +25,9 @@ _PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "mattermost_connector",
     # our loggers also run outside flows (checks, setup): no warning that the API misses them
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # a busy API (the temporary server on SQLite answers 503 while it writes) is waited out:
+    # 7 retries back off 2, 4, ... 128 s (254 s in all; Prefect's default 5 gives 62 s)
+    "PREFECT_CLIENT_MAX_RETRIES": "7",
 }
 
 
