@@ -18,8 +18,6 @@ from contextlib import contextmanager
 from contextvars import ContextVar, copy_context
 from typing import Any
 
-from prefect.utilities.annotations import BaseAnnotation
-
 from mattermost_connector.errors import one_line
 from mattermost_connector.retries import retried
 
@@ -69,8 +67,15 @@ class _Plain:
 def _plain(values: Any) -> Any:
     """Arguments as the task's function would get them: quote() and the like unwrapped."""
     if isinstance(values, dict):
-        return {k: v.unwrap() if isinstance(v, BaseAnnotation) else v for k, v in values.items()}
-    return tuple(v.unwrap() if isinstance(v, BaseAnnotation) else v for v in values)
+        return {name: _unwrapped(value) for name, value in values.items()}
+    return tuple(_unwrapped(value) for value in values)
+
+
+def _unwrapped(value: Any) -> Any:
+    """A Prefect annotation's value (quote, allow_failure), else the value itself."""
+    if type(value).__module__ == "prefect.utilities.annotations":
+        return value.unwrap()
+    return value
 
 
 def retry_delays(task: Any) -> list[float]:

@@ -19,7 +19,6 @@ from uuid import UUID
 
 from mattermost_connector.errors import one_line
 from mattermost_connector.retries import delays
-from mattermost_prefect.tasks import resources
 
 T = TypeVar("T")
 log = logging.getLogger("mattermost_connector.prefect_api")
@@ -40,7 +39,11 @@ def transient(error: BaseException) -> bool:
 def call(action: Callable[[], T], what: str, budget: list[float] | None = None) -> T:
     """`action()`, again after each delay of the run's budget while the Prefect API refuses it
     for a while; the last refusal is raised."""
-    waits = delays(resources.settings().connector) if budget is None else budget
+    if budget is None:
+        from mattermost_prefect.tasks import resources
+
+        budget = delays(resources.settings().connector)
+    waits = budget
     for attempt in range(len(waits) + 1):
         try:
             return action()

@@ -44,6 +44,7 @@ DOMAIN_TESTS = frozenset(
         "test_home.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
+        "test_prefect_calls.py",
         "test_simulator.py",
         "test_state.py",
         "test_stix.py",
