@@ -77,9 +77,8 @@ def mattermost_channel_task(
     are this task run's, for a fraction of a flow run's API round trips."""
     with inline_steps():
         state, _ = channel_outcome(channel_id, kind, window, start_timestamp)
-    # Not renamed once the channel's name is learnt (a first sync of channels listed by id):
-    # Prefect records a task run from the events its engine sends, which would overwrite a
-    # rename made meanwhile. The next run has the name from the state store.
+    # Named before it starts (flows/names.named_before_running): Prefect records a task run
+    # from the events its engine sends, which would overwrite a rename made meanwhile.
     return state
 
 

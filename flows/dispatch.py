@@ -26,7 +26,7 @@ from mattermost_prefect.flows.channel import (
     mattermost_channel_task,
     raise_if_stopping,
 )
-from mattermost_prefect.flows.names import channel_labels, channel_run_name
+from mattermost_prefect.flows.names import channel_labels, channel_run_name, named_before_running
 from mattermost_prefect.tasks import observe, resources
 from mattermost_prefect.tasks.channel import SHARED_RUN
 from mattermost_prefect.tasks.report import start_progress, update_progress
@@ -47,7 +47,11 @@ def run_channels(
     connector = resources.settings().connector
     run_one = dispatched if connector.work_pool else in_process
     progress = start_progress(kind, len(channel_ids))
-    labels = channel_labels(channel_ids)  # one read for all: each run is named after one
+    # one read for all (each run is named after one); on this process, channels never named
+    # are asked for: a task run keeps the name it starts with
+    labels = (
+        channel_labels(channel_ids) if connector.work_pool else named_before_running(channel_ids)
+    )
     stopped = threading.Event()
     results: dict[str, ChannelResult] = {}
     refused: str | None = None

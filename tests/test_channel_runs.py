@@ -99,8 +99,8 @@ def test_channels_run_as_task_runs_of_the_sync_at_most_the_bound_at_once(
     assert parent.state.is_completed()
     assert children == []  # on the embedded default, channels are task runs of the sync
     channel_runs = channel_task_runs(parent.id)
-    # listed by id and never synced: named by id (a task run is not renamed, flows/channel.py)
-    assert sorted(run.name for run in channel_runs) == sorted(c["id"] for c in channels)
+    # listed by id and never synced: named before they start (flows/names.py)
+    assert sorted(run.name for run in channel_runs) == sorted(f"cti/{c['name']}" for c in channels)
     assert all(run.state.is_completed() for run in channel_runs)
     # the sync's run: selection, probe, one task run per channel (its steps are plain calls
     # inside it, tasks/inline.py), the report; before: a flow run per channel and 8-9 task
@@ -114,7 +114,7 @@ def test_channels_run_as_task_runs_of_the_sync_at_most_the_bound_at_once(
     assert children == []
     assert len(task_runs_of(parent.id)) == len(channels) + 3
     names = sorted(run.name for run in channel_task_runs(parent.id))
-    assert names == sorted(f"cti/{c['name']}" for c in channels)  # learnt by the first sync
+    assert names == sorted(f"cti/{c['name']}" for c in channels)
 
 
 def channel_task_runs(flow_run_id: object) -> list[object]:
@@ -182,7 +182,8 @@ def test_a_token_refused_mid_run_stops_the_sync_after_the_channels_running(
     world: World, monkeypatch: pytest.MonkeyPatch
 ):
     """The token revoked once the probe passed: the two channels running at once each stop
-    at their first request, unretried; the third never starts."""
+    at their first request, unretried; the third never starts. The channels were synced once
+    before, so that their names are known (a never-synced channel's is asked for first)."""
     import mattermost_prefect.flows.sync as sync_flow
     from tests.support import TOKEN
 
@@ -190,6 +191,9 @@ def test_a_token_refused_mid_run_stops_the_sync_after_the_channels_running(
     for channel in channels:
         world.populate(channel, 5)
     world.configure(channels, CONNECTOR_CHANNEL_CONCURRENCY="2")
+    world.sync()
+    for channel in channels:
+        world.populate(channel, 2)
     real_run_channels = sync_flow.run_channels
 
     def revoke_then_run(*args, **kwargs):
@@ -205,7 +209,12 @@ def test_a_token_refused_mid_run_stops_the_sync_after_the_channels_running(
 
     assert state.is_failed() and state.message.startswith("run stopped: Mattermost refused")
     assert "check MATTERMOST_TOKEN" in state.message
-    runs = StateStore(f"sqlite:///{world.workdir / 'state.db'}").runs()
+    this_run = str(state.state_details.flow_run_id)
+    runs = [
+        run
+        for run in StateStore(f"sqlite:///{world.workdir / 'state.db'}").runs()
+        if run.flow_run_id == this_run
+    ]
     assert revoke_then_run.requests == len(runs) == 2
     for run in runs:
         assert run.status == "failed" and "check MATTERMOST_TOKEN" in run.error
