@@ -22,13 +22,16 @@ from mattermost_connector.errors import (
     stops_the_run,
 )
 from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_connector.pipeline.run import run_channel
+from mattermost_connector.pipeline.steps import Steps
 from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name
-from mattermost_prefect.flows.pipeline import run_channel
 from mattermost_prefect.flows.quiet import quiet_expected_failures
-from mattermost_prefect.tasks import observe
+from mattermost_prefect.tasks import observe, resources
+from mattermost_prefect.tasks.channel_task import services
 from mattermost_prefect.tasks.inline import inline_steps
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
-from mattermost_prefect.tasks.report import forget_progress
+from mattermost_prefect.tasks.report import channel_progress, forget_progress
+from mattermost_prefect.tasks.steps import prefect_steps
 
 quiet_expected_failures()
 
@@ -53,7 +56,7 @@ def mattermost_channel(
 ) -> State[Any]:
     """One channel's sync (or a backfill's window), holding its lease. Completed with its
     report row, Failed with the row inside a RunFailed, or Failed as TokenRefused."""
-    state, result = channel_outcome(channel_id, kind, window, start_timestamp)
+    state, result = channel_outcome(prefect_steps(), channel_id, kind, window, start_timestamp)
     if result is not None and result.name:  # known now, if the state store did not know it
         name = channel_run_name(channel_id, kind, window, result.name)
         if flow_run.get_id() and flow_run.get_name() != name:
@@ -75,14 +78,16 @@ def mattermost_channel_task(
     """The same channel run as a task run of the sync (the embedded default: flows/dispatch),
     its steps plain calls inside it (tasks/inline.py): the channel's state, logs and progress
     are this task run's, for a fraction of a flow run's API round trips."""
-    with inline_steps():
-        state, _ = channel_outcome(channel_id, kind, window, start_timestamp)
+    connector = resources.settings().connector
+    with inline_steps(services, connector, flow_run.get_id(), channel_progress) as steps:
+        state, _ = channel_outcome(steps, channel_id, kind, window, start_timestamp)
     # Named before it starts (flows/names.named_before_running): Prefect records a task run
     # from the events its engine sends, which would overwrite a rename made meanwhile.
     return state
 
 
 def channel_outcome(
+    steps: Steps,
     channel_id: str,
     kind: RunKind,
     window: tuple[int, int] | None,
@@ -91,7 +96,7 @@ def channel_outcome(
     """The channel run's final state, and its result unless what stopped it stops the whole
     run (a refused token, a server that does not answer: a state named after it)."""
     try:
-        result = run_channel(channel_id, kind, window, start_timestamp)
+        result = run_channel(steps, channel_id, kind, window, start_timestamp)
     except MattermostError as error:  # run_channel raises only what stops the whole run
         if not stops_the_run(error):
             raise

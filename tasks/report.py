@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from uuid import UUID
 
@@ -14,6 +13,7 @@ from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.pipeline.steps import log_progress
 from mattermost_connector.window import iso
 from mattermost_prefect.tasks import observe, resources
 from mattermost_prefect.tasks.inline import inline
@@ -30,9 +30,6 @@ def channel_ids_to_sync(requested: list[str] | None) -> list[str]:
         raise ConfigError(f"channel_ids: {error}") from None
 
 
-log = logging.getLogger("mattermost_connector.progress")
-# flow or task run id -> [progress artifact id, channels done, channels in the run]
-_runs: dict[str, list[Any]] = {}
 _FIRST_BATCH = object()  # a channel's entry before its second batch: no artifact yet
 
 
@@ -47,40 +44,40 @@ def _run_key() -> str:
 def start_progress(kind: RunKind, channels: int = 1) -> UUID | None:
     """The run's progress artifact (a plain call: a task run per update would be noise)."""
     artifact = observe.create_progress(f"Channels done ({kind})", key=f"mattermost-{kind}-progress")
-    _runs[flow_run.get_id() or ""] = [artifact, 0, channels]
+    resources.progress_artifacts()[flow_run.get_id() or ""] = [artifact, 0, channels]
     return artifact
 
 
 def update_progress(artifact_id: UUID | None, done: int, total: int) -> None:
-    _runs.get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
+    resources.progress_artifacts().get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
     observe.update_progress(artifact_id, progress.overall(done, total, 0.0), None)
 
 
 def channel_progress(run: ChannelRun) -> None:
-    """Within a channel: posts done of about how many, in the log and the progress artifact
-    of the channel's run (its task run or flow run), made at its second batch: a channel done
-    in one batch costs no artifact, nor the API calls one takes. A plain call, not a task: a
-    task run per batch would only add noise."""
-    done = run.posts_before + run.counts.posts
-    text = progress.describe(run.context.name, run.kind, run.counts.posts, done, run.total_posts)
-    log.info(text)
+    """Within a channel: posts done of about how many, in the log (steps.log_progress) and
+    the progress artifact of the channel's run (its task run or flow run), made at its second
+    batch: a channel done in one batch costs no artifact, nor the API calls one takes. A
+    plain call, not a task: a task run per batch would only add noise."""
+    text = log_progress(run)
     key = _run_key()
     if not key:
         return
-    entry = _runs.get(key)
+    runs = resources.progress_artifacts()
+    entry = runs.get(key)
     if entry is None:  # the first batch: remembered, no artifact yet
-        _runs[key] = [_FIRST_BATCH, 0, 1]
+        runs[key] = [_FIRST_BATCH, 0, 1]
         return
     if entry[0] is _FIRST_BATCH:
         entry[0] = observe.create_progress(text, key="mattermost-channel-progress")
     artifact, channels_done, channels = entry
+    done = run.posts_before + run.counts.posts
     current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
     observe.update_progress(artifact, progress.overall(channels_done, channels, current), text)
 
 
 def forget_progress() -> None:
     """The end of a channel's run: its progress entry is no longer needed."""
-    _runs.pop(_run_key(), None)
+    resources.progress_artifacts().pop(_run_key(), None)
 
 
 def _position(cursor: dict[str, Any] | None) -> str:
@@ -112,7 +109,7 @@ def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
         }
         for row in report
     ]
-    _runs.pop(flow_run.get_id() or "", None)
+    resources.progress_artifacts().pop(flow_run.get_id() or "", None)
     if rows:
         observe.create_table(
             rows, key=f"mattermost-{kind}-report", description=f"Mattermost {kind}, per channel"

@@ -36,6 +36,7 @@ DOMAIN_TESTS = frozenset(
     {
         "test_amqp.py",
         "test_backdated.py",
+        "test_catalog.py",
         "test_channels.py",
         "test_client.py",
         "test_config.py",
@@ -44,6 +45,7 @@ DOMAIN_TESTS = frozenset(
         "test_home.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
+        "test_pipeline_run.py",
         "test_prefect_calls.py",
         "test_simulator.py",
         "test_state.py",
