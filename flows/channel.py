@@ -95,8 +95,10 @@ def channel_outcome(
 ) -> tuple[State[Any], ChannelResult | None]:
     """The channel run's final state, and its result unless what stopped it stops the whole
     run (a refused token, a server that does not answer: a state named after it)."""
+    completed = False
     try:
         result = run_channel(steps, channel_id, kind, window, start_timestamp)
+        completed = result.ok
     except MattermostError as error:  # run_channel raises only what stops the whole run
         if not stops_the_run(error):
             raise
@@ -104,7 +106,7 @@ def channel_outcome(
         name = TOKEN_REFUSED if isinstance(error, AuthenticationError) else SERVER_UNREACHABLE
         return Failed(name=name, message=reason, data=RunFailed(reason)), None
     finally:
-        forget_progress()
+        forget_progress(completed)
     row = result.row()
     if result.ok:
         return Completed(message=result.summary(), data=row), result

@@ -175,7 +175,10 @@ def start_early() -> None:
     global _server
     if os.environ.get("PREFECT_API_URL") or "prefect" in sys.modules or _server is not None:
         return
-    _server = TemporaryServer().start()
+    try:
+        _server = TemporaryServer().start()
+    except (ImportError, AssertionError):  # Prefect not importable: the command says so later
+        _server = None
 
 
 def use_when_ready() -> None:

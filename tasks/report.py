@@ -75,9 +75,21 @@ def channel_progress(run: ChannelRun) -> None:
     observe.update_progress(artifact, progress.overall(channels_done, channels, current), text)
 
 
-def forget_progress() -> None:
-    """The end of a channel's run: its progress entry is no longer needed."""
-    resources.progress_artifacts().pop(_run_key(), None)
+def forget_progress(completed: bool = False) -> None:
+    """The end of a channel's run: its progress entry is no longer needed; a completed run's
+    artifact reads 100% (a backfill's has no total to count towards, and a sync's total,
+    `total_msg_count`, also counts deleted posts and system messages)."""
+    entry = resources.progress_artifacts().pop(_run_key(), None)
+    if completed and entry is not None and entry[0] is not _FIRST_BATCH:
+        observe.update_progress(entry[0], 100.0, None)
+
+
+def nothing_to_run_progress(kind: RunKind) -> None:
+    """A run whose channels were all found unchanged (no channel run): its progress artifact,
+    done, as every run has one."""
+    observe.create_progress(
+        f"Channels done ({kind})", key=f"mattermost-{kind}-progress", progress=100.0
+    )
 
 
 def _position(cursor: dict[str, Any] | None) -> str:
