@@ -4,17 +4,17 @@ events into channel runs, the witness of changes. And the simulator's WebSocket 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 
 from mattermost_connector.config import MattermostSettings
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.live.announced import AnnouncedPosts, PeriodicCheck
 from mattermost_connector.live.due import DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket, websocket_url
@@ -65,74 +65,6 @@ def received(socket: MattermostSocket, count: int, seconds: float = 5.0) -> list
         if event is not None:
             events.append(event)
     return events
-
-
-# -- the simulator's WebSocket ---------------------------------------------------------------
-
-
-def test_simulator_sends_post_events_to_members_only(sim, world):
-    ws = connect(url(sim), additional_headers={"Authorization": f"Bearer {TOKEN}"})
-    hello = json.loads(ws.recv(timeout=5))
-    assert (hello["event"], hello["seq"]) == ("hello", 0)
-    assert len(hello["data"]["connection_id"]) == 26
-    sim.add_post(world["private"], world["alice"], "not for the reader")
-    post = sim.add_post(world["watched"], world["alice"], "hello")
-    event = json.loads(ws.recv(timeout=5))
-    assert (event["event"], event["seq"]) == ("posted", 1)  # the private post never came
-    assert isinstance(event["data"]["post"], str)  # a JSON string, as the server sends it
-    assert json.loads(event["data"]["post"])["id"] == post["id"]
-    assert event["data"]["channel_name"] == "watched"
-    assert event["data"]["sender_name"] == "@alice"
-    assert event["broadcast"]["channel_id"] == world["watched"]["id"]
-    sim.edit_post(post["id"], "hello again")
-    sim.delete_post(post["id"])
-    edited, deleted = json.loads(ws.recv(timeout=5)), json.loads(ws.recv(timeout=5))
-    assert (edited["event"], edited["seq"]) == ("post_edited", 2)
-    assert json.loads(edited["data"]["post"])["message"] == "hello again"
-    assert (deleted["event"], deleted["seq"]) == ("post_deleted", 3)
-    assert json.loads(deleted["data"]["post"])["delete_at"] == 0  # as read before deleting
-    assert deleted["data"]["delete_by"] == world["alice"]["id"]
-    ws.close()
-
-
-def test_simulator_authentication_challenge_and_refused_token(sim, world):
-    ws = connect(url(sim))
-    ws.send(json.dumps({"seq": 1, "action": "authentication_challenge", "data": {"token": TOKEN}}))
-    answers = [json.loads(ws.recv(timeout=5)) for _ in range(2)]
-    assert {"status": "OK", "seq_reply": 1} in answers
-    assert any(a.get("event") == "hello" for a in answers)
-    ws.close()
-    with pytest.raises(InvalidStatus) as refused:
-        connect(url(sim), additional_headers={"Authorization": "Bearer wrong"})
-    assert refused.value.response.status_code == 401
-
-
-def test_simulator_resumes_within_its_replay_window_only(sim, world):
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    ws = connect(url(sim), additional_headers=headers)
-    connection_id = json.loads(ws.recv(timeout=5))["data"]["connection_id"]
-    sim.add_post(world["watched"], world["alice"], "one")
-    assert json.loads(ws.recv(timeout=5))["seq"] == 1
-    sim.websocket.drop()
-    sim.add_post(world["watched"], world["alice"], "two, while away")
-    # resume asking for seq 1 again: replayed from the dead queue, same seqs, no hello
-    resumed = connect(
-        f"{url(sim)}?connection_id={connection_id}&sequence_number=1", additional_headers=headers
-    )
-    seqs = [json.loads(resumed.recv(timeout=5))["seq"] for _ in range(2)]
-    assert seqs == [1, 2]
-    resumed.close()
-    time.sleep(0.2)
-    # past the replay window: a new connection id, seq 0
-    sim.websocket.replay_seconds = 0.1
-    time.sleep(0.3)
-    late = connect(
-        f"{url(sim)}?connection_id={connection_id}&sequence_number=3", additional_headers=headers
-    )
-    hello = json.loads(late.recv(timeout=5))
-    assert hello["event"] == "hello" and hello["seq"] == 0
-    assert hello["data"]["connection_id"] != connection_id
-    late.close()
 
 
 # -- the socket -------------------------------------------------------------------------------
@@ -317,3 +249,131 @@ def test_witness_is_complete_only_without_a_gap_since_the_last_run_opened(sim, w
     witness.end_scan(channel)
     assert not witness.snapshot(channel).complete
     assert witness.snapshot(channel).posts == {}
+
+
+# -- what the server does that loses events (issue 22) -------------------------------------------
+
+
+def test_listener_resyncs_when_a_seq_skips(sim, world):
+    """The server can skip a seq (an event that fails to encode in writePump): the event it
+    held is lost, so every channel is caught up over REST."""
+    watched, other = world["watched"], world["other"]
+    listener, due, thread = start_listener(sim, [watched["id"], other["id"]])
+    sim.websocket.lose_next(1)
+    sim.add_post(watched, world["alice"], "its event is lost")
+    sim.add_post(other, world["alice"], "its event arrives, one seq too far")
+    found = take_all(due)
+    assert found == {watched["id"]: {RESYNC: 1}, other["id"]: {RESYNC: 1, "posted": 1}}
+    assert listener.resyncs == 1
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_listener_resyncs_when_reaped_soon_after_a_drop(sim, world):
+    """A connection up longer than the reaper's threshold is reaped at its next tick, however
+    recently it dropped: the resume gets a new connection id, and every channel is due."""
+    watched = world["watched"]
+    hub = sim.websocket
+    hub.replay_seconds, hub.reap_interval = 0.4, 0.4
+    listener, due, thread = start_listener(sim, [watched["id"]])
+    time.sleep(0.5)
+    hub.down(10.0)
+    dropped = time.monotonic()
+    next_tick = hub._origin + ((dropped - hub._origin) // 0.4 + 1) * 0.4
+    hub.down_until = next_tick + 0.05  # back up before replay_seconds since the drop
+    sim.add_post(watched, world["alice"], "while away")
+    assert take_all(due) == {watched["id"]: {RESYNC: 1}}
+    assert listener.resyncs == 1
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_listener_waits_what_a_429_on_the_upgrade_asks(sim, world):
+    """The rate limiter wraps the upgrade too: a reconnection meeting a 429 waits its
+    Retry-After instead of trying again at its own short delay."""
+    listener, _due, thread = start_listener(sim, [world["watched"]["id"]], delay=0.05)
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 1.0, 1
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{sim.port}/api/v4",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    while client.get("/users/me").status_code != 429:
+        pass
+    sim.websocket.drop()
+    deadline = time.monotonic() + 8
+    while listener.connections < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listener.connections == 2
+    refused = [r for r in sim.requests if r.path.endswith("/websocket") and r.status == 429]
+    assert 1 <= len(refused) <= 2, len(refused)
+    listener.stop.set()
+    thread.join(5)
+
+
+# -- announced posts: the listing may lag the event (read replicas) ------------------------------
+
+
+def test_an_announced_post_is_looked_for_again_until_a_run_takes_it():
+    clock = Clock()
+    announced = AnnouncedPosts(first_retry=1.0, attempts=3, clock=clock)
+    announced.announce("c", "p", create_at=5_000)
+    behind = Cursor(boundary_ms=4_000)  # the run's listing did not show the post yet
+    assert announced.confirm("c", behind, run_started=0.0) == ["p"]
+    clock.now = 0.9
+    assert announced.due() == []
+    clock.now = 1.0
+    assert announced.due() == ["c"] and announced.due() == []  # once per retry
+    assert announced.confirm("c", behind, run_started=1.0) == ["p"]
+    clock.now = 2.9
+    assert announced.due() == []  # twice as long: 2 s after the second run
+    clock.now = 3.0
+    assert announced.due() == ["c"]
+    past = Cursor(boundary_ms=5_000, boundary_ids=("p",))
+    assert announced.confirm("c", past, run_started=3.0) == []
+    clock.now = 100.0
+    assert announced.due() == [] and announced.waiting("c") == set()
+
+
+def test_an_announced_post_is_given_up_after_its_attempts_and_only_runs_after_it_count():
+    clock = Clock()
+    announced = AnnouncedPosts(first_retry=1.0, attempts=2, clock=clock)
+    clock.now = 10.0
+    announced.announce("c", "p", create_at=5_000)
+    # a run that started before the event came: it is not expected to have taken the post
+    assert announced.confirm("c", None, run_started=9.0) == ["p"]
+    assert announced.next_retry_in() is None
+    for _ in range(2):  # the attempts
+        clock.now += 10.0
+        assert announced.confirm("c", None, run_started=clock.now) == ["p"]
+        assert announced.next_retry_in() is not None
+    clock.now += 10.0
+    assert announced.confirm("c", None, run_started=clock.now) == []  # given up
+    assert announced.waiting("c") == set() and announced.given_up == 1
+
+
+def test_a_deleted_post_is_no_longer_awaited_and_the_listener_announces_new_ones(sim, world):
+    watched = world["watched"]
+    listener, due, thread = start_listener(sim, [watched["id"], world["other"]["id"]])
+    kept = sim.add_post(watched, world["alice"], "kept")
+    gone = sim.add_post(watched, world["alice"], "deleted soon")
+    sim.add_post(world["private"], world["alice"], "not ours")
+    take_all(due)
+    assert listener.announced.waiting(watched["id"]) == {kept["id"], gone["id"]}
+    sim.delete_post(gone["id"])
+    take_all(due)
+    assert listener.announced.waiting(watched["id"]) == {kept["id"]}
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_the_periodic_check_comes_once_a_period():
+    clock = Clock()
+    check = PeriodicCheck(600.0, clock=clock)
+    clock.now = 599.0
+    assert not check.due() and check.next_in() == 1.0
+    clock.now = 600.0
+    assert check.due() and not check.due()
+    clock.now = 1199.0
+    assert not check.due()
+    clock.now = 1200.0
+    assert check.due()
