@@ -51,7 +51,6 @@ DOMAIN_TESTS = frozenset(
         "test_pipeline_core.py",
         "test_pipeline_run.py",
         "test_prefect_calls.py",
-        "test_simulator.py",
         "test_since.py",
         "test_state.py",
         "test_stix.py",
