@@ -229,9 +229,12 @@ def update_post(
     *,
     message: str | None = None,
     attachments: list[dict[str, Any]] | None = None,
+    compares_attachments: bool = True,
 ) -> dict[str, Any]:
     """PUT /posts/{id} by an integration (App.UpdatePost): the props replaced, `edit_at` set
-    when the message or the attachments change, the old version kept as a history row."""
+    when the message or the attachments change, the old version kept as a history row.
+    `compares_attachments=False`: a server from before UpdatePost compared attachments
+    (`AttachmentsEqual`), where a change of attachments alone leaves `edit_at`."""
     with sim._lock:
         post = sim.state.posts[post_id]
         at = sim.now()
@@ -240,8 +243,8 @@ def update_post(
         if attachments is not None:
             new_props["attachments"] = attachments
         changed = message is not None and message != post["message"]
-        if not changed and new_props.get("attachments") != post["props"].get("attachments"):
-            changed = True  # AttachmentsEqual
+        if not changed and compares_attachments:  # AttachmentsEqual
+            changed = new_props.get("attachments") != post["props"].get("attachments")
         history = {**before, "id": sim.new_id(), "original_id": post_id}
         history.update(delete_at=at, update_at=at)
         sim._index(history)
