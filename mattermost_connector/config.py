@@ -102,13 +102,23 @@ def parse_channel_ids(value: object, *, required: bool = True) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-CONFIG_YML = "config.yml"  # in the working directory, like .env
+CONFIG_YML = "config.yml"  # in the working directory, like .env, or beside the entry point
+# The project root, where OpenCTI's connectors look for config.yml beside their main module.
+INSTALL_DIR = Path(__file__).resolve().parents[1]
+
+
+def config_yml() -> Path | None:
+    """The config.yml in use: the working directory's first, then the one beside the code."""
+    for path in (Path(CONFIG_YML), INSTALL_DIR / CONFIG_YML):
+        if path.is_file():
+            return path
+    return None
 
 
 def _yaml_section(section: str) -> dict[str, object]:
     """The `section:` mapping of config.yml (OpenCTI connectors' file layout), or nothing."""
-    path = Path(CONFIG_YML)
-    if not path.is_file():
+    path = config_yml()
+    if path is None:
         return {}
     import yaml
 
@@ -117,12 +127,12 @@ def _yaml_section(section: str) -> dict[str, object]:
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         where = getattr(error, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""
-        raise ConfigError(f"{CONFIG_YML}: not valid YAML{line}") from None
+        raise ConfigError(f"{path}: not valid YAML{line}") from None
     values = data.get(section) if isinstance(data, dict) else None
     if values is None:
         return {}
     if not isinstance(values, dict):
-        raise ConfigError(f"{CONFIG_YML}: `{section}:` must be a mapping of settings")
+        raise ConfigError(f"{path}: `{section}:` must be a mapping of settings")
     return values
 
 
@@ -212,6 +222,14 @@ class ConnectorSettings(_Group):
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _scope(cls, value: object) -> object:
+        """A list (config.yml, the catalog's array) is the comma-separated scope pycti takes."""
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return ",".join(item.strip() for item in value)
+        return value
 
     @field_validator("run_every", mode="before")
     @classmethod

@@ -1,6 +1,7 @@
 """OpenCTI's connector metadata, generated: `python -m mattermost_connector.metadata` (or
 `make metadata`) writes `__metadata__/connector_manifest.json`,
-`__metadata__/connector_config_schema.json` and `config.yml.sample`; `--check` only compares.
+`__metadata__/connector_config_schema.json`,
+`__metadata__/CONNECTOR_CONFIG_DOC.md` and `config.yml.sample`; `--check` only compares.
 
 Laid out as in OpenCTI's connectors repository (external-import connectors, 2026): the
 manifest's fields are the ones its `tests/tests_metadata/test_connector_manifest.py` requires,
@@ -45,15 +46,29 @@ MANAGED = {"CONNECTOR_ID"}
 REQUIRED = ["OPENCTI_URL", "OPENCTI_TOKEN", "MATTERMOST_DOMAIN", "MATTERMOST_TOKEN"]
 # Where the models' types say less than the variable accepts (None: drop the keyword).
 OVERRIDES: dict[str, dict[str, Any]] = {
+    # the catalog's tests (test_connector_config_schema.py) want a URI here
+    "OPENCTI_URL": {"format": "uri"},
+    # pycti takes a comma-separated scope; the catalog declares it a list of strings
+    "CONNECTOR_SCOPE": {"type": "array", "items": {"type": "string"}, "default": ["mattermost"]},
     # the effective schedule when neither is set: CONNECTOR_RUN_EVERY's default
     "CONNECTOR_DURATION_PERIOD": {"type": "string", "format": "duration", "default": "PT1H"},
-    # the original connector's format; OpenCTI's connectors use CONNECTOR_DURATION_PERIOD
+    # the original connector's format, declared as the repository's connectors declare this
+    # deprecated alias (no default of its own: CONNECTOR_DURATION_PERIOD carries it)
     "CONNECTOR_RUN_EVERY": {
         "type": "string",
         "format": None,
         "pattern": "^[0-9]+[smhdSMHD]$",
-        "default": "1h",
+        "default": None,
         "deprecated": True,
+    },
+}
+# Properties with no setting behind them: what the connector manager must see, fixed.
+CONSTANTS: dict[str, dict[str, Any]] = {
+    "CONNECTOR_TYPE": {
+        "const": "EXTERNAL_IMPORT",
+        "default": "EXTERNAL_IMPORT",
+        "description": "Always EXTERNAL_IMPORT: this connector imports from an external source.",
+        "type": "string",
     },
 }
 SCHEMA_ID = "https://www.filigran.io/connectors/mattermost_config.schema.json"
@@ -75,7 +90,8 @@ MANIFEST: dict[str, Any] = {
         "Import Mattermost messages, attachments, authors and threads into OpenCTI, "
         "incrementally, with Prefect."
     ),
-    "logo": None,
+    # where the connectors repository keeps it; __metadata__/logo.png here
+    "logo": "external-import/mattermost/__metadata__/logo.png",
     "use_cases": ["Other"],
     "solution_categories": ["Import, Export & Sharing"],
     "license_type": "Free",
@@ -165,7 +181,12 @@ def config_schema() -> dict[str, Any]:
                 else:
                     schema[keyword] = value
             schema["description"] = descriptions[name]
+            if schema.get("type") == "array":
+                # the catalog's UI cannot show a list without a default (its tests require one)
+                schema.setdefault("default", [])
             properties[name] = dict(sorted(schema.items()))
+            if name == "CONNECTOR_NAME":
+                properties.update(CONSTANTS)
             info = group.model_fields[field]
             if info.is_required() or name in REQUIRED:
                 required.append(name)
@@ -207,6 +228,8 @@ def config_yml_sample() -> str:
                 lines.append(f"  {field}: {json.dumps(EXAMPLES[name])}")
                 continue
             default = schema.get(name, {}).get("default", info.default)
+            if schema.get(name, {}).get("deprecated"):
+                default = None  # shown without a value: its replacement carries the default
             if default is None or default is PydanticUndefined:
                 lines.append(f"  # {field}:")
             else:
@@ -214,12 +237,39 @@ def config_yml_sample() -> str:
     return "\n".join(lines) + "\n"
 
 
+# As the connectors repository's generator writes it (shared/tools/composer/
+# generate_connectors_config_schemas/generate_connector_config_doc.py.sample).
+CONFIG_DOC_DESCRIPTION = (
+    "Below is an exhaustive enumeration of all configurable parameters available, each "
+    "accompanied by detailed explanations of their purposes, default behaviors, and usage "
+    "guidelines to help you understand and utilize them effectively."
+)
+
+
+def config_doc(schema: dict[str, Any]) -> str:
+    """`CONNECTOR_CONFIG_DOC.md`, rendered from the schema by the catalog's own library."""
+    try:
+        import jsonschema_markdown
+    except ImportError:
+        raise MetadataError(
+            "jsonschema-markdown is not installed: install the dev extra (make install)"
+        ) from None
+    return jsonschema_markdown.generate(
+        {**schema, "description": CONFIG_DOC_DESCRIPTION},
+        title="Connector Configurations",
+        hide_empty_columns=True,
+        footer=False,
+    )
+
+
 def rendered() -> dict[Path, str]:
     """Each generated file and the text it must hold."""
     dump = lambda data: json.dumps(data, indent=2, ensure_ascii=False) + "\n"  # noqa: E731
+    schema = config_schema()
     return {
         ROOT / "__metadata__" / "connector_manifest.json": dump(manifest()),
-        ROOT / "__metadata__" / "connector_config_schema.json": dump(config_schema()),
+        ROOT / "__metadata__" / "connector_config_schema.json": dump(schema),
+        ROOT / "__metadata__" / "CONNECTOR_CONFIG_DOC.md": config_doc(schema),
         ROOT / "config.yml.sample": config_yml_sample(),
     }
 

@@ -36,6 +36,7 @@ DOMAIN_TESTS = frozenset(
     {
         "test_amqp.py",
         "test_backdated.py",
+        "test_catalog.py",
         "test_channels.py",
         "test_client.py",
         "test_config.py",

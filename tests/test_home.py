@@ -40,7 +40,7 @@ def test_config_schema_describes_every_variable_as_opencti_lays_it_out():
     jsonschema.Draft202012Validator.check_schema(schema)
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     variables = {name for name, _, _ in metadata.variables()} - {"CONNECTOR_ID"}
-    assert set(schema["properties"]) == variables
+    assert set(schema["properties"]) == variables | set(metadata.CONSTANTS)
     for name, prop in schema["properties"].items():
         assert prop["description"] and "type" in prop and "anyOf" not in prop, name
         assert "title" not in prop, name
