@@ -338,3 +338,58 @@ def test_a_v6_store_gains_the_column_keeping_its_rows(tmp_path):
     assert stored["integration"] is None
     assert render(delivered_version(stored), CREATOR).content == "old"
     assert stale([{**delivered_version(stored), "props": {}}], {"p": stored}) == []
+
+
+def test_a_root_s_copy_and_the_largest_integration_reply_fit_one_queue_message(tmp_path):
+    """The root embeds its files up to its room less REPLY_RESERVE; a reply at every cap
+    (message and attachments' text escaped at 6 bytes a character, LINKS_MAX long links) then
+    fits beside the root's copy with those files."""
+    import random
+
+    from mattermost_connector.stix import Attachment
+
+    rng = random.Random(5)
+    max_bytes = 1_600_000  # a quarter of it is more than REPLY_RESERVE: the reserve binds
+    files = []
+    for index, size in enumerate([103_000] * 10):  # ten: a post's most
+        path = tmp_path / f"r{index}"
+        path.write_bytes(rng.randbytes(size))
+        files.append(Attachment(f"r{index:025d}", f"r{index}.bin", "image/png", size, path))
+    root = {**WEBHOOK_POST, "message": "root"}
+    users = {CREATOR["id"]: CREATOR}
+    (root_part,) = [
+        p
+        for p in iter_bundles(
+            CONTEXT, [root], users, {root["id"]: files}, TLP.AMBER, max_bytes=max_bytes, queue=True
+        )
+        if p.posts
+    ]
+    embedded = [a for _, a in root_part.attachments if a.status == "embedded"]
+    assert 0 < len(embedded) < len(files)
+    worst = "\x01" * 16_383
+    links = [
+        {"title": "t" * 500, "title_link": "https://x.example/" + "a" * 2_000 + str(i)}
+        for i in range(integration_posts.LINKS_MAX)
+    ]
+    reply = {
+        **WEBHOOK_POST,
+        "id": "r" * 26,
+        "root_id": root["id"],
+        "create_at": root["create_at"] + 1,
+        "message": worst,
+        "props": {**WEBHOOK_POST["props"], "attachments": [{"text": worst * 2}, *links]},
+    }
+    parts = list(
+        iter_bundles(
+            CONTEXT,
+            [reply],
+            users,
+            {root["id"]: embedded},
+            TLP.AMBER,
+            roots={root["id"]: root},
+            max_bytes=max_bytes,
+            queue=True,
+        )
+    )
+    assert [part.size <= max_bytes for part in parts] == [True] * len(parts)
+    assert json.loads(parts[-1].json)["objects"]  # the reply and the root's copy, together
