@@ -20,7 +20,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 # Mattermost's own bound on a message (model.PostMessageMaxRunesV2): the attachments' text is
 # kept to as much again, so that a post stays within the room stix.REPLY_RESERVE keeps for it.
@@ -39,6 +39,7 @@ SHOWN_PROPS = (
     "override_icon_url",
     "webhook_display_name",
 )
+_SHOWN_PROPS = frozenset(SHOWN_PROPS)
 _LINK_FIELDS = (  # attachment key -> what the reference is, in display order
     ("author_link", "author"),
     ("title_link", "title"),
@@ -55,8 +56,7 @@ class Link:
     description: str
 
 
-@dataclass(frozen=True)
-class Shown:
+class Shown(NamedTuple):  # a tuple: built for every post, twice for OpenCTI
     """What the analyst sees of a post: its text, notes for the description (who posted it
     really, priority, anything left out), its links and its labels."""
 
@@ -227,9 +227,22 @@ def _props(post: Mapping[str, Any], notes: list[str]) -> Mapping[str, Any]:
     return {}
 
 
+def _plain(post: Mapping[str, Any]) -> bool:
+    """A post with nothing of an integration (most of them): rendered by its message alone,
+    without the work below (run for every post, twice for OpenCTI)."""
+    props, metadata = post.get("props"), post.get("metadata")
+    if metadata and (not isinstance(metadata, Mapping) or metadata.get("priority") is not None):
+        return False
+    if not props:
+        return True
+    return isinstance(props, Mapping) and _SHOWN_PROPS.isdisjoint(props)
+
+
 def render(post: Mapping[str, Any], author: Mapping[str, Any]) -> Shown:
     """The message, then each attachment's text; the links they show; who posted it; its
     priority as a label (`priority:urgent`). A post of a person is its message alone."""
+    if _plain(post) and isinstance(post.get("message") or "", str):
+        return Shown(post.get("message") or "")
     notes: list[str] = []
     links: list[Link] = []
     props = _props(post, notes)
@@ -301,7 +314,7 @@ def digest(post: Mapping[str, Any]) -> str:
     through the API changes it even where the server sets no `edit_at`."""
     message = post.get("message") or ""
     message = message if isinstance(message, str) else _js_string(message)
-    parts = kept(post)
+    parts = None if _plain(post) else kept(post)
     if parts is not None:
         message = f"{message}\x00{encode(parts)}"
     return hashlib.sha256(message.encode("utf-8")).hexdigest()
