@@ -14,6 +14,7 @@ from mattermost_connector.integration_posts import render
 from mattermost_connector.state import POST_COLUMNS, StateStore, post_values
 from mattermost_connector.stix import ChannelContext, iter_bundles, message_objects
 from tests.checks import assert_valid_stix
+from tests.test_state import store_url  # noqa: F401  (SQLite and PostgreSQL)
 
 CONTEXT = ChannelContext(
     channel_id="c" * 26,
@@ -315,10 +316,10 @@ def test_the_state_store_keeps_the_integration_parts(tmp_path):
     assert stale([WEBHOOK_POST], {WEBHOOK_POST["id"]: stored}) == []
 
 
-def test_a_v6_store_gains_the_column_keeping_its_rows(tmp_path):
-    """A store written before integration posts were read: its rows stay, and read back
-    as posts of their message alone."""
-    from tests.test_state import old_store
+def test_a_v6_store_gains_the_column_keeping_its_rows(store_url):  # noqa: F811
+    """A store written before integration posts were read (SQLite and PostgreSQL): its rows
+    stay, and read back as posts of their message alone."""
+    import sqlalchemy as sa
 
     columns = (
         "post_id VARCHAR(64) PRIMARY KEY, channel_id VARCHAR(64) NOT NULL, root_id VARCHAR(64),"
@@ -327,17 +328,27 @@ def test_a_v6_store_gains_the_column_keeping_its_rows(tmp_path):
         " message TEXT NOT NULL, seen_run INTEGER"
     )
     digest = integration_posts.hashlib.sha256(b"old").hexdigest()
-    url = old_store(
-        tmp_path / "v6.db",
-        6,
-        f"CREATE TABLE delivered_posts ({columns})",
-        f"INSERT INTO delivered_posts VALUES ('p', 'c', NULL, 'u', 1, 1, 0, 0, '{digest}', 'old', NULL)",
-    )
-    store = StateStore(url)
+    StateStore(store_url).close()  # every table of the current schema, then back to v6
+    engine = sa.create_engine(store_url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE delivered_posts"))
+        connection.execute(sa.text(f"CREATE TABLE delivered_posts ({columns})"))
+        connection.execute(
+            sa.text(
+                "INSERT INTO delivered_posts VALUES "
+                f"('p', 'c', NULL, 'u', 1, 1, 0, 0, '{digest}', 'old', NULL)"
+            )
+        )
+        connection.execute(sa.text("UPDATE schema_version SET version = 6"))
+    engine.dispose()
+    store = StateStore(store_url)
+    assert store.version() == 7
     stored = store.delivered(["p"])["p"]
     assert stored["integration"] is None
     assert render(delivered_version(stored), CREATOR).content == "old"
     assert stale([{**delivered_version(stored), "props": {}}], {"p": stored}) == []
+    store.record_posts("c", [WEBHOOK_POST])
+    assert store.delivered([WEBHOOK_POST["id"]])[WEBHOOK_POST["id"]]["integration"]
 
 
 def test_a_root_s_copy_and_the_largest_integration_reply_fit_one_queue_message(tmp_path):
