@@ -50,7 +50,7 @@ _LINK_FIELDS = (  # attachment key -> what the reference is, in display order
 
 @dataclass(frozen=True)
 class Link:
-    """A link an attachment shows: its URL, and what it is (`title_link` of attachment 1)."""
+    """A link an attachment shows: its URL, and what it is (`title of attachment 1: ...`)."""
 
     url: str
     description: str
