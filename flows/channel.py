@@ -22,10 +22,11 @@ from mattermost_connector.errors import (
     stops_the_run,
 )
 from mattermost_connector.kinds import RunKind, RunStatus
+from mattermost_connector.pipeline.run import run_channel
 from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name, rename_run
-from mattermost_prefect.flows.pipeline import run_channel
 from mattermost_prefect.flows.quiet import quiet_expected_failures
 from mattermost_prefect.tasks.report import forget_progress
+from mattermost_prefect.tasks.steps import prefect_steps
 
 quiet_expected_failures()
 
@@ -49,7 +50,7 @@ def mattermost_channel(
     """One channel's sync (or a backfill's window), holding its lease. Completed with its
     report row, Failed with the row inside a RunFailed, or Failed as TokenRefused."""
     try:
-        result = run_channel(channel_id, kind, window, start_timestamp)
+        result = run_channel(prefect_steps(), channel_id, kind, window, start_timestamp)
     except MattermostError as error:  # run_channel raises only what stops the whole run
         if not stops_the_run(error):
             raise

@@ -28,7 +28,7 @@ from mattermost_prefect.flows.channel import (
 )
 from mattermost_prefect.flows.names import channel_labels, channel_run_name
 from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.channel import SHARED_RUN
+from mattermost_prefect.tasks.channel_task import SHARED_RUN
 from mattermost_prefect.tasks.report import start_progress, update_progress
 
 Window = tuple[int, int] | None

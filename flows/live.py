@@ -21,11 +21,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import flow, task
+from prefect import Flow, flow, task
 from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
@@ -37,20 +36,20 @@ from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.discovery import discover
-from mattermost_prefect.flows.pipeline import run_channel
+from mattermost_connector.pipeline.run import run_channel
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from mattermost_prefect.tasks.report import publish_report
+from mattermost_prefect.tasks.steps import prefect_steps
 
 log = logging.getLogger("mattermost_connector.live")
 
 CATCH_UP = "catch-up"
-_sessions: dict[str, LiveSession] = {}  # the sessions whose flow runs are running, by id
 
 
 def deliver_channel(channel_id: str) -> ChannelResult:
     """The one place live mode runs a channel's pipeline (holding its lease, like any run)."""
-    return run_channel(channel_id, RunKind.SYNC)
+    return run_channel(prefect_steps(), channel_id, RunKind.SYNC)
 
 
 @task(name="live-delivery", task_run_name="{label}", **TASK_DEFAULTS)
@@ -74,20 +73,25 @@ def live_delivery(channel_ids: list[str], label: str) -> list[dict[str, Any]]:
     return report
 
 
-@flow(
-    name="mattermost-live",
-    flow_run_name="live session {started}",
-    validate_parameters=False,
-    persist_result=False,
-)
-def mattermost_live(session_id: str, started: str, channels: int) -> State[Any]:
-    """One flow run per live session: each delivery is a task run inside it, named after
-    its channels and why (catch-up, events, resync)."""
-    session = _sessions[session_id]
-    session.deliveries_loop()
-    if session.failure:
-        return Failed(message=session.failure)
-    return Completed(message=f"{session.deliveries} deliveries")
+def session_flow(session: LiveSession) -> Flow[..., State[Any]]:
+    """The flow of one live session, built for it (the session is no parameter: Prefect
+    would try to serialise it)."""
+
+    @flow(
+        name="mattermost-live",
+        flow_run_name="live session {started}",
+        validate_parameters=False,
+        persist_result=False,
+    )
+    def mattermost_live(started: str, channels: int) -> State[Any]:
+        """One flow run per live session: each delivery is a task run inside it, named
+        after its channels and why (catch-up, events, resync)."""
+        session.deliveries_loop()
+        if session.failure:
+            return Failed(message=session.failure)
+        return Completed(message=f"{session.deliveries} deliveries")
+
+    return mattermost_live
 
 
 def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
@@ -140,7 +144,6 @@ class LiveSession:
         self.connect_timeout = mattermost.timeout
         self.deliveries = 0  # flow runs started (benchmark, tests)
         self._threads: list[threading.Thread] = []
-        self.session_id = uuid.uuid4().hex
 
     def start(self) -> None:
         resources.keep_connections(True)  # deliveries come seconds apart: reuse HTTP
@@ -152,14 +155,12 @@ class LiveSession:
 
     def _session(self) -> None:
         """The session's flow run, in this thread."""
-        _sessions[self.session_id] = self
         started = datetime.now(tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         try:
-            mattermost_live(self.session_id, started, len(self.channels), return_state=True)
+            session_flow(self)(started, len(self.channels), return_state=True)
         except Exception as error:
             log.error("live session failed: %s", one_line(error))
         finally:
-            _sessions.pop(self.session_id, None)
             self.stop.set()
 
     def deliveries_loop(self) -> None:

@@ -19,15 +19,11 @@ from mattermost_prefect.flows.dispatch import run_channels
 from mattermost_prefect.flows.names import rename_run, sync_name, sync_run_name
 from mattermost_prefect.flows.quiet import quiet_expected_failures
 from mattermost_prefect.tasks import resources
-from mattermost_prefect.tasks.policy import apply_budget
+from mattermost_prefect.tasks.policy import with_budget
 from mattermost_prefect.tasks.probe import probe_all, select_channels
 from mattermost_prefect.tasks.report import publish_report
 
 quiet_expected_failures()
-
-# The run-level tasks before any channel's: the same budget for transient and busy faults as
-# every task of a channel's run (tasks/policy.py), set when a run starts.
-RUN_LEVEL = (select_channels, probe_all)
 
 
 def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = None) -> State[Any]:
@@ -72,11 +68,12 @@ def mattermost_sync(
     probe; each of the others runs in its own flow run, CONNECTOR_CHANNEL_CONCURRENCY at once.
     `start_timestamp` (epoch seconds) replaces MATTERMOST_START_TIMESTAMP for channels never
     synced before."""
-    apply_budget(resources.settings().connector, RUN_LEVEL)
+    # the same budget for transient and busy faults as every task of a channel's run
+    connector = resources.settings().connector
     try:
-        selection = select_channels(channel_ids)
+        selection = with_budget(select_channels, connector)(channel_ids)
         rename_run(sync_name(selection.channel_ids))
-        probed = probe_all(quote(selection), start_timestamp)
+        probed = with_budget(probe_all, connector)(quote(selection), start_timestamp)
     except Exception as error:  # the token, a team, the server, the state store: the run's
         message = one_line(error)
         return Failed(message=message, data=RunFailed(message))

@@ -31,29 +31,23 @@ HEARTBEAT_S = 10
 MAX_IDLE_S = HEARTBEAT_S / 2
 
 
-class RefusalLimit:
-    """Wraps a pika channel: a refused publish (nack, unroutable) is retried here a bounded
-    number of times, then fails the delivery. pycti's own loop would retry every 10 s forever
-    and hang the run."""
+class OneAttempt:
+    """Wraps a pika channel: a refused publish (nack, unroutable) fails the delivery at once,
+    a busy fault. The load step's retries re-send it, the one retry level for a refused
+    bundle; pycti's own loop would retry every 10 s forever and hang the run."""
 
-    def __init__(self, channel: Any, attempts: int, delay: float) -> None:
-        self._channel, self._attempts, self._delay = channel, attempts, delay
+    def __init__(self, channel: Any) -> None:
+        self._channel = channel
 
     def basic_publish(self, **kwargs: Any) -> Any:
         from pika.exceptions import NackError, UnroutableError
 
-        for attempt in range(self._attempts):
-            try:
-                return self._channel.basic_publish(**kwargs)
-            except (NackError, UnroutableError) as error:
-                log.warning(
-                    "RabbitMQ refused a bundle (%s), attempt %d", type(error).__name__, attempt + 1
-                )
-                if attempt + 1 < self._attempts:
-                    time.sleep(self._delay * 2**attempt)
-        raise DeliveryError(
-            f"RabbitMQ refused the bundle {self._attempts} times (nack)", fault=Fault.BUSY
-        )
+        try:
+            return self._channel.basic_publish(**kwargs)
+        except (NackError, UnroutableError) as error:
+            raise DeliveryError(
+                f"RabbitMQ refused the bundle ({type(error).__name__})", fault=Fault.BUSY
+            ) from None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._channel, name)
@@ -101,9 +95,8 @@ class Publisher:
     to one open connection per concurrent sender. Not tied to threads: a connection is used by
     one sender at a time, then handed back."""
 
-    def __init__(self, helper: Any, attempts: int, delay: float) -> None:
+    def __init__(self, helper: Any) -> None:
         self._helper = helper
-        self._attempts, self._delay = attempts, delay
         self._idle: list[_Link] = []
         self._lock = threading.Lock()
 
@@ -113,7 +106,7 @@ class Publisher:
         config = self._helper.connector_config
         link = self._take()
         try:
-            RefusalLimit(link.channel, self._attempts, self._delay).basic_publish(
+            OneAttempt(link.channel).basic_publish(
                 exchange=config["push_exchange"],
                 routing_key=config["push_routing"],
                 body=body,

@@ -29,11 +29,12 @@ class ChannelRun:
     cursor_key: str = ""  # the channel id for a sync; a backfill keeps its own per window
     end_ms: int | None = None  # a backfill stops before this creation time
     cursor_before: Cursor | None = None  # where the run opened
-    msg_count: int = 0  # the channel's total_msg_count when this run opened it
+    # the channel's total_msg_count when the run opened it: an estimate of its posts, and what
+    # the changes pass compares with the next run's count
+    total_posts: int = 0
     listed: int = 0  # posts listed by the new-posts pass that this count grew by (see changes)
     ahead: int = 0  # and those listed that it does not have yet: the next run's count will
     counts: Counts = field(default_factory=Counts)
-    total_posts: int = 0  # the channel's total_msg_count when the run began: an estimate
     posts_before: int = 0  # delivered by earlier runs (of this cursor)
     note: str | None = None  # why every post was checked (changes.FULL_CHECK_REASONS)
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from mattermost_connector.amqp import Publisher, RefusalLimit, plain_publish, queue_message
+from mattermost_connector.amqp import OneAttempt, Publisher, plain_publish, queue_message
 from mattermost_connector.config import Settings
 from mattermost_connector.errors import DeliveryError, Fault, fault_of, local_fault, one_line
 from mattermost_connector.retries import retry_call
@@ -107,10 +107,6 @@ class DirectoryDestination:
         """The directory keeps no state; the state store holds the cursors."""
 
 
-_helpers: dict[tuple[str, str], Any] = {}
-_helpers_lock = threading.Lock()
-
-
 def _helper_config(settings: Settings) -> dict[str, Any]:
     opencti, connector = settings.opencti, settings.connector
     assert opencti.url and opencti.token and connector.id  # checked by load_settings
@@ -134,42 +130,32 @@ def _helper_config(settings: Settings) -> dict[str, Any]:
 def _helper_class() -> type:
     from pycti import OpenCTIConnectorHelper  # heavy import, only when delivering
 
-    class BoundedPublishHelper(OpenCTIConnectorHelper):
-        publish_attempts = 3
-        publish_delay = 1.0
-
+    class OneAttemptHelper(OpenCTIConnectorHelper):
         def _send_bundle(self, channel: Any, bundle: str, **kwargs: Any) -> None:
-            limited = RefusalLimit(channel, self.publish_attempts, self.publish_delay)
-            return super()._send_bundle(limited, bundle, **kwargs)
+            return super()._send_bundle(OneAttempt(channel), bundle, **kwargs)
 
-    return BoundedPublishHelper
+    return OneAttemptHelper
 
 
 def opencti_helper(settings: Settings) -> Any:
-    """Register the connector once per process and keep the helper for every later run."""
-    key = (settings.opencti.url or "", str(settings.connector.id))
-    with _helpers_lock:
-        if key not in _helpers:
-            hook, root = sys.excepthook, logging.getLogger()
-            handlers, level = list(root.handlers), root.level
-            quiet_libraries(settings.mattermost.debug, settings.connector.name)
-            try:
-                helper = _helper_class()(_helper_config(settings))
-                helper.publish_attempts = settings.connector.delivery_retries + 1
-                helper.publish_delay = settings.connector.delivery_retry_delay
-                _helpers[key] = helper
-            except Exception as error:  # pycti raises bare ValueErrors and requests errors
-                raise DeliveryError(
-                    f"cannot register with OpenCTI at {settings.opencti.url}: "
-                    f"{one_line(error, settings.secrets, limit=300)}"
-                ) from None
-            finally:
-                sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
-                quiet_libraries(settings.mattermost.debug, settings.connector.name)
-                if not settings.mattermost.debug:  # pycti's JSON root handler replaced ours
-                    root.handlers[:] = handlers
-                    root.setLevel(level)
-        return _helpers[key]
+    """Register the connector with the platform: once per destination, which keeps the
+    helper for every later run of the process."""
+    hook, root = sys.excepthook, logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quiet_libraries(settings.mattermost.debug, settings.connector.name)
+    try:
+        return _helper_class()(_helper_config(settings))
+    except Exception as error:  # pycti raises bare ValueErrors and requests errors
+        raise DeliveryError(
+            f"cannot register with OpenCTI at {settings.opencti.url}: "
+            f"{one_line(error, settings.secrets, limit=300)}"
+        ) from None
+    finally:
+        sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
+        quiet_libraries(settings.mattermost.debug, settings.connector.name)
+        if not settings.mattermost.debug:  # pycti's JSON root handler replaced ours
+            root.handlers[:] = handlers
+            root.setLevel(level)
 
 
 def quiet_libraries(debug: bool, connector_name: str) -> None:
@@ -179,13 +165,6 @@ def quiet_libraries(debug: bool, connector_name: str) -> None:
     level = logging.DEBUG if debug else logging.CRITICAL
     for name in ("pika", "api", "urllib3", connector_name):
         logging.getLogger(name).setLevel(level)
-
-
-def forget_helpers() -> None:
-    """Drop registered helpers (a configuration change; tests). The platform keeps the
-    registration: a new helper registers the same connector id again."""
-    with _helpers_lock:
-        _helpers.clear()
 
 
 ADD_EXPECTATIONS = """
@@ -234,10 +213,7 @@ class OpenCTIDestination:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._helper = opencti_helper(settings)
-        # the same bound on refused publishes as pycti's path (set on the helper)
-        self._publisher = Publisher(
-            self._helper, self._helper.publish_attempts, self._helper.publish_delay
-        )
+        self._publisher = Publisher(self._helper)
         self._uploader: ArtifactUploader | None = None
         self._uploader_lock = threading.Lock()
         self.expectations = Expectations()

@@ -18,23 +18,36 @@ RETRIED = frozenset({Fault.TRANSIENT, Fault.BUSY})
 log = logging.getLogger("mattermost_connector.retries")
 
 
+def backoff(delay: float, attempt: int) -> float:
+    """The wait before retry `attempt` (0 first): `delay`, doubling. Every retry loop of the
+    connector (this budget, the Mattermost client, the live listener) waits this long, give
+    or take its own cap and jitter."""
+    return delay * 2**attempt
+
+
 def delays(connector: ConnectorSettings) -> list[float]:
     """One delay per retry, doubling: 10, 20, 40 s by default (70 s in all)."""
-    return [connector.delivery_retry_delay * 2**n for n in range(connector.delivery_retries)]
+    return [backoff(connector.delivery_retry_delay, n) for n in range(connector.delivery_retries)]
 
 
 def retried(error: BaseException) -> bool:
     return fault_of(error) in RETRIED
 
 
-def retry_call(action: Callable[[], T], connector: ConnectorSettings, what: str) -> T:
-    """`action()`, again after each delay while it fails with a transient or busy fault."""
+def retry_call(
+    action: Callable[[], T],
+    connector: ConnectorSettings,
+    what: str,
+    retry_on: Callable[[Exception], bool] = retried,
+) -> T:
+    """`action()`, again after each delay while it fails with a fault `retry_on` accepts
+    (by default a transient or busy one)."""
     budget = delays(connector)
     for attempt in range(len(budget) + 1):
         try:
             return action()
         except Exception as error:
-            if attempt == len(budget) or not retried(error):
+            if attempt == len(budget) or not retry_on(error):
                 raise
             log.info(
                 "%s: %s; again in %gs",

@@ -17,7 +17,6 @@ every other step.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 from prefect.cache_policies import NO_CACHE
@@ -30,21 +29,21 @@ from mattermost_connector.retries import delays, retried
 TASK_DEFAULTS: dict[str, Any] = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
-def retrying(*delays: float) -> dict[str, Any]:
-    """Task options: one retry per delay (seconds) for a transient or busy fault, no caching.
-    `with_budget` replaces the delays with the configured budget when the task is called."""
+def budget(connector: ConnectorSettings) -> dict[str, Any]:
+    """Task options: the configured budget (CONNECTOR_DELIVERY_RETRIES, _RETRY_DELAY,
+    doubling) for a transient or busy fault, and only for those (`retryable`)."""
+    delays_s = delays(connector)
     return {
-        "retries": len(delays),
-        "retry_delay_seconds": list(delays),
+        "retries": len(delays_s),
+        "retry_delay_seconds": delays_s,
         "retry_condition_fn": retryable,
-        **TASK_DEFAULTS,
     }
 
 
 def with_budget(task: Any, connector: ConnectorSettings) -> Any:
-    """`task` with the configured budget (CONNECTOR_DELIVERY_RETRIES, _RETRY_DELAY)."""
-    budget = delays(connector)
-    return task.with_options(retries=len(budget), retry_delay_seconds=budget)
+    """A copy of `task` with the configured budget (tasks are declared before settings are
+    read, so the budget is applied when a run calls them)."""
+    return task.with_options(**budget(connector))
 
 
 def retryable(task: Any, task_run: Any, state: Any) -> bool:
@@ -54,14 +53,3 @@ def retryable(task: Any, task_run: Any, state: Any) -> bool:
     except Exception as error:
         return retried(error)
     return True
-
-
-def apply_budget(connector: ConnectorSettings, tasks: Iterable[Any]) -> None:
-    """Give every task of a channel's run the configured budget for transient and busy
-    faults, and the retry condition that leaves local and permanent ones alone. Tasks are
-    declared before settings are read, so the budget is set when a run starts."""
-    budget = delays(connector)
-    for each in tasks:
-        each.retries = len(budget)
-        each.retry_delay_seconds = list(budget)
-        each.retry_condition_fn = retryable

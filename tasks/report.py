@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 from uuid import UUID
 
@@ -19,6 +18,7 @@ from mattermost_connector.channel_run import ChannelResult, ChannelRun
 from mattermost_connector.config import parse_channel_ids
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.pipeline.steps import log_progress
 from mattermost_connector.window import iso
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
@@ -34,41 +34,37 @@ def channel_ids_to_sync(requested: list[str] | None) -> list[str]:
         raise ConfigError(f"channel_ids: {error}") from None
 
 
-log = logging.getLogger("mattermost_connector.progress")
-# flow run id -> [progress artifact id, channels done, channels in the run]
-_runs: dict[str, list[Any]] = {}
-
-
 def start_progress(kind: RunKind, channels: int = 1) -> UUID:
     """The run's progress artifact (a plain call: a task run per update would be noise)."""
     artifact = create_progress_artifact(
         0.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
     )
-    _runs[flow_run.get_id() or ""] = [artifact, 0, channels]
+    resources.progress_artifacts()[flow_run.get_id() or ""] = [artifact, 0, channels]
     return artifact
 
 
 def update_progress(artifact_id: UUID, done: int, total: int) -> None:
-    _runs.get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
+    resources.progress_artifacts().get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
     update_progress_artifact(artifact_id, progress.overall(done, total, 0.0))
 
 
 def channel_progress(run: ChannelRun) -> None:
-    """Within a channel: posts done of about how many, in the log and the progress artifact
-    of the channel's flow run, made at its first batch (a channel with nothing new costs no
-    artifact). A plain call, not a task: a task run per batch would only add noise."""
-    done = run.posts_before + run.counts.posts
-    text = progress.describe(run.context.name, run.kind, run.counts.posts, done, run.total_posts)
-    log.info(text)
+    """Within a channel: posts done of about how many, in the log (steps.log_progress) and
+    the progress artifact of the channel's flow run, made at its first batch (a channel
+    with nothing new costs no artifact). A plain call, not a task: a task run per batch
+    would only add noise."""
+    text = log_progress(run)
+    runs = resources.progress_artifacts()
     run_id = flow_run.get_id()
-    if run_id and run_id not in _runs:
+    if run_id and run_id not in runs:
         artifact = create_progress_artifact(
             0.0, key="mattermost-channel-progress", description=text
         )
-        _runs[run_id] = [artifact, 0, 1]
-    entry = _runs.get(run_id or "")
+        runs[run_id] = [artifact, 0, 1]
+    entry = runs.get(run_id or "")
     if entry is not None:
         artifact, channels_done, channels = entry
+        done = run.posts_before + run.counts.posts
         current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
         update_progress_artifact(
             artifact, progress.overall(channels_done, channels, current), description=text
@@ -77,7 +73,7 @@ def channel_progress(run: ChannelRun) -> None:
 
 def forget_progress() -> None:
     """The end of a channel's flow run: its progress entry is no longer needed."""
-    _runs.pop(flow_run.get_id() or "", None)
+    resources.progress_artifacts().pop(flow_run.get_id() or "", None)
 
 
 def _position(cursor: dict[str, Any] | None) -> str:
@@ -109,7 +105,7 @@ def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
         }
         for row in report
     ]
-    _runs.pop(flow_run.get_id() or "", None)
+    resources.progress_artifacts().pop(flow_run.get_id() or "", None)
     if rows:
         create_table_artifact(
             rows, key=f"mattermost-{kind}-report", description=f"Mattermost {kind}, per channel"

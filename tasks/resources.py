@@ -1,5 +1,6 @@
-"""Process-wide resources the tasks share: settings, HTTP client, state store, destinations.
-The only place singletons live: tasks hand them to the domain as `Services`.
+"""Process-wide resources the tasks share: settings, HTTP client, state store, destinations,
+the outcomes a closed run could not write yet, and the progress artifacts of running flow
+runs. The only place singletons live: tasks hand them to the domain as `Services`.
 
 Tasks receive references (channel ids, cursors), never clients: Prefect would try to hash them.
 """
@@ -7,14 +8,15 @@ Tasks receive references (channel ids, cursors), never clients: Prefect would tr
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from mattermost_connector.config import Settings, load_settings
-from mattermost_connector.delivery import Destination, destinations, forget_helpers
+from mattermost_connector.delivery import Destination, destinations
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
-from mattermost_connector.pipeline import ChannelPipeline, Services
+from mattermost_connector.pipeline.services import Services, UnwrittenOutcomes
 from mattermost_connector.redact import mask_secrets_in_logs
 from mattermost_connector.state import StateStore
 
@@ -70,11 +72,20 @@ def services(run_key: str) -> Services:
         destinations=outputs(),
         users=users(run_key),
         witness=_cache.get("witness"),
+        unwritten=_get("unwritten", UnwrittenOutcomes),
     )
 
 
-def pipeline(run_key: str) -> ChannelPipeline:
-    return ChannelPipeline(services(run_key))
+def step_tasks(build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """The pipeline's steps as Prefect tasks (tasks/steps.py), built once per configuration:
+    building them costs milliseconds a channel would pay each run."""
+    return _get("step-tasks", build)
+
+
+def progress_artifacts() -> dict[str, list[Any]]:
+    """Flow run id -> [progress artifact id, channels done, channels in the run], for the
+    runs in progress in this process (tasks/report.py)."""
+    return _get("progress", dict)
 
 
 def keep_connections(keep: bool) -> None:
@@ -107,4 +118,3 @@ def reset() -> None:
         if "store" in _cache:
             _cache["store"].close()
         _cache.clear()
-        forget_helpers()

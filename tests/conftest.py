@@ -46,6 +46,7 @@ DOMAIN_TESTS = frozenset(
         "test_integration_posts.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
+        "test_pipeline_run.py",
         "test_simulator.py",
         "test_simulator_webhooks.py",
         "test_state.py",

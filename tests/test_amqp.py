@@ -99,7 +99,7 @@ def test_the_message_is_the_one_pycti_publishes(helper: Any, push_queue: str):
         no_split=True,
     )
     (theirs,) = recorder.published
-    publisher = Publisher(helper, attempts=1, delay=0)
+    publisher = Publisher(helper)
     publisher.publish(queue_message(helper, BUNDLE, "work-1"))
     publisher.close()
     ((method, properties, body),) = received(push_queue)
@@ -112,7 +112,7 @@ def test_the_message_is_the_one_pycti_publishes(helper: Any, push_queue: str):
 def test_one_connection_serves_consecutive_bundles_and_is_closed_after(
     helper: Any, push_queue: str, connections: list
 ):
-    publisher = Publisher(helper, attempts=1, delay=0)
+    publisher = Publisher(helper)
     for _ in range(12):
         publisher.publish(queue_message(helper, BUNDLE, None))
     assert len(connections) == 1 and connections[0].is_open
@@ -127,7 +127,7 @@ def test_an_idle_connection_is_replaced_not_reused(
     """RabbitMQ drops a connection that missed two heartbeats; an idle blocking connection
     sends none. One idle too long is closed and a new one opened."""
     monkeypatch.setattr(amqp, "MAX_IDLE_S", 0.0)
-    publisher = Publisher(helper, attempts=1, delay=0)
+    publisher = Publisher(helper)
     for _ in range(3):
         publisher.publish(queue_message(helper, BUNDLE, None))
     assert len(connections) == 3
@@ -137,7 +137,7 @@ def test_an_idle_connection_is_replaced_not_reused(
 
 
 def test_a_connection_that_failed_is_not_reused(helper: Any, push_queue: str, connections: list):
-    publisher = Publisher(helper, attempts=1, delay=0)
+    publisher = Publisher(helper)
     publisher.publish(queue_message(helper, BUNDLE, None))
     exchange = helper.connector_config["push_exchange"]
     helper.connector_config["push_exchange"] = "no-such-exchange"  # the broker closes the channel
@@ -169,4 +169,50 @@ def test_a_socket_closed_while_connecting_is_an_unreachable_broker(monkeypatch):
         config={},
     )
     with pytest.raises(AMQPConnectionError, match="getpeername"):
-        Publisher(helper, 1, 0.0).publish(b"{}")
+        Publisher(helper).publish(b"{}")
+
+
+def test_a_refused_publish_is_tried_once_and_fails_as_busy(monkeypatch):
+    """One retry level for a refused bundle: the publisher makes a single attempt and raises
+    a busy fault, which the load step's retries own (a second level here would multiply
+    them: 16 publishes at the defaults)."""
+    from types import SimpleNamespace
+
+    from pika.exceptions import NackError
+
+    from mattermost_connector.errors import DeliveryError, Fault, fault_of
+
+    publishes: list[dict] = []
+
+    class Refusing:
+        is_open = True
+
+        def channel(self) -> Refusing:
+            return self
+
+        def confirm_delivery(self) -> None:
+            pass
+
+        def basic_publish(self, **kwargs: Any) -> None:
+            publishes.append(kwargs)
+            raise NackError([])
+
+        def close(self) -> None:
+            self.is_open = False
+
+    monkeypatch.setattr(pika, "BlockingConnection", lambda _parameters: Refusing())
+    connection = {"host": "127.0.0.1", "port": 5672, "vhost": "/", "user": "guest"}
+    helper = SimpleNamespace(
+        connector_config={
+            "connection": {**connection, "pass": "guest", "use_ssl": False},
+            "push_exchange": "push",
+            "push_routing": "push.key",
+        },
+        config={},
+    )
+    publisher = Publisher(helper)
+    for attempt in range(1, 4):  # each of the load's attempts publishes exactly once
+        with pytest.raises(DeliveryError, match="RabbitMQ refused the bundle") as refused:
+            publisher.publish(b"{}")
+        assert fault_of(refused.value) == Fault.BUSY
+        assert len(publishes) == attempt

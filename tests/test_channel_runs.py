@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mattermost_connector.pipeline import ChannelPipeline
+from mattermost_connector.pipeline import lifecycle
 from mattermost_connector.state import StateStore
 from tests.mattermost_sim import MattermostSimulator
 from tests.support import World
@@ -70,26 +70,26 @@ def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
     running: set[str] = set()
     peak: list[int] = [0]
     guard = threading.Lock()
-    real_open = ChannelPipeline.open
+    real_open = lifecycle.channel_context  # the first thing opening a channel does
 
-    def slow_open(self, channel_id, *args, **kwargs):
+    def slow_open(client, channel_id, *args, **kwargs):
         with guard:
             running.add(channel_id)
             peak[0] = max(peak[0], len(running))
         time.sleep(3)  # longer than starting a subflow on a loaded SQLite test server
-        return real_open(self, channel_id, *args, **kwargs)
+        return real_open(client, channel_id, *args, **kwargs)
 
-    real_close = ChannelPipeline.close
+    real_close = lifecycle.close
 
-    def close(self, channel_id, *args, **kwargs):
+    def close(services, channel_id, *args, **kwargs):
         try:
-            return real_close(self, channel_id, *args, **kwargs)
+            return real_close(services, channel_id, *args, **kwargs)
         finally:
             with guard:
                 running.discard(channel_id)
 
-    monkeypatch.setattr(ChannelPipeline, "open", slow_open)
-    monkeypatch.setattr(ChannelPipeline, "close", close)
+    monkeypatch.setattr(lifecycle, "channel_context", slow_open)
+    monkeypatch.setattr(lifecycle, "close", close)
     report = world.sync()
 
     assert peak[0] == 2
@@ -123,9 +123,9 @@ def test_a_channel_another_process_holds_is_run_only_once_it_is_released(
 ):
     """A lease held elsewhere (a backfill, another machine) keeps the channel's run waiting,
     while the other channels go ahead concurrently."""
-    from mattermost_prefect.tasks import locks
+    from mattermost_connector.pipeline import lease
 
-    monkeypatch.setattr(locks, "POLL_SECONDS", 0.1)
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.1)
     held, *others = [world.channel(f"ops-{n}") for n in range(4)]
     for channel in (held, *others):
         world.populate(channel, 20)

@@ -4,7 +4,6 @@ channel leases, the scheduled deployment, the configuration table, and logs kept
 
 from __future__ import annotations
 
-import logging
 import re
 import threading
 import time
@@ -150,25 +149,28 @@ def test_a_run_longer_than_its_lease_keeps_the_channel_while_another_waits(
 ):
     """The holder renews its lease every third of it: a second run waits however long the
     first one takes, and starts as soon as it releases the channel."""
-    from mattermost_prefect.tasks import locks, resources
+    from mattermost_connector.pipeline import lease
+    from mattermost_prefect.tasks import resources
 
-    monkeypatch.setattr(locks, "LEASE_SECONDS", 0.6)
-    monkeypatch.setattr(locks, "POLL_SECONDS", 0.05)
-    monkeypatch.setattr(locks, "get_run_logger", lambda: logging.getLogger("test"))
+    monkeypatch.setattr(lease, "LEASE_SECONDS", 0.6)
+    monkeypatch.setattr(lease, "POLL_SECONDS", 0.05)
     channel = "c" * 26
-    first = locks.acquire_channel(channel)
-    second: list[str] = []
+    store, connector = resources.store(), resources.settings().connector
+    held = lease.acquire(store, connector, channel, "first")
+    first = held.holder
+    second: list[lease.HeldLease] = []
     waiter = threading.Thread(
-        target=lambda: second.append(locks.acquire_channel(channel)), daemon=True
+        target=lambda: second.append(lease.acquire(store, connector, channel, "second")),
+        daemon=True,
     )
     waiter.start()
     time.sleep(0.6 * 4)  # four leases long
     assert not second, "the competing run took a channel still in use"
     assert resources.store().lease_holder(channel)[0] == first
-    locks.release_channel(channel, first)
+    held.release()
     waiter.join(5)
-    assert second and resources.store().lease_holder(channel)[0] == second[0]
-    locks.release_channel(channel, second[0])
+    assert second and resources.store().lease_holder(channel)[0] == second[0].holder
+    second[0].release()
 
 
 def test_the_scheduled_sync_runs_every_run_every_and_drops_a_run_that_would_overlap(

@@ -16,9 +16,9 @@ import pytest
 
 from mattermost_connector.config import MIB
 from mattermost_connector.mattermost.client import PER_PAGE
+from mattermost_connector.pipeline.new_posts import BATCH_POSTS
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
-from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.checks import objects_by_id, queue_messages, worker_reports
 from tests.conftest import CONNECTOR_ID, OPENCTI_TOKEN
 from tests.fake_opencti import FakeOpenCTI

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from mattermost_connector.amqp import Publisher
 from mattermost_connector.delivery import OpenCTIDestination
 from mattermost_connector.kinds import RunStatus
-from mattermost_connector.pipeline import ChannelPipeline
+from mattermost_connector.pipeline import lifecycle, loading
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
 from tests.checks import delivered_messages, queue_messages
@@ -208,8 +208,6 @@ def test_platform_answering_500_leaves_exact_expectations_and_a_closed_work(
 def test_state_store_blips_at_lease_load_and_close_are_ridden_out(
     world: World, platform: FakeOpenCTI, push_queue: str, postgres: str, monkeypatch
 ):
-    from mattermost_prefect.tasks import load
-
     channel = world.channel("store-blips")
     world.populate(channel, 500)
     proxy = TcpProxy(5432)
@@ -219,8 +217,8 @@ def test_state_store_blips_at_lease_load_and_close_are_ridden_out(
     from mattermost_prefect.tasks import resources
 
     resources.store()  # the schema, before the first blip
-    on_call(monkeypatch, load, "_record", 3, lambda: proxy.outage(OUTAGE))
-    on_call(monkeypatch, ChannelPipeline, "close", 1, lambda: proxy.outage(OUTAGE))
+    on_call(monkeypatch, loading, "record", 3, lambda: proxy.outage(OUTAGE))
+    on_call(monkeypatch, lifecycle, "close", 1, lambda: proxy.outage(OUTAGE))
     proxy.outage(OUTAGE)  # as the channel starts: its lease
     state, (report,) = sync(world)
     assert state.is_completed(), report
@@ -248,7 +246,7 @@ def test_state_store_down_at_close_fails_that_channel_only_and_releases_its_leas
         [first, second],
         **env(platform, CONNECTOR_STATE_DATABASE_URL=url, CONNECTOR_CHANNEL_CONCURRENCY="1"),
     )
-    on_call(monkeypatch, ChannelPipeline, "close", 1, proxy.cut)
+    on_call(monkeypatch, lifecycle, "close", 1, proxy.cut)
     on_call(monkeypatch, StateStore, "release_lease", 1, proxy.restore)
     state, (one, two) = sync(world)
     assert state.is_failed()

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from mattermost_connector.pipeline.new_posts import BATCH_POSTS
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
-from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.checks import (
     assert_valid_stix,
     delivered_messages,
@@ -52,7 +52,7 @@ def test_a_root_in_the_batch_still_loading_is_not_fetched_again(world: World, mo
     """Three batches are in flight: while batch 1 is still being recorded, batch 3 is read.
     A reply there to a root of batch 1 must take that root as delivered (it is, before batch
     3 is loaded), not fetch and deliver it again."""
-    from mattermost_prefect.tasks import load
+    from mattermost_connector.pipeline import loading
 
     channel = world.channel("long-thread")
     first = world.populate(channel, 1000)  # all within batch 1
@@ -60,14 +60,14 @@ def test_a_root_in_the_batch_still_loading_is_not_fetched_again(world: World, mo
     root = next(post for post in first if not post["root_id"])
     world.clock += 7
     reply = world.sim.add_post(channel, world.authors[1], "late", root=root, create_at=world.clock)
-    record = load._record
+    record = loading.record
 
-    def slowly_for_batch_one(run, bundle) -> None:
+    def slowly_for_batch_one(services, run, bundle) -> None:
         if any(post["id"] == root["id"] for post in bundle.posts):
             time.sleep(2)  # batch 1 still loading while batch 3 is read
-        record(run, bundle)
+        record(services, run, bundle)
 
-    monkeypatch.setattr(load, "_record", slowly_for_batch_one)
+    monkeypatch.setattr(loading, "record", slowly_for_batch_one)
     world.configure([channel])
     (report,) = world.sync()
     assert report["status"] == "completed"

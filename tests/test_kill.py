@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from mattermost_connector.mattermost.client import PER_PAGE
+from mattermost_connector.pipeline.new_posts import BATCH_POSTS
 from mattermost_connector.state import INTERRUPTED, StateStore
-from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.checks import directory_bundles
 from tests.conftest import clean_environ, run_cli
 from tests.mattermost_sim import MattermostSimulator

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from mattermost_connector.mattermost.client import PER_PAGE
+from mattermost_connector.pipeline.new_posts import BATCH_POSTS
 from mattermost_connector.state import StateStore
 from mattermost_connector.window import backfill_key, iso
-from mattermost_prefect.tasks.extract import BATCH_POSTS
 from tests.conftest import clean_environ, run_cli
 from tests.support import POSTGRES, TOKEN, World
 

@@ -21,9 +21,10 @@ from mattermost_connector.counts import Counts
 from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
 from mattermost_connector.kinds import RunKind
-from mattermost_connector.pipeline import ChannelPipeline, Services
-from mattermost_connector.pipeline.cursors import bundle_cursors, cut_at_window_end
+from mattermost_connector.pipeline import loading, new_posts
 from mattermost_connector.pipeline.ordered import deliver_in_order, take_new_posts
+from mattermost_connector.pipeline.positions import bundle_cursors, cut_at_window_end
+from mattermost_connector.pipeline.services import Services
 from mattermost_connector.state import message_digest
 from mattermost_connector.stix import FIRST_NAME, ChannelContext
 
@@ -235,8 +236,8 @@ def test_transform_writes_bundles_that_carry_those_cursors(tmp_path: Path):
     )
     users = {"u1": {"id": "u1", "username": "ann", FIRST_NAME: "@ann"}}
     batch.users = users
-    pipeline = ChannelPipeline(Services(settings, None, None, [], None))  # type: ignore[arg-type]
-    bundles = pipeline.transform(channel_run(tmp_path), batch, {})
+    services = Services(settings, None, None, [], None)  # type: ignore[arg-type]
+    bundles = new_posts.write_bundles(services, channel_run(tmp_path), batch, {})
     assert len(bundles) > 1 and all(b.path.exists() for b in bundles)
     assert [b.cursor for b in bundles] == bundle_cursors(
         Cursor(1000), [b.posts for b in bundles], batch.cursor
@@ -366,7 +367,6 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
     store, destination = FakeStore(), FakeDestination(refuse=3)
     clock = lambda: datetime(2026, 1, 1, tzinfo=UTC)  # noqa: E731
     services = Services(settings, None, store, [destination], None, clock)  # type: ignore[arg-type]
-    pipeline = ChannelPipeline(services)
     run = channel_run(tmp_path)
     bundles, cursor = [], run.cursor
     for n in range(1, 6):
@@ -375,13 +375,13 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
         cursor = cursor.advance(post(n))
         bundles.append(BundleFile(path, 1, 0, [post(n)], [], cursor, sequence=n))
     with pytest.raises(RuntimeError, match="bundle 3 refused"):
-        pipeline.load(run, bundles)
+        loading.load(services, run, bundles)
     assert [c for _, c in store.recorded] == [bundles[0].cursor, bundles[1].cursor]
     assert not bundles[0].path.exists() and bundles[2].path.exists()  # kept for a retry
     assert destination.states == []  # mirrored once per batch, only when it completes
     store.recorded.clear()
     destination.refuse = -1
-    pipeline.load(replace(run), bundles)  # the retry sends only what was not recorded
+    loading.load(services, replace(run), bundles)  # the retry sends only what was not recorded
     assert [c for _, c in store.recorded] == [b.cursor for b in bundles[2:]]
     (state,) = destination.states
     assert state == {"cursor": bundles[-1].cursor.to_dict(), "updated_at": clock().isoformat()}
@@ -409,7 +409,6 @@ def test_a_retried_load_sends_again_only_what_no_attempt_delivered(tmp_path: Pat
     )
     store, destination = FakeStore(), SlowRefusal(refuse=2)
     services = Services(settings, None, store, [destination], None)  # type: ignore[arg-type]
-    pipeline = ChannelPipeline(services)
     run = channel_run(tmp_path)
     bundles, cursor = [], run.cursor
     for n in range(1, 6):
@@ -418,11 +417,11 @@ def test_a_retried_load_sends_again_only_what_no_attempt_delivered(tmp_path: Pat
         cursor = cursor.advance(post(n))
         bundles.append(BundleFile(path, 1, 0, [post(n)], [], cursor, sequence=n))
     with pytest.raises(RuntimeError, match="bundle 2 refused"):
-        pipeline.load(run, bundles)
+        loading.load(services, run, bundles)
     assert sorted(destination.sent) == [1, 3, 4]
     assert [c for _, c in store.recorded] == [bundles[0].cursor]
     destination.refuse, destination.sent = -1, []
-    pipeline.load(replace(run), bundles)
+    loading.load(services, replace(run), bundles)
     assert destination.sent == [2, 5]
     assert [c for _, c in store.recorded[1:]] == [b.cursor for b in bundles[1:]]
     assert not list(tmp_path.glob("bundle-*"))  # recorded: files and markers gone

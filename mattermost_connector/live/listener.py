@@ -20,6 +20,7 @@ from mattermost_connector.live.due import DueChannels
 from mattermost_connector.live.events import HELLO, POST_EVENTS, LiveEvent
 from mattermost_connector.live.socket import Disconnected, MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
+from mattermost_connector.retries import backoff
 
 log = logging.getLogger("mattermost_connector.live")
 
@@ -68,7 +69,7 @@ class Listener:
                     if not self.keepalive:
                         self._give_up(f"{one_line(error)} (MATTERMOST_KEEPALIVE=false)")
                         return
-                    wait = min(self.delay * 2**attempt, max(MAX_DELAY, self.delay))
+                    wait = min(backoff(self.delay, attempt), max(MAX_DELAY, self.delay))
                     wait *= random.uniform(1.0, 1.1)
                     attempt += 1
                     log.warning("%s: reconnecting in %.1f s", one_line(error), wait)

@@ -28,6 +28,7 @@ from mattermost_connector.errors import (
     ServerUnavailable,
     one_line,
 )
+from mattermost_connector.retries import backoff
 
 log = logging.getLogger("mattermost_connector.mattermost")
 
@@ -49,7 +50,7 @@ class RetryPolicy:
     max_throttled: int = 100
 
     def backoff(self, attempt: int) -> float:
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        return random.uniform(0, min(self.max_delay, backoff(self.base_delay, attempt)))
 
 
 @dataclass(frozen=True)
