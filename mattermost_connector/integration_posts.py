@@ -264,6 +264,12 @@ def render(post: Mapping[str, Any], author: Mapping[str, Any]) -> Shown:
     )
 
 
+def shown_text(post: Mapping[str, Any]) -> str:
+    """The text of a post as the channel shows it (the Media-Content's content): what
+    indicator extraction reads (observables.observer_for)."""
+    return render(post, {}).content
+
+
 def external_references(links: tuple[Link, ...] | list[Link]) -> list[dict[str, str]]:
     """OpenCTI external references (x_opencti_external_references): identified by their URL
     (pycti ExternalReference.generate_id), so the same on every delivery."""

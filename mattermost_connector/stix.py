@@ -16,12 +16,12 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import stix2
@@ -30,6 +30,10 @@ from pycti import Channel, Identity
 from mattermost_connector import integration_posts
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
+from mattermost_connector.observables import MAX_BYTES_PER_POST
+
+if TYPE_CHECKING:
+    from mattermost_connector.observables.stix import Observable
 
 Post = Mapping[str, Any]
 MEDIA_CATEGORY = "mattermost"
@@ -482,10 +486,12 @@ def message_objects(
     attachments: list[Attachment],
     tlp: TLP,
     root_known: bool = True,
+    observables: Sequence[Observable] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The media-content of one post (its files are added as its bundles are written), and
     what links it: to the channel, to its thread's root (left out when the root could not be
-    delivered: no relationship may dangle), to the Artifacts of its uploaded files."""
+    delivered: no relationship may dangle), to the Artifacts of its uploaded files, to the
+    indicators found in it (created by its author; their objects travel in its bundle)."""
     shown = integration_posts.render(post, author)  # attachments, webhook name, priority
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
     description.extend(shown.notes)
@@ -540,6 +546,9 @@ def message_objects(
         if attachment.status == Fate.UPLOADED and attachment.md5:  # else linked when first sent
             artifact = _artifact_object(attachment, url, identity_id(author), marking)
             links += [artifact, _related(message["id"], artifact["id"], when, marking)]
+    for observable in observables:  # OpenCTI allows related-to between any two (stix.ts)
+        link = _related(message["id"], observable.id, when, marking)
+        links.append({**link, "created_by_ref": message["x_opencti_created_by_ref"]})
     return message, links
 
 
@@ -650,6 +659,13 @@ def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[
 REPLY_RESERVE = 320 * 1024
 
 
+def _observable_parts(
+    observables: Sequence[Observable], author_id: str, marking: str, when: str
+) -> list[Part]:
+    """The objects of a post's indicators, created by the post's author."""
+    return [[serialize(o.object(author_id, marking, when))] for o in observables]
+
+
 def _plan_post(
     post: Post,
     context: ChannelContext,
@@ -662,6 +678,8 @@ def _plan_post(
     artifact_room: int,
     queue: bool,
     no_trigger_import: bool,
+    observables: Sequence[Observable] = (),
+    reserve: int = REPLY_RESERVE,
 ) -> _PostPlan:
     """Where each of a post's files goes. For a directory, all in its media-content, however
     large. For OpenCTI, whose upsert of an existing observable ignores the files it is sent
@@ -677,7 +695,9 @@ def _plan_post(
     url, author_id = context.permalink(post["id"]), identity_id(author)
 
     def objects(attachments: list[Attachment]) -> tuple[str, list[str]]:
-        message, links = message_objects(post, context, author, attachments, tlp, root_known)
+        message, links = message_objects(
+            post, context, author, attachments, tlp, root_known, observables
+        )
         return serialize(message), [serialize(link) for link in links]
 
     def entry_size(attachment: Attachment) -> int:
@@ -690,7 +710,7 @@ def _plan_post(
         message, links = objects(widest)
         free = room - _size(message) - sum(_size(link) + 2 for link in links) - 22
         if not post.get("root_id"):  # below the configurable floor, a quarter of the room
-            free -= min(REPLY_RESERVE, room // 4)
+            free -= min(reserve, room // 4)
         kept: list[Attachment] = []
         for attachment in files:
             if attachment.path is None or attachment.status == Fate.UPLOADED:
@@ -825,6 +845,7 @@ def iter_bundles(
     max_bytes: int = 10**15,
     no_trigger_import: bool = True,
     queue: bool = False,
+    observe: Callable[[Post], Sequence[Observable]] | None = None,
 ) -> Iterator[BundlePart]:
     """Bundles of whole posts, each under `max_objects` and `max_bytes` (for a directory, a
     single post larger than that still goes alone, all its files in it), each
@@ -835,6 +856,10 @@ def iter_bundles(
     goes before it, alone in a bundle as an Artifact with its bytes, or is uploaded
     (BundlePart.uploads) when even that is too large; the post's own bundle links it and
     completes the post.
+
+    `observe`: the indicators of a post, whose objects go in the bundle that completes it
+    (once a bundle, created by the author of the post that brings them), linked from it; a
+    thread root keeps room for a reply's indicators besides the reply.
 
     Built one at a time, files streamed from the spool as each bundle is written.
     """
@@ -855,11 +880,36 @@ def iter_bundles(
         context, posts, users, roots or {}, missing_roots, tlp, first_files, no_trigger_import
     )
 
+    observed: dict[str, Sequence[Observable]] = {}
+    marking = marking_id(tlp)
+
+    def observables(post: Post) -> Sequence[Observable]:
+        if observe is None:
+            return ()
+        if post["id"] not in observed:
+            observed[post["id"]] = observe(post)
+        return observed[post["id"]]
+
+    def observable_parts(post: Post) -> list[Part]:
+        """The post's indicators the bundle lacks."""
+        wanted = [o for o in observables(post) if ("observable", o.id) not in refs.present]
+        if not wanted:
+            return []
+        author_id = identity_id(refs.author(post["user_id"]))
+        return _observable_parts(wanted, author_id, marking, _stamp(post["create_at"]))
+
     def plan_of(post: Post) -> _PostPlan:
         """Planned once: a reply's copy of its root needs the root's plan, maybe first."""
         if post["id"] not in plans:
             identity = refs.parts([("user", post["user_id"])])[0]
             alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
+            if observables(post):
+                alone += _observable_parts(
+                    observables(post),
+                    identity_id(refs.author(post["user_id"])),
+                    marking,
+                    _stamp(post["create_at"]),
+                )
             plan = _plan_post(
                 post,
                 context,
@@ -876,6 +926,8 @@ def iter_bundles(
                 - 2,
                 queue=queue,
                 no_trigger_import=no_trigger_import,
+                observables=observables(post),
+                reserve=REPLY_RESERVE + (MAX_BYTES_PER_POST if observe else 0),
             )
             plans[post["id"]], embedded[post["id"]] = plan, plan.embedded
         return plans[post["id"]]
@@ -899,7 +951,7 @@ def iter_bundles(
 
     def references(post: Post) -> tuple[list[tuple[str, str]], list[Part]]:
         needed = refs.needed(post)
-        return needed, refs.parts(needed)
+        return needed, refs.parts(needed) + observable_parts(post)
 
     for post in posts:
         identity = refs.parts([("user", post["user_id"])])[0]
@@ -918,6 +970,8 @@ def iter_bundles(
             added = extra + plan.final
             added_size = sum(_segments_size(obj) + 2 for obj in added)
         copied = refs.took(post, needed)
+        placed = observed.pop(post["id"], ())  # asked once: the post is in its bundle now
+        refs.present.update(("observable", o.id) for o in placed)
         if copied is not None:  # the post replaces the copy of it a reply brought first
             objects.remove(copied)
             size -= _segments_size(copied) + 2

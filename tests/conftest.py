@@ -44,6 +44,7 @@ DOMAIN_TESTS = frozenset(
         "test_errors.py",
         "test_home.py",
         "test_integration_posts.py",
+        "test_observables.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
         "test_pipeline_run.py",

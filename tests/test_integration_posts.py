@@ -404,3 +404,25 @@ def test_a_root_s_copy_and_the_largest_integration_reply_fit_one_queue_message(t
     )
     assert [part.size <= max_bytes for part in parts] == [True] * len(parts)
     assert json.loads(parts[-1].json)["objects"]  # the reply and the root's copy, together
+
+
+def test_indicator_extraction_reads_the_post_as_shown():
+    """With MATTERMOST_EXTRACT_OBSERVABLES, an integration post's indicators are read from
+    its content as rendered: an attachment's author name and a fallback standing alone
+    count too."""
+    from types import SimpleNamespace
+
+    from mattermost_connector.observables import observer_for
+
+    settings = SimpleNamespace(
+        extract_observables=True,
+        observable_kinds=["ipv4-addr", "domain-name", "url"],
+        domain="chat.example.org",
+        observable_private_addresses=False,
+    )
+    observe = observer_for(settings)
+    post = with_props(
+        attachments=[{"author_name": "sensor 185.220.101[.]4"}, {"fallback": "C2 45.9.148[.]3"}]
+    )
+    values = [o.value for o in observe(post)]
+    assert "185.220.101.4" in values and "45.9.148.3" in values
