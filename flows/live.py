@@ -37,6 +37,7 @@ from mattermost_connector.live.socket import MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.discovery import discover
 from mattermost_connector.pipeline.run import run_channel
+from mattermost_connector.wording import amount
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from mattermost_prefect.tasks.report import publish_report
@@ -105,7 +106,7 @@ def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
     if len(due) == 1:
         channels = names.get(due[0].channel_id) or due[0].channel_id
     else:
-        channels = f"{len(due)} channels"
+        channels = amount(len(due), "channel")
     counts = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
     return f"live {why}: {channels} ({counts})"
 

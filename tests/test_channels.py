@@ -228,3 +228,34 @@ def test_the_probe_never_moves_a_held_or_moved_cursor(tmp_path: Path):
     assert moved == {"free"}
     assert store.cursor("free") == new and store.cursor("held") == old
     assert store.cursor("moved").boundary_ms == 120
+
+
+def test_one_unreadable_channel_among_readable_ones_does_not_stop_the_others(
+    demo, workdir, monkeypatch
+):
+    """A channel deleted in Mattermost, or one the account may not read, must not stop the
+    whole connector: the preflight lets the run go, which imports the readable channels and
+    fails each unreadable one with its reason (tests/test_sync.py). Only when no listed
+    channel is readable does it stop, naming each with its reason."""
+    from mattermost_connector.check import preflight
+    from mattermost_connector.errors import ChannelNotAccessible
+    from tests.support import settings_with
+
+    sim = demo.sim
+    outsider = sim.add_channel(sim.add_team("elsewhere"), "secret", type="P", members=[])
+    unknown = "u" * 26
+    env = {
+        "MATTERMOST_DOMAIN": "127.0.0.1",
+        "MATTERMOST_PORT": str(sim.port),
+        "MATTERMOST_PROTOCOL": "http",
+        "MATTERMOST_TOKEN": demo.token,
+    }
+    ids = [demo.channels[0]["id"], unknown, outsider["id"]]
+    preflight(settings_with(monkeypatch, **env, MATTERMOST_CHANNEL_IDS=",".join(ids)))
+    with pytest.raises(ChannelNotAccessible) as caught:
+        preflight(settings_with(monkeypatch, **env, MATTERMOST_CHANNEL_IDS=",".join(ids[1:])))
+    assert str(caught.value) == (
+        f"channel {unknown} is not accessible: 404 app.channel.get.existing.app_error; "
+        f"channel {outsider['id']} is not accessible: 403 api.context.permissions.app_error; "
+        "check MATTERMOST_CHANNEL_IDS"
+    )
