@@ -34,6 +34,7 @@ from mattermost_connector.kinds import RunKind
 from mattermost_connector.live.due import DueChannel, DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket
+from mattermost_connector.live.stopping import stop_on_signals
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.discovery import discover
 from mattermost_connector.pipeline.run import run_channel
@@ -213,13 +214,7 @@ def run_live(settings: Settings) -> int:
     MATTERMOST_KEEPALIVE=false, token refused). A second signal stops without waiting (the
     CLI's interrupted exit, 130): the cursor keeps what was delivered."""
     session = LiveSession(settings)
-
-    def on_signal(signum: int, _: object) -> None:
-        if session.stop.is_set():  # a second signal: do not wait for a long catch-up
-            raise KeyboardInterrupt
-        log.info("live: %s received, finishing the delivery in flight", signal.Signals(signum).name)
-        session.request_stop()
-
+    on_signal = stop_on_signals(session.stop, session.request_stop)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         session.start()

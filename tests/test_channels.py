@@ -201,11 +201,18 @@ def test_busy_channel_pays_the_full_check_once(prefect_api, world):
     assert row["posts"] == 1001
     assert row["note"].startswith("full check: 1,000 or more posts changed")
     assert "CONNECTOR_RUN_EVERY" in row["note"]
-    walked = [
-        r for r in sim.requests[mark:] if r.path.endswith("/posts") and "since" not in r.query
+    # the complete listing ran: it locates the channel's start by time (pages without
+    # `after`), which the new-posts pass, resuming at its anchor, never does
+    located = [
+        r
+        for r in sim.requests[mark:]
+        if r.path.endswith("/posts") and not {"since", "after"} & r.query.keys()
     ]
-    assert walked  # the complete listing ran
+    assert located
     store = StateStore(f"sqlite:///{world.workdir / 'state.db'}")
+    # and it listed every post delivered: none is left for its sweep to call deleted
+    (checking,) = store.runs(limit=1, channel_id=busy["id"])
+    assert store.unseen(busy["id"], checking.id, created_from=0) == []
     assert "full check" in status_report(store)
 
     mark = len(sim.requests)

@@ -11,7 +11,7 @@ from mattermost_connector import integration_posts
 from mattermost_connector.changes import deleted_version, delivered_version, stale
 from mattermost_connector.config import TLP
 from mattermost_connector.integration_posts import render
-from mattermost_connector.state import POST_COLUMNS, StateStore, post_values
+from mattermost_connector.state import POST_COLUMNS, SCHEMA_VERSION, StateStore, post_values
 from mattermost_connector.stix import ChannelContext, iter_bundles, message_objects
 from tests.checks import assert_valid_stix
 from tests.test_state import store_url  # noqa: F401  (SQLite and PostgreSQL)
@@ -342,7 +342,7 @@ def test_a_v6_store_gains_the_column_keeping_its_rows(store_url):  # noqa: F811
         connection.execute(sa.text("UPDATE schema_version SET version = 6"))
     engine.dispose()
     store = StateStore(store_url)
-    assert store.version() == 7
+    assert store.version() == SCHEMA_VERSION
     stored = store.delivered(["p"])["p"]
     assert stored["integration"] is None
     assert render(delivered_version(stored), CREATOR).content == "old"

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from mattermost_connector.live.due import BUSY_INTERVAL
 from mattermost_connector.state import StateStore
 from tests.conftest import clean_environ
 from tests.mattermost_sim import MattermostSimulator
@@ -170,9 +171,11 @@ def test_a_burst_is_coalesced_into_a_few_channel_runs(world: World, live):
     before = runs(world, channel)
     author = world.authors[1]
     burst = []
-    for index in range(300):  # 300 posts in about 3 s
+    began = time.monotonic()
+    for index in range(300):  # 300 posts in about 3 s (longer on a loaded machine)
         burst.append(world.sim.add_post(channel, author, f"burst {index}"))
         time.sleep(0.01)
+    lasted = time.monotonic() - began
     wanted = {p["id"] for p in burst}
     wait_for(lambda: wanted <= set(delivered(world, channel)), 60, "the burst")
     # nothing due any more, and every run it caused ended
@@ -180,7 +183,14 @@ def test_a_burst_is_coalesced_into_a_few_channel_runs(world: World, live):
         lambda: session.due.pending() == 0 and runs_ended(world, channel), EVENT, "the last run"
     )
     caused = runs(world, channel) - before
-    assert 1 <= caused <= 8, caused  # not 300
+    # DueChannels (its counts pinned exactly in tests/test_invariants.py): a first run
+    # SETTLE_SECONDS after the first post, a second for the posts after it. A run caused by
+    # BUSY_EVENTS posts or more is followed by the next BUSY_INTERVAL later at the soonest;
+    # only the first may have fewer (the posts of its first 0.1 s), each later one holds
+    # the posts of a whole channel run. So at most one run per BUSY_INTERVAL of the burst,
+    # plus the first two and the one after its last post: at most 4 for 3 s, as 1,000 posts
+    # in 10 s make 6 or 7 (README). Slower runs make fewer, never fewer than 2.
+    assert 2 <= caused <= 3 + int(lasted // BUSY_INTERVAL), (caused, lasted)
     counts = delivered(world, channel)
     assert all(counts[post_id] == 1 for post_id in wanted)
 
