@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import stix2
-from pycti import Channel, Identity
 
+from mattermost_connector import integration_posts
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.observables import MAX_BYTES_PER_POST
@@ -49,11 +48,13 @@ _STATEMENT_MARKINGS = {
         "TLP:AMBER+STRICT",
     ),
 }
+# stix2's TLP_WHITE ... TLP_RED, as it serialises them (written out: importing stix2 and pycti
+# cost a second and 40 MB per process; tests/test_stix.py compares them with stix2's)
 _STANDARD_MARKINGS = {
-    TLP.WHITE: stix2.TLP_WHITE,
-    TLP.GREEN: stix2.TLP_GREEN,
-    TLP.AMBER: stix2.TLP_AMBER,
-    TLP.RED: stix2.TLP_RED,
+    TLP.WHITE: ("marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9", "white"),
+    TLP.GREEN: ("marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da", "green"),
+    TLP.AMBER: ("marking-definition--f88d31f6-486f-44da-b317-01333bde0b82", "amber"),
+    TLP.RED: ("marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed", "red"),
 }
 
 
@@ -140,7 +141,16 @@ def _build_marking(tlp: TLP) -> dict[str, Any]:
             "x_opencti_definition_type": "TLP",
             "x_opencti_definition": definition,
         }
-    return json.loads(_STANDARD_MARKINGS[tlp].serialize())
+    marking_id, colour = _STANDARD_MARKINGS[tlp]
+    return {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": marking_id,
+        "created": "2017-01-20T00:00:00.000Z",
+        "definition_type": "tlp",
+        "name": f"TLP:{colour.upper()}",
+        "definition": {"tlp": colour},
+    }
 
 
 def _timestamp(epoch_ms: int) -> datetime:
@@ -199,9 +209,16 @@ def _uuid5(kind: str, canonical: str) -> str:
     return f"{kind}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _json_string(text: str) -> str:
+    """A string as canonical JSON writes it (orjson escapes as RFC 8785 does)."""
+    return orjson.dumps(text).decode()
+
+
 @cache
 def _identity_id(name: str) -> str:
-    return Identity.generate_id(name, "individual")
+    """pycti's Identity.generate_id(name, "individual"), written out."""
+    name = _json_string(name.lower().strip())
+    return _uuid5("identity", f'{{"identity_class":"individual","name":{name}}}')
 
 
 def identity_id(user: Mapping[str, Any]) -> str:
@@ -212,7 +229,8 @@ def identity_id(user: Mapping[str, Any]) -> str:
 
 @cache
 def _channel_id(name: str) -> str:
-    return Channel.generate_id(name)
+    """pycti's Channel.generate_id(name), written out."""
+    return _uuid5("channel", f'{{"name":{_json_string(name.lower().strip())}}}')
 
 
 def channel_id(context: ChannelContext) -> str:
@@ -343,7 +361,13 @@ def _size(text: str) -> int:
 
 
 def _segments_size(segments: Iterable[Segment]) -> int:
-    return sum(s.encoded_size if isinstance(s, Spooled) else _size(s) for s in segments)
+    total = 0
+    for segment in segments:  # a loop, not sum(): measured for every object of every post
+        if isinstance(segment, str):
+            total += len(segment) if segment.isascii() else len(segment.encode("utf-8"))
+        else:
+            total += segment.encoded_size
+    return total
 
 
 def write_segments(segments: Iterable[Segment], handle: Any) -> None:
@@ -450,13 +474,16 @@ def _artifact_object(
 
 
 def _title(message: str) -> str | None:
-    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    stripped = message.strip()
+    first_line = stripped.splitlines()[0] if stripped else ""
     return (first_line[:117] + "...") if len(first_line) > 120 else (first_line or None)
 
 
 def _fates(attachments: list[Attachment]) -> list[str]:
     """What became of each file, for the message's description (the same in every copy). By
     status: a file stored by an earlier delivery keeps its line though not sent again."""
+    if not attachments:
+        return []
     lines = []
     missing = [a for a in attachments if a.status not in (Fate.EMBEDDED, Fate.UPLOADED)]
     if missing:
@@ -491,7 +518,9 @@ def message_objects(
     what links it: to the channel, to its thread's root (left out when the root could not be
     delivered: no relationship may dangle), to the Artifacts of its uploaded files, to the
     indicators found in it (created by its author; their objects travel in its bundle)."""
+    shown = integration_posts.render(post, author)  # attachments, webhook name, priority
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
+    description.extend(shown.notes)
     if post.get("root_id"):
         description.append(f"reply in thread {context.permalink(post['root_id'])}")
         if not root_known:
@@ -506,7 +535,7 @@ def message_objects(
     description.extend(_fates(attachments))
     marking = marking_id(tlp)
     url = context.permalink(post["id"])
-    text = post.get("message") or ""
+    text = shown.content
     message: dict[str, Any] = {
         "type": "media-content",
         "spec_version": "2.1",
@@ -528,8 +557,13 @@ def message_objects(
             "x_opencti_created_by_ref": identity_id(author),
         }
     )
-    if post.get("delete_at"):
-        message["x_opencti_labels"] = [DELETED_LABEL]
+    if shown.links:
+        message["x_opencti_external_references"] = integration_posts.external_references(
+            shown.links
+        )
+    labels = [*shown.labels, *([DELETED_LABEL] if post.get("delete_at") else [])]
+    if labels:
+        message["x_opencti_labels"] = labels
     when = _stamp(post["create_at"])
     links = [_related(message["id"], channel_id(context), when, marking)]
     if post.get("root_id") and root_known:
@@ -633,6 +667,7 @@ class _PostPlan:
     attachments: list[Attachment]
     uploads: list[Upload]
     embedded: list[Attachment]  # in the media-content: what a copy of it must carry too
+    final_size: int = 0  # bytes of `final` in a bundle, separators included
 
 
 def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[Segment]:
@@ -644,9 +679,11 @@ def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[
 
 
 # Room a thread root leaves for one reply beside its copy in a queue message: the largest
-# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped), its
-# description and links (ten files as Artifacts), and both authors.
-REPLY_RESERVE = 192 * 1024
+# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped) and as much
+# again of an integration's attachments (integration_posts.ATTACHMENTS_TEXT_MAX), its
+# description and links (ten files as Artifacts, LINKS_MAX external references of URL_MAX
+# characters), and both authors.
+REPLY_RESERVE = 320 * 1024
 
 
 def _observable_parts(
@@ -681,8 +718,7 @@ def _plan_post(
     Artifact. A file already uploaded (a post delivered before: redelivery_files) goes as an
     Artifact in either mode."""
     marking = marking_id(tlp)
-    files = unique_names(files)
-    url, author_id = context.permalink(post["id"]), identity_id(author)
+    files = unique_names(files) if files else files
 
     def objects(attachments: list[Attachment]) -> tuple[str, list[str]]:
         message, links = message_objects(
@@ -693,7 +729,7 @@ def _plan_post(
     def entry_size(attachment: Attachment) -> int:
         return _segments_size(_file_entry(attachment, marking, no_trigger_import)) + 1
 
-    if queue:
+    if queue and any(a.path for a in files):  # else nothing to place: no room to measure
         # the post's text and links at their largest: every file an Artifact
         placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
         widest = [replace(a, status=Fate.UPLOADED, **placeholder) if a.path else a for a in files]
@@ -722,6 +758,7 @@ def _plan_post(
     for attachment in files:
         if attachment.status != Fate.UPLOADED or attachment.path is None:
             continue
+        url, author_id = context.permalink(post["id"]), identity_id(author)
         artifact = _artifact_object(attachment, url, author_id, marking)
         carried = _payload_artifact(artifact, attachment)
         if not queue or _segments_size(carried) <= artifact_room:
@@ -737,7 +774,8 @@ def _plan_post(
                     attachment.file_id,
                 )
             )
-    return _PostPlan(artifacts, final, files, uploads, embedded)
+    size = sum(_segments_size(obj) + 2 for obj in final)
+    return _PostPlan(artifacts, final, files, uploads, embedded, size)
 
 
 def with_hashes(attachment: Attachment) -> Attachment:
@@ -772,6 +810,7 @@ class _References:
         self._missing = set(missing)
         self._first_files, self._no_trigger_import = first_files, no_trigger_import
         self._parts: dict[tuple[str, str], Part] = {}
+        self._sizes: dict[tuple[str, str], int] = {}  # of each part in a bundle, separator included
         self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
 
     def author(self, user_id: str) -> Mapping[str, Any]:
@@ -794,6 +833,15 @@ class _References:
 
     def parts(self, keys: list[tuple[str, str]]) -> list[Part]:
         return [self._part(key) for key in keys]
+
+    def size(self, keys: list[tuple[str, str]]) -> int:
+        """Bytes these parts add to a bundle, separators included (measured once each)."""
+        total = 0
+        for key in keys:
+            if key not in self._sizes:
+                self._sizes[key] = _segments_size(self._part(key)) + 2
+            total += self._sizes[key]
+        return total
 
     def _part(self, key: tuple[str, str]) -> Part:
         if key not in self._parts:
@@ -891,15 +939,22 @@ def iter_bundles(
     def plan_of(post: Post) -> _PostPlan:
         """Planned once: a reply's copy of its root needs the root's plan, maybe first."""
         if post["id"] not in plans:
-            identity = refs.parts([("user", post["user_id"])])[0]
-            alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
-            if observables(post):
-                alone += _observable_parts(
-                    observables(post),
-                    identity_id(refs.author(post["user_id"])),
-                    marking,
-                    _stamp(post["create_at"]),
-                )
+            room = artifact_room = max_bytes  # only OpenCTI's messages bound a post's files
+            if queue:
+                alone = refs.needed(post, fresh=True)  # what a bundle of its own holds
+                room = max_bytes - base - refs.size(alone)
+                if observables(post):
+                    room -= sum(
+                        _segments_size(part) + 2
+                        for part in _observable_parts(
+                            observables(post),
+                            identity_id(refs.author(post["user_id"])),
+                            marking,
+                            _stamp(post["create_at"]),
+                        )
+                    )
+                identity = refs.size([("user", post["user_id"])])
+                artifact_room = max_bytes - _BUNDLE_OVERHEAD - _size(header[0]) - 2 - identity
             plan = _plan_post(
                 post,
                 context,
@@ -907,13 +962,8 @@ def iter_bundles(
                 attachments.get(post["id"], []),
                 tlp,
                 root_known=refs.linkable(post),
-                room=max_bytes - base - sum(_segments_size(part) + 2 for part in alone),
-                artifact_room=max_bytes
-                - _BUNDLE_OVERHEAD
-                - _size(header[0])
-                - 2
-                - _segments_size(identity)
-                - 2,
+                room=room,
+                artifact_room=artifact_room,
                 queue=queue,
                 no_trigger_import=no_trigger_import,
                 observables=observables(post),
@@ -939,26 +989,27 @@ def iter_bundles(
         refs.present.clear()
         return part
 
-    def references(post: Post) -> tuple[list[tuple[str, str]], list[Part]]:
+    def references(post: Post, plan: _PostPlan) -> tuple[list[tuple[str, str]], list[Part], int]:
+        """What placing `post` adds to the bundle: the reference keys it lacks, its indicators
+        the bundle lacks and the post's own objects, and their bytes."""
         needed = refs.needed(post)
-        return needed, refs.parts(needed) + observable_parts(post)
+        extra = observable_parts(post)
+        size = refs.size(needed) + sum(_segments_size(part) + 2 for part in extra)
+        return needed, extra + plan.final, size + plan.final_size
 
     for post in posts:
-        identity = refs.parts([("user", post["user_id"])])[0]
         plan = plan_of(post)
         del plans[post["id"]]  # only `embedded` is needed once the post is placed
         for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
+            identity = refs.parts([("user", post["user_id"])])[0]
             yield BundlePart(_bundle([[header[0]], identity, artifact]), 3, [], [])
-        needed, extra = references(post)
-        added = extra + plan.final
-        added_size = sum(_segments_size(obj) + 2 for obj in added)
-        too_many = len(header) + len(objects) + len(added) > max_objects
+        needed, extra, added_size = references(post, plan)
+        too_many = len(header) + len(objects) + len(needed) + len(extra) > max_objects
         if carried and (size + added_size > max_bytes or too_many):
             yield flush()
             size = base
-            needed, extra = references(post)
-            added = extra + plan.final
-            added_size = sum(_segments_size(obj) + 2 for obj in added)
+            needed, extra, added_size = references(post, plan)
+        added = refs.parts(needed) + extra
         copied = refs.took(post, needed)
         placed = observed.pop(post["id"], ())  # asked once: the post is in its bundle now
         refs.present.update(("observable", o.id) for o in placed)
