@@ -46,6 +46,7 @@ DOMAIN_TESTS = frozenset(
         "test_live_socket.py",
         "test_pipeline_core.py",
         "test_pipeline_run.py",
+        "test_docs.py",
         "test_simulator.py",
         "test_state.py",
         "test_stix.py",

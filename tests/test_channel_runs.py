@@ -15,7 +15,7 @@ from tests.mattermost_sim import MattermostSimulator
 from tests.support import World
 
 # Task runs of one small channel's flow run. First sync: begin, open, read-ahead, transform,
-# load, missing-attachments, commit-changes, close; a later one adds scan-changes. Before
+# load, missing-files, commit-changes, close; a later one adds scan-changes. Before
 # they were coarsened: 13 per channel, and one more in the sync's run (41 for 3 channels).
 MAX_TASK_RUNS_PER_CHANNEL = {"first": 8, "later": 9}
 
