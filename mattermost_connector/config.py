@@ -298,6 +298,18 @@ class StateStoreSettings(_Group):
         return check_database_url(value)
 
 
+# STIX types of the indicators MATTERMOST_EXTRACT_OBSERVABLES finds (a CVE: vulnerability)
+OBSERVABLE_KINDS = (
+    "ipv4-addr",
+    "ipv6-addr",
+    "domain-name",
+    "url",
+    "email-addr",
+    "file",
+    "vulnerability",
+)
+
+
 class MattermostSettings(_Group):
     model_config = SettingsConfigDict(env_prefix="MATTERMOST_")
 
@@ -323,6 +335,22 @@ class MattermostSettings(_Group):
     deleted_posts: Literal["label", "ignore"] = "label"
     include_system_messages: bool = False
     max_attachment_size: Annotated[int, NoDecode] = Field(DEFAULT_MAX_ATTACHMENT, ge=0)
+    extract_observables: bool = False
+    observable_kinds: Annotated[list[str], NoDecode] = list(OBSERVABLE_KINDS)  # copied
+    observable_private_addresses: bool = False
+
+    @field_validator("observable_kinds", mode="before")
+    @classmethod
+    def _observable_kinds(cls, value: object) -> list[str]:
+        kinds = [item.lower() for item in split_list(value)]
+        unknown = [kind for kind in kinds if kind not in OBSERVABLE_KINDS]
+        if unknown:
+            raise ValueError(
+                f"{unknown[0]!r} is not a kind of indicator (one of {', '.join(OBSERVABLE_KINDS)})"
+            )
+        if not kinds:
+            raise ValueError(f"must list at least one of {', '.join(OBSERVABLE_KINDS)}")
+        return kinds
 
     @field_validator("max_attachment_size", mode="before")
     @classmethod

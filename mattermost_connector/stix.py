@@ -16,12 +16,12 @@ import json
 import re
 import unicodedata
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import stix2
@@ -29,6 +29,10 @@ from pycti import Channel, Identity
 
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
+from mattermost_connector.observables import MAX_BYTES_PER_POST
+
+if TYPE_CHECKING:
+    from mattermost_connector.observables.stix import Observable
 
 Post = Mapping[str, Any]
 MEDIA_CATEGORY = "mattermost"
@@ -481,10 +485,12 @@ def message_objects(
     attachments: list[Attachment],
     tlp: TLP,
     root_known: bool = True,
+    observables: Sequence[Observable] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The media-content of one post (its files are added as its bundles are written), and
     what links it: to the channel, to its thread's root (left out when the root could not be
-    delivered: no relationship may dangle), to the Artifacts of its uploaded files."""
+    delivered: no relationship may dangle), to the Artifacts of its uploaded files, to the
+    indicators found in it (created by its author; their objects travel in its bundle)."""
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
     if post.get("root_id"):
         description.append(f"reply in thread {context.permalink(post['root_id'])}")
@@ -532,6 +538,9 @@ def message_objects(
         if attachment.status == Fate.UPLOADED and attachment.md5:  # else linked when first sent
             artifact = _artifact_object(attachment, url, identity_id(author), marking)
             links += [artifact, _related(message["id"], artifact["id"], when, marking)]
+    for observable in observables:  # OpenCTI allows related-to between any two (stix.ts)
+        link = _related(message["id"], observable.id, when, marking)
+        links.append({**link, "created_by_ref": message["x_opencti_created_by_ref"]})
     return message, links
 
 
@@ -636,6 +645,13 @@ def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[
 REPLY_RESERVE = 192 * 1024
 
 
+def _observable_parts(
+    observables: Sequence[Observable], author_id: str, marking: str, when: str
+) -> list[Part]:
+    """The objects of a post's indicators, created by the post's author."""
+    return [[serialize(o.object(author_id, marking, when))] for o in observables]
+
+
 # What embedding files adds to a media-content beside the entries themselves, when sizing
 # them against a message's room: `,"x_opencti_files":[` and `]` (the closing brace stays),
 # and the ", " before the media-content in its bundle, less the comma the first entry goes
@@ -655,6 +671,8 @@ def _plan_post(
     artifact_room: int,
     queue: bool,
     no_trigger_import: bool,
+    observables: Sequence[Observable] = (),
+    reserve: int = REPLY_RESERVE,
 ) -> _PostPlan:
     """Where each of a post's files goes. For a directory, all in its media-content, however
     large. For OpenCTI, whose upsert of an existing observable ignores the files it is sent
@@ -663,11 +681,14 @@ def _plan_post(
     a message of its own (`artifact_room` bytes) as an Artifact with its bytes, or, too
     large for any message, is uploaded as an Artifact (`_artifacts`); either way the message
     links to the Artifact. A file already uploaded (a post delivered before:
-    redelivery_files) goes as an Artifact in either mode."""
+    redelivery_files) goes as an Artifact in either mode. `observables`: the post's
+    indicators, linked from it; `reserve`: what a thread root keeps free for a reply."""
     marking = marking_id(tlp)
 
     def objects(attachments: list[Attachment]) -> tuple[str, list[str]]:
-        message, links = message_objects(post, context, author, attachments, tlp, root_known)
+        message, links = message_objects(
+            post, context, author, attachments, tlp, root_known, observables
+        )
         return serialize(message), [serialize(link) for link in links]
 
     def entry_size(attachment: Attachment) -> int:  # with the comma before it
@@ -675,7 +696,8 @@ def _plan_post(
 
     files = unique_names(files)
     if queue:
-        files = _fit_files(files, objects, room, not post.get("root_id"), entry_size)
+        reserved = 0 if post.get("root_id") else reserve
+        files = _fit_files(files, objects, room, reserved, entry_size)
     message, links = objects(files)
     embedded = [a for a in files if a.path is not None and a.status != Fate.UPLOADED]
     final = [
@@ -691,20 +713,20 @@ def _fit_files(
     files: list[Attachment],
     objects: Callable[[list[Attachment]], tuple[str, list[str]]],
     room: int,
-    is_root: bool,
+    reserve: int,
     entry_size: Callable[[Attachment], int],
 ) -> list[Attachment]:
     """The files, in order, those that fit beside the media-content in a message of `room`
     bytes kept for embedding, the others turned into Artifacts to upload (with the hashes
-    their ids need). A thread root keeps REPLY_RESERVE free, for a reply whose bundle holds
-    a copy of it with these files. `objects`: the post's serialised text and links."""
+    their ids need). A thread root keeps `reserve` free (REPLY_RESERVE, more with
+    indicators), for a reply whose bundle holds a copy of it with these files. `objects`:
+    the post's serialised text and links."""
     # the post's text and links at their largest: every file an Artifact
     placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
     widest = [replace(a, status=Fate.UPLOADED, **placeholder) if a.path else a for a in files]
     message, links = objects(widest)
     free = room - _size(message) - sum(_size(link) + 2 for link in links) - FILES_OVERHEAD
-    if is_root:  # below the configurable floor, a quarter of the room
-        free -= min(REPLY_RESERVE, room // 4)
+    free -= min(reserve, room // 4)  # below the configurable floor, a quarter of the room
     kept: list[Attachment] = []
     for attachment in files:
         if attachment.path is None or attachment.status == Fate.UPLOADED:
@@ -841,6 +863,7 @@ def iter_bundles(
     max_bytes: int = 10**15,
     no_trigger_import: bool = True,
     queue: bool = False,
+    observe: Callable[[Post], Sequence[Observable]] | None = None,
 ) -> Iterator[BundlePart]:
     """Bundles of whole posts, each under `max_objects` and `max_bytes` (for a directory, a
     single post larger than that still goes alone, all its files in it), each
@@ -852,10 +875,14 @@ def iter_bundles(
     (BundlePart.uploads) when even that is too large; the post's own bundle links it and
     completes the post.
 
+    `observe`: the indicators of a post, whose objects go in the bundle that completes it
+    (once a bundle, created by the author of the post that brings them), linked from it; a
+    thread root keeps room for a reply's indicators besides the reply.
+
     Built one at a time, files streamed from the spool as each bundle is written.
     """
     header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
-    planner = _Planner(context, posts, attachments, tlp, header, max_bytes, queue)
+    planner = _Planner(context, posts, attachments, tlp, header, max_bytes, queue, observe)
     refs = _References(
         context,
         posts,
@@ -867,7 +894,7 @@ def iter_bundles(
         no_trigger_import,
     )
     planner.refs = refs
-    filling = _Filling(header, refs, max_objects, max_bytes)
+    filling = _Filling(header, planner, max_objects, max_bytes)
     for post in posts:
         identity = refs.parts([("user", post["user_id"])])[0]
         plan = planner.place(post)
@@ -899,8 +926,13 @@ class _Planner:
         header: list[str],
         max_bytes: int,
         queue: bool,
+        observe: Callable[[Post], Sequence[Observable]] | None,
     ) -> None:
         self.context, self.attachments, self.tlp, self.queue = context, attachments, tlp, queue
+        self.observe, self.marking = observe, marking_id(tlp)
+        self.observed: dict[str, Sequence[Observable]] = {}
+        # a thread root keeps room for a reply, and for its indicators when they are found
+        self.reserve = REPLY_RESERVE + (MAX_BYTES_PER_POST if observe else 0)
         self.by_id = {post["id"]: post for post in posts}
         self.base = _bundle_base(header)
         self.max_bytes = max_bytes
@@ -924,7 +956,8 @@ class _Planner:
         if post["id"] not in self.plans:
             refs = self.refs
             identity = refs.parts([("user", post["user_id"])])[0]
-            alone = refs.parts(refs.needed(post, fresh=True))  # what a bundle of its own holds
+            # what a bundle of its own holds
+            alone = refs.parts(refs.needed(post, fresh=True)) + self.observable_parts(post, set())
             plan = _plan_post(
                 post,
                 self.context,
@@ -936,9 +969,31 @@ class _Planner:
                 artifact_room=self.artifact_bytes - _segments_size(identity) - 2,
                 queue=self.queue,
                 no_trigger_import=refs.no_trigger_import,
+                observables=self.observables(post),
+                reserve=self.reserve,
             )
             self.plans[post["id"]], self.embedded[post["id"]] = plan, plan.embedded
         return self.plans[post["id"]]
+
+    def observables(self, post: Post) -> Sequence[Observable]:
+        """The post's indicators, asked for once until it is placed."""
+        if self.observe is None:
+            return ()
+        if post["id"] not in self.observed:
+            self.observed[post["id"]] = self.observe(post)
+        return self.observed[post["id"]]
+
+    def observable_parts(self, post: Post, present: set[tuple[str, str]]) -> list[Part]:
+        """The post's indicators a bundle holding `present` lacks."""
+        wanted = [o for o in self.observables(post) if ("observable", o.id) not in present]
+        if not wanted:
+            return []
+        author_id = identity_id(self.refs.author(post["user_id"]))
+        return _observable_parts(wanted, author_id, self.marking, _stamp(post["create_at"]))
+
+    def placed(self, post: Post) -> Sequence[Observable]:
+        """The post is in its bundle: its indicators, not to be asked for again."""
+        return self.observed.pop(post["id"], ())
 
     def place(self, post: Post) -> _PostPlan:
         """The post's plan, forgotten once it is placed (only what it embeds is kept)."""
@@ -952,9 +1007,9 @@ class _Filling:
     it completes; handed over (`flush`) when the next post would take it past a bound."""
 
     def __init__(
-        self, header: list[str], refs: _References, max_objects: int, max_bytes: int
+        self, header: list[str], planner: _Planner, max_objects: int, max_bytes: int
     ) -> None:
-        self.header, self.refs = header, refs
+        self.header, self.planner, self.refs = header, planner, planner.refs
         self.max_objects, self.max_bytes = max_objects, max_bytes
         self.base = _bundle_base(header)
         self.size = self.base
@@ -973,6 +1028,7 @@ class _Filling:
             full = self.flush()
             needed, added, added_size = self._with_references(post, plan)
         copied = self.refs.took(post, needed)
+        self.refs.present.update(("observable", o.id) for o in self.planner.placed(post))
         if copied is not None:  # the post replaces the copy of it a reply brought first
             self.objects.remove(copied)
             self.size -= _segments_size(copied) + 2
@@ -986,9 +1042,11 @@ class _Filling:
     def _with_references(
         self, post: Post, plan: _PostPlan
     ) -> tuple[list[tuple[str, str]], list[Part], int]:
-        """What the post adds to this bundle: the references it lacks, then its objects."""
+        """What the post adds to this bundle: the references and indicators it lacks, then
+        its objects."""
         needed = self.refs.needed(post)
-        added = self.refs.parts(needed) + plan.final
+        indicators = self.planner.observable_parts(post, self.refs.present)
+        added = self.refs.parts(needed) + indicators + plan.final
         return needed, added, sum(_segments_size(obj) + 2 for obj in added)
 
     def flush(self) -> BundlePart:

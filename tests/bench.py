@@ -28,6 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,7 +72,14 @@ class Result:
         )
 
 
-def seed(posts: int, files: int) -> tuple[MattermostSimulator, dict]:
+def indicator_text(index: int, rng: random.Random) -> str:
+    """A post naming a documentation address (no observable kept when extraction is on)."""
+    return f"post {index}: indicator 203.0.113.{index % 250} seen by sensor {rng.randint(1, 99)}"
+
+
+def seed(
+    posts: int, files: int, text: Callable[[int, random.Random], str] = indicator_text
+) -> tuple[MattermostSimulator, dict]:
     sim = MattermostSimulator()
     reader = sim.add_user("reader", token=TOKEN)
     authors = [sim.add_user(f"user{i}") for i in range(20)]
@@ -89,10 +97,9 @@ def seed(posts: int, files: int) -> tuple[MattermostSimulator, dict]:
                 sim.add_file(author, f"doc{index}.pdf", rng.randbytes(20_000), "application/pdf")
             ]
         root = rng.choice(roots[-50:]) if roots and index % 5 == 4 else None
-        text = (
-            f"post {index}: indicator 203.0.113.{index % 250} seen by sensor {rng.randint(1, 99)}"
+        post = sim.add_post(
+            channel, author, text(index, rng), root=root, create_at=at, files=attached
         )
-        post = sim.add_post(channel, author, text, root=root, create_at=at, files=attached)
         if root is None:
             roots.append(post)
     return sim.start(), channel
@@ -216,12 +223,18 @@ def run(posts: int, files: int, mode: str, prefect_api: str, repeat: int = 1) ->
 
 
 def sync_once(
-    sim: MattermostSimulator, channel: dict, mode: str, prefect_api: str
+    sim: MattermostSimulator,
+    channel: dict,
+    mode: str,
+    prefect_api: str,
+    settings: Mapping[str, str] | None = None,
 ) -> tuple[float, float, float, int]:
     """One full sync into a fresh state store and destination: process time, flow-run time,
     peak RSS (MB), bundles delivered."""
     work = Path(tempfile.mkdtemp(prefix="bench-"))
-    env = connector_env(sim, prefect_api, work, MATTERMOST_CHANNEL_IDS=channel["id"])
+    env = connector_env(
+        sim, prefect_api, work, MATTERMOST_CHANNEL_IDS=channel["id"], **(settings or {})
+    )
     platform, counted, stop = None, [], threading.Event()
     drainer = None
     if mode == "directory":

@@ -43,6 +43,7 @@ DOMAIN_TESTS = frozenset(
         "test_domain.py",
         "test_errors.py",
         "test_home.py",
+        "test_observables.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
         "test_pipeline_run.py",

@@ -29,6 +29,9 @@ pycti and check what OpenCTI would be asked to keep. Rules modelled, from the pl
   `utils/upsert-utils.js`); the plural `files` pycti sends is not read on that path, so such
   files are recorded here as `ignored_files` and not stored.
 - the five TLP markings exist before any import (the platform creates them at start).
+- relationships: `related-to` between any two types (`checkStixCoreRelationshipMapping` in
+  `database/stix.ts`); observables (IPv4-Addr, IPv6-Addr, Domain-Name, Url, Email-Addr) by
+  value, Vulnerability by name lower-cased, StixFile by its first hash in the platform's order.
 - an Artifact's `payload_bin`: pycti creates (or upserts) the Artifact, then uploads the
   bytes with `stixCyberObservableEdit { importPush }` (`add_file`), which stores them under
   `import/<type>/<internal id>/<name>` whether the element is new or not, replacing a file
@@ -80,7 +83,10 @@ _ADD_MUTATIONS = {
     "ChannelAdd": ("Channel", "channelAdd"),
     "LabelAdd": ("Label", "labelAdd"),
     "VocabularyAdd": ("Vocabulary", "vocabularyAdd"),
+    "VulnerabilityAdd": ("Vulnerability", "vulnerabilityAdd"),
 }
+# identifier.js: observables identified by their value alone
+_VALUE_OBSERVABLES = {"IPv4-Addr", "IPv6-Addr", "Domain-Name", "Url", "Email-Addr"}
 _REF_INPUTS = ("createdBy", "objectMarking", "objectLabel", "externalReferences")
 _NOT_ATTRIBUTES = {
     *_REF_INPUTS,
@@ -211,6 +217,10 @@ def standard_id(entity_type: str, data: dict[str, Any]) -> str:
         return _stix_uuid(stix_type, {"category": data["category"], "name": data["name"]})
     if entity_type == "Media-Content":
         return _stix_uuid(stix_type, {"url": data["url"]})
+    if entity_type in _VALUE_OBSERVABLES:
+        return _stix_uuid(stix_type, {"value": data["value"]})
+    if entity_type == "Vulnerability":
+        return _stix_uuid(stix_type, {"name": _normalize(data["name"])})
     if entity_type in ("Artifact", "StixFile"):
         hashes = {h["algorithm"].upper(): h["hash"] for h in data.get("hashes") or []}
         for algorithm in ("MD5", "SHA-1", "SHA-256", "SHA-512"):
@@ -231,6 +241,19 @@ def _relationship_id(data: dict[str, Any], source: Entity, target: Entity) -> st
         if data.get(key):
             contributing[key] = data[key]
     return _stix_uuid("relationship", contributing)
+
+
+def _check_relation(relationship_type: str, source: Entity, target: Entity) -> None:
+    """checkRelationConsistency (database/middleware): `related-to` and `revoked-by` are
+    allowed between any two entities (database/stix.ts checkStixCoreRelationshipMapping);
+    the other types' mapping table is not modelled, so they are refused here."""
+    if relationship_type not in ("related-to", "revoked-by"):
+        raise GraphQLFailure(
+            "FUNCTIONAL_ERROR",
+            f"The relationship type {relationship_type} is not allowed between "
+            f"{source.entity_type} and {target.entity_type}",
+            {},
+        )
 
 
 class ReplayPlatform:
@@ -472,6 +495,7 @@ class ReplayPlatform:
         with self._lock:
             refs = self._refs("StixCoreRelationshipAdd", data)
             source, target = self._index[data["fromId"]], self._index[data["toId"]]
+            _check_relation(data["relationship_type"], source, target)
             std = _relationship_id(data, source, target)
             given = [data.get("stix_id"), *(data.get("x_opencti_stix_ids") or [])]
             existing = next(

@@ -232,7 +232,7 @@ def test_transform_writes_bundles_that_carry_those_cursors(tmp_path: Path):
         connector=SimpleNamespace(
             bundle_max_objects=6, bundle_bytes=10**6, no_trigger_import=False, send_to_queue=True
         ),
-        mattermost=SimpleNamespace(tlp=TLP.GREEN),
+        mattermost=SimpleNamespace(tlp=TLP.GREEN, extract_observables=False),
     )
     users = {"u1": {"id": "u1", "username": "ann", FIRST_NAME: "@ann"}}
     batch.users = users

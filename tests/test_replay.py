@@ -323,3 +323,45 @@ def test_thread_roots_keep_their_files_whatever_the_import_order(world):
         assert platform.rejected == [] and platform.missing_references == [], label
         for url in urls:
             assert _stored_message(platform, url) == _stored_message(forward, url), label
+
+
+# -- indicators in messages (MATTERMOST_EXTRACT_OBSERVABLES) -----------------------------
+
+
+def test_synced_indicators_and_their_links_are_stored_and_an_edit_adds_its_own(world):
+    """A real sync with extraction on, then an edit adding an indicator and removing one,
+    replayed through pycti: every indicator one entity, linked from each message naming it;
+    the edit's new indicator linked, the removed one still linked."""
+    channel = world.channel("ioc-sharing")
+    alice, bob, _ = world.authors
+    first = world.sim.add_post(
+        channel, alice, "C2 at 185.220.101[.]4, payload hxxps://evil-site[.]ru/p", create_at=1
+    )
+    world.sim.add_post(channel, bob, "185.220.101.4 again, and CVE-2021-44228", create_at=2)
+    world.sim.add_post(channel, bob, "version 1.2.3.4 of report.pdf, @alice.dev", create_at=3)
+    world.configure([channel], MATTERMOST_EXTRACT_OBSERVABLES="true")
+    world.sync()
+    world.sim.edit_post(first["id"], "C2 moved to 45.9.148[.]3")
+    world.sync()
+    platform = replay([json.dumps(b) for b in world.bundles()])
+    assert platform.rejected == [] and platform.missing_references == []
+    names = {
+        kind: sorted(
+            e.attributes.get("value") or e.attributes["name"] for e in platform.of_type(kind)
+        )
+        for kind in ("IPv4-Addr", "Url", "Vulnerability", "Domain-Name")
+    }
+    assert names == {
+        "IPv4-Addr": ["185.220.101.4", "45.9.148.3"],
+        "Url": ["https://evil-site.ru/p"],
+        "Vulnerability": ["CVE-2021-44228"],
+        "Domain-Name": [],
+    }
+    context = world.context(channel)
+    messages = {e.attributes["url"]: e for e in platform.of_type("Media-Content")}
+    edited = messages[context.permalink(first["id"])]
+    assert edited.attributes["content"] == "C2 moved to 45.9.148[.]3"
+    linked = {e.attributes.get("value") for e in platform.related(edited)}
+    assert {"185.220.101.4", "https://evil-site.ru/p", "45.9.148.3"} <= linked
+    ip = next(e for e in platform.of_type("IPv4-Addr") if e.attributes["value"] == "185.220.101.4")
+    assert sum(1 for r in platform.relationships if r.to_id == ip.internal_id) == 2

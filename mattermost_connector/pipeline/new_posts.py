@@ -18,6 +18,7 @@ from mattermost_connector.channel_run import Batch, BundleFile, ChannelRun
 from mattermost_connector.errors import local_fault
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.mattermost import posts as walker
+from mattermost_connector.observables import observer_for
 from mattermost_connector.pipeline.ordered import Files
 from mattermost_connector.pipeline.positions import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.services import Services
@@ -136,6 +137,7 @@ def write_bundles(
             max_bytes=connector.bundle_bytes,
             no_trigger_import=connector.no_trigger_import,
             queue=connector.send_to_queue,
+            observe=observer_for(services.settings.mattermost),
         )
         for part in parts:
             sequence = run.counts.bundles + len(written) + 1
