@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-domain lint install metadata
+.PHONY: demo test test-domain test-count lint install metadata
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,15 @@ lint: $(BIN)/.installed
 # the domain tests (tests/conftest.py: DOMAIN_TESTS) with Prefect unimportable
 test-domain: $(BIN)/.installed
 	$(BIN)/pytest --without-prefect
+
+# how many tests the connector's domain has, and the simulator's own (counted apart): quote
+# these figures, never type them
+test-count: $(BIN)/.installed
+	@for part in domain simulator; do \
+		printf '%s tests: ' $$part; \
+		$(BIN)/pytest --without-prefect --collect-only -q -p no:cacheprovider -m $$part \
+			| grep -c '::'; \
+	done
 
 test: lint test-domain
 	$(BIN)/pytest

@@ -49,8 +49,10 @@ def mattermost_channel(
 ) -> State[Any]:
     """One channel's sync (or a backfill's window), holding its lease. Completed with its
     report row, Failed with the row inside a RunFailed, or Failed as TokenRefused."""
+    completed = False
     try:
         result = run_channel(prefect_steps(), channel_id, kind, window, start_timestamp)
+        completed = result.ok
     except MattermostError as error:  # run_channel raises only what stops the whole run
         if not stops_the_run(error):
             raise
@@ -58,7 +60,7 @@ def mattermost_channel(
         name = TOKEN_REFUSED if isinstance(error, AuthenticationError) else SERVER_UNREACHABLE
         return Failed(name=name, message=reason, data=RunFailed(reason))
     finally:
-        forget_progress()
+        forget_progress(completed)
     if result.name:  # known now, if the state store did not know it yet
         rename_run(channel_run_name(channel_id, kind, window, result.name))
     row = result.row()

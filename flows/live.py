@@ -34,9 +34,11 @@ from mattermost_connector.kinds import RunKind
 from mattermost_connector.live.due import DueChannel, DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket
+from mattermost_connector.live.stopping import stop_on_signals
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.mattermost.discovery import discover
 from mattermost_connector.pipeline.run import run_channel
+from mattermost_connector.wording import amount
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 from mattermost_prefect.tasks.report import publish_report
@@ -105,7 +107,7 @@ def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
     if len(due) == 1:
         channels = names.get(due[0].channel_id) or due[0].channel_id
     else:
-        channels = f"{len(due)} channels"
+        channels = amount(len(due), "channel")
     counts = ", ".join(f"{count} {reason}" for reason, count in sorted(reasons.items()))
     return f"live {why}: {channels} ({counts})"
 
@@ -212,13 +214,7 @@ def run_live(settings: Settings) -> int:
     MATTERMOST_KEEPALIVE=false, token refused). A second signal stops without waiting (the
     CLI's interrupted exit, 130): the cursor keeps what was delivered."""
     session = LiveSession(settings)
-
-    def on_signal(signum: int, _: object) -> None:
-        if session.stop.is_set():  # a second signal: do not wait for a long catch-up
-            raise KeyboardInterrupt
-        log.info("live: %s received, finishing the delivery in flight", signal.Signals(signum).name)
-        session.request_stop()
-
+    on_signal = stop_on_signals(session.stop, session.request_stop)
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         session.start()

@@ -10,6 +10,7 @@ from prefect.runtime import flow_run
 from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.window import iso, parse_window
+from mattermost_connector.wording import amount
 from mattermost_prefect.tasks import resources
 
 
@@ -38,7 +39,7 @@ def sync_name(channel_ids: list[str]) -> str:
         return str(RunKind.SYNC)
     if len(channel_ids) == 1:
         return f"{RunKind.SYNC} {channel_labels(channel_ids)[channel_ids[0]]}"
-    return f"{RunKind.SYNC} {len(channel_ids)} channels"
+    return f"{RunKind.SYNC} {amount(len(channel_ids), 'channel')}"
 
 
 def channel_run_name(

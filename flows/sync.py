@@ -15,13 +15,14 @@ from mattermost_connector.errors import (
     one_line,
 )
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.wording import amount
 from mattermost_prefect.flows.dispatch import run_channels
 from mattermost_prefect.flows.names import rename_run, sync_name, sync_run_name
 from mattermost_prefect.flows.quiet import quiet_expected_failures
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import with_budget
 from mattermost_prefect.tasks.probe import probe_all, select_channels
-from mattermost_prefect.tasks.report import publish_report
+from mattermost_prefect.tasks.report import nothing_to_run_progress, publish_report
 
 quiet_expected_failures()
 
@@ -39,9 +40,9 @@ def outcome(results: list[ChannelResult], kind: RunKind, refused: str | None = N
         return Failed(message=message, data=RunFailed(message, report))
     if failed:
         names = ", ".join(r.channel_id for r in failed)
-        message = f"{len(failed)} of {len(results)} channels failed: {names}"
+        message = f"{len(failed)} of {amount(len(results), 'channel')} failed: {names}"
         return Failed(message=message, data=RunFailed(message, report))
-    return Completed(message=f"{len(results)} channels done", data=report)
+    return Completed(message=f"{amount(len(results), 'channel')} done", data=report)
 
 
 def run_all(
@@ -51,7 +52,8 @@ def run_all(
     window: tuple[int, int] | None = None,
 ) -> tuple[list[ChannelResult], str | None]:
     """The channels' results, and why the run stopped early (a refused token), if it did."""
-    if not channels:
+    if not channels:  # every channel unchanged
+        nothing_to_run_progress(kind)
         return [], None
     try:
         return run_channels(channels, kind, start_timestamp, window), None

@@ -12,6 +12,7 @@ from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.stix import ChannelContext, Upload
+from mattermost_connector.wording import amount
 
 
 @dataclass
@@ -116,8 +117,8 @@ class ChannelResult:
         if self.note == UNCHANGED:
             return f"{label}: unchanged"
         return (
-            f"{label}: ok, {counts.posts} posts, {counts.files} files{fates}, "
-            f"{counts.objects} objects"
+            f"{label}: ok, {amount(counts.posts, 'post')}, {amount(counts.files, 'file')}{fates}, "
+            f"{amount(counts.objects, 'object')}"
             + (f", {counts.skipped} skipped" if counts.skipped else "")
             + (f"; {self.note}" if self.note else "")
         )

@@ -7,10 +7,12 @@ variable and what it accepts; secrets are never echoed back.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
@@ -50,12 +52,18 @@ def message_bundle_bytes(max_message: int) -> int:
 
 
 class TLP(StrEnum):
+    """OpenCTI's TLP markings; `AMBER_STRICT` is read as `AMBER+STRICT` (TLP_SPELLINGS)."""
+
     CLEAR = "CLEAR"
     WHITE = "WHITE"
     GREEN = "GREEN"
     AMBER = "AMBER"
     AMBER_STRICT = "AMBER+STRICT"
     RED = "RED"
+
+
+# The original connector's documented spelling of AMBER+STRICT (its config.yml.sample).
+TLP_SPELLINGS = {"AMBER_STRICT": TLP.AMBER_STRICT}
 
 
 def parse_duration(value: str) -> timedelta:
@@ -133,12 +141,19 @@ def _yaml_section(section: str) -> dict[str, object]:
         return {}
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: `{section}:` must be a mapping of settings")
-    return values
+    # an empty value is unset, as in the environment and .env (env_ignore_empty)
+    return {key: value for key, value in values.items() if value not in (None, "")}
 
 
 class _Group(BaseSettings):
+    # env_ignore_empty: `VARIABLE=` (as `.env.sample` copied to `.env` has) is unset, so its
+    # default applies, for every variable alike.
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        env_ignore_empty=True,
     )
 
     @classmethod
@@ -415,6 +430,8 @@ class MattermostSettings(_Group):
     def _tlp(cls, value: object) -> object:
         if isinstance(value, str):
             text = value.strip().upper().removeprefix("TLP:")
+            if text in TLP_SPELLINGS:
+                return TLP_SPELLINGS[text]
             if text not in TLP.__members__.values():
                 raise ValueError(f"must be one of {', '.join(TLP)} (got {value!r})")
             return TLP(text)
@@ -499,6 +516,49 @@ class Settings:
         return tuple(v for v in values if v)
 
 
+log = logging.getLogger(__name__)
+
+# What the original connector's users have set that changes nothing here: accepted, and said
+# once per process (not refused, so their configuration keeps working).
+WITHOUT_EFFECT = {
+    "CONNECTOR_UPDATE_EXISTING_DATA": "an edited or deleted post is always re-delivered "
+    "under the same ids, which OpenCTI updates",
+    "CONNECTOR_TYPE": "this connector is always EXTERNAL_IMPORT",
+}
+# the value the connector manager sets (the schema's const): right, so not warned about
+_EXPECTED = {"CONNECTOR_TYPE": "EXTERNAL_IMPORT"}
+_warned: set[str] = set()
+
+
+def variables_without_effect(env_file: str | None = ".env") -> list[str]:
+    """The WITHOUT_EFFECT variables set (not empty, nor the expected value) in the
+    environment, `.env` or config.yml."""
+    values: dict[str, object] = {}
+    section = _yaml_section("connector")
+    for name in WITHOUT_EFFECT:
+        values[name] = section.get(name.removeprefix("CONNECTOR_").lower())
+    if env_file and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        found = dotenv_values(env_file)
+        values.update({name: found[name] for name in WITHOUT_EFFECT if found.get(name)})
+    values.update({name: os.environ[name] for name in WITHOUT_EFFECT if os.environ.get(name)})
+    return sorted(
+        name
+        for name, value in values.items()
+        if str(value or "").strip()
+        and str(value).strip().upper() != _EXPECTED.get(name, "").upper()
+    )
+
+
+def warn_without_effect(env_file: str | None = ".env") -> None:
+    """One warning per variable and process: load_settings runs in every flow and task."""
+    for name in variables_without_effect(env_file):
+        if name not in _warned:
+            _warned.add(name)
+            log.warning("%s has no effect: %s", name, WITHOUT_EFFECT[name])
+
+
 def load_settings(env_file: str | None = ".env") -> Settings:
     """Read and cross-check every variable; raises ConfigError with one line on bad input."""
     problems: list[str] = []
@@ -517,6 +577,7 @@ def load_settings(env_file: str | None = ".env") -> Settings:
     )
     _tokens_from_blocks(settings)
     _cross_check(settings)
+    warn_without_effect(env_file)
     return settings
 
 
@@ -534,14 +595,21 @@ def load_run_every(env_file: str | None = ".env") -> timedelta:
 _RRULE_UNITS = (("DAILY", 86400), ("HOURLY", 3600), ("MINUTELY", 60), ("SECONDLY", 1))
 
 
-def recurrence(every: timedelta) -> str:
-    """`every` as an RFC 5545 rule from a fixed start (2020-01-01 UTC), in the largest unit
-    that divides it: what deployments/prefect.yaml schedules the sync with. Prefect 3.9.1
-    validates a schedule's `interval` there before templating (a placeholder is refused),
-    its `rrule` as a string."""
+def recurrence(every: timedelta, now: datetime | None = None) -> str:
+    """`every` as an RFC 5545 rule in the largest unit that divides it: what
+    deployments/prefect.yaml schedules the sync with (Prefect 3.9.1 validates a schedule's
+    `interval` there before templating, a placeholder is refused; its `rrule` is a string).
+
+    It starts at the last multiple of `every` since the Unix epoch at or before `now`: within
+    one interval of now, because Prefect's scheduler counts forward from the start, one step
+    at a time (from 2020-01-01 a 30-s interval took 84 s to compute, more every year); and on
+    the same instants at every deploy (an hourly sync at :00, a 5-min one at :00, :05...)."""
     seconds = int(every.total_seconds())
     unit, size = next((u, s) for u, s in _RRULE_UNITS if seconds % s == 0)
-    return f"DTSTART:20200101T000000\nRRULE:FREQ={unit};INTERVAL={seconds // size}"
+    now = now or datetime.now(UTC)
+    epoch = int(now.timestamp())
+    start = datetime.fromtimestamp(epoch - epoch % seconds, UTC)
+    return f"DTSTART:{start:%Y%m%dT%H%M%S}\nRRULE:FREQ={unit};INTERVAL={seconds // size}"
 
 
 def _tokens_from_blocks(settings: Settings) -> None:

@@ -137,6 +137,21 @@ def _helper_class() -> type:
     return OneAttemptHelper
 
 
+def _registration_failed(settings: Settings, error: Exception) -> DeliveryError:
+    """pycti says "not reachable" for a refused token too: the platform is asked again, and
+    a refused token is a permanent fault (retrying it under `serve` only repeats the refusal
+    for the whole budget), an unreachable platform a transient one."""
+    from mattermost_connector.check import TOKEN_REFUSED, token_refused
+
+    url = settings.opencti.url
+    if token_refused(settings):
+        return DeliveryError(
+            f"cannot register with OpenCTI at {url}: {TOKEN_REFUSED}", fault=Fault.PERMANENT
+        )
+    reason = one_line(error, settings.secrets, limit=300)
+    return DeliveryError(f"cannot register with OpenCTI at {url}: {reason}")
+
+
 def opencti_helper(settings: Settings) -> Any:
     """Register the connector with the platform: once per destination, which keeps the
     helper for every later run of the process."""
@@ -146,10 +161,7 @@ def opencti_helper(settings: Settings) -> Any:
     try:
         return _helper_class()(_helper_config(settings))
     except Exception as error:  # pycti raises bare ValueErrors and requests errors
-        raise DeliveryError(
-            f"cannot register with OpenCTI at {settings.opencti.url}: "
-            f"{one_line(error, settings.secrets, limit=300)}"
-        ) from None
+        raise _registration_failed(settings, error) from None
     finally:
         sys.excepthook = hook  # pycti's hook SIGTERMs the process on any exception
         quiet_libraries(settings.mattermost.debug, settings.connector.name)

@@ -27,6 +27,8 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import PydanticUndefined
 
 from mattermost_connector.config import (
+    TLP,
+    TLP_SPELLINGS,
     ConnectorSettings,
     MattermostSettings,
     OpenCTISettings,
@@ -61,6 +63,8 @@ OVERRIDES: dict[str, dict[str, Any]] = {
         "default": None,
         "deprecated": True,
     },
+    # the original connector's documented spelling of AMBER+STRICT is accepted too
+    "MATTERMOST_TLP": {"enum": [*TLP, *TLP_SPELLINGS]},
 }
 # Properties with no setting behind them: what the connector manager must see, fixed.
 CONSTANTS: dict[str, dict[str, Any]] = {

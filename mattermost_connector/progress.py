@@ -5,6 +5,7 @@ system messages and deleted posts too), hence "about"."""
 from __future__ import annotations
 
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.wording import amount
 
 
 def share(done: int, total: int) -> float:
@@ -15,8 +16,9 @@ def share(done: int, total: int) -> float:
 def describe(name: str, kind: str, this_run: int, done: int, total: int) -> str:
     """One log line: `cti/town-square: 1,200 of about 1,504 posts (1,200 this run)`."""
     if kind != RunKind.SYNC or total <= 0:
-        return f"{name}: {this_run:,} posts this {kind}"
-    return f"{name}: {done:,} of about {max(total, done):,} posts ({this_run:,} this run)"
+        return f"{name}: {amount(this_run, 'post', grouped=True)} this {kind}"
+    about = amount(max(total, done), "post", grouped=True)
+    return f"{name}: {done:,} of about {about} ({this_run:,} this run)"
 
 
 def overall(channels_done: int, channels: int, current: float) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.state import StateStore
@@ -25,7 +25,12 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+    """A moment of the run history in the same form as the cursors beside it (ISO 8601, UTC,
+    `Z`), to the second: one timestamp form in the whole output. The store keeps UTC."""
+    if moment is None:
+        return ""
+    moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    return moment.replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def _day_or_time(epoch_ms: int) -> str:

@@ -9,13 +9,22 @@ from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
 
 _EPOCH = re.compile(r"^\d+(\.\d+)?$")
+# Epoch seconds from here on are past the year 5000: such a number is milliseconds
+# (Mattermost's own unit, as in create_at), not a time anyone backfills.
+MILLISECONDS_FROM = 10**11
 
 
 def parse_instant(value: object, name: str) -> int:
     """Epoch milliseconds from epoch seconds or ISO 8601 (a date, or a time; UTC if no offset)."""
     text = str(value).strip() if value is not None else ""
     if _EPOCH.match(text):
-        return int(float(text) * 1000)
+        seconds = float(text)
+        if seconds >= MILLISECONDS_FROM:
+            raise ConfigError(
+                f"{name}: {text} looks like epoch milliseconds (Mattermost's unit): give epoch "
+                f"seconds ({int(seconds) // 1000}) or ISO 8601"
+            )
+        return int(seconds * 1000)
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:

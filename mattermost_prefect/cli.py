@@ -64,7 +64,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=summary, description=description, epilog=CONFIG_NOTE)
+        # a plain str: argparse lists the choices by repr (`<RunKind.SYNC: 'sync'>` otherwise)
+        return commands.add_parser(
+            str(name), help=summary, description=description, epilog=CONFIG_NOTE
+        )
 
     sync = command(
         RunKind.SYNC,
@@ -133,9 +136,9 @@ def _parser() -> argparse.ArgumentParser:
         "schedule",
         "print the sync's interval, as deployments/prefect.yaml reads it",
         "Print CONNECTOR_DURATION_PERIOD or CONNECTOR_RUN_EVERY as an RFC 5545 rule "
-        "(FREQ=HOURLY;INTERVAL=1 from 2020-01-01 UTC): `prefect deploy --prefect-file "
-        "deployments/prefect.yaml` runs this to schedule the sync deployment. Reads only "
-        "the CONNECTOR_ settings.",
+        "(FREQ=HOURLY;INTERVAL=1, from the last whole interval, UTC): `prefect deploy "
+        "--prefect-file deployments/prefect.yaml` runs this to schedule the sync "
+        "deployment. Reads only the CONNECTOR_ settings.",
     )
     command(
         "check",
@@ -147,6 +150,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Prefect's own console format (prefect/logging/logging.yml, `standard`): one output, one
+# timestamp form, whether a line comes from Prefect or from the connector.
+CONSOLE_FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(name)s - %(message)s"
+CONSOLE_DATEFMT = "%H:%M:%S"
+
+
+def console_formatter() -> logging.Formatter:
+    return logging.Formatter(CONSOLE_FORMAT, datefmt=CONSOLE_DATEFMT)
+
+
 def _configure_logging(level: str, debug: bool) -> None:
     """Our own console handler, set after Prefect's dictConfig (which disables loggers created
     before it) and independent of the root handler pycti replaces at registration."""
@@ -156,9 +169,7 @@ def _configure_logging(level: str, debug: bool) -> None:
     logger.setLevel(logging.DEBUG if debug else getattr(logging, level.upper(), logging.INFO))
     if not any(getattr(h, "_mattermost_console", False) for h in logger.handlers):
         console = logging.StreamHandler(sys.stderr)
-        console.setFormatter(
-            logging.Formatter("%(asctime)s | %(levelname)-7s | %(name)s - %(message)s")
-        )
+        console.setFormatter(console_formatter())
         console._mattermost_console = True  # type: ignore[attr-defined]
         logger.addHandler(console)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Prefect's own API calls

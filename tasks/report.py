@@ -71,9 +71,21 @@ def channel_progress(run: ChannelRun) -> None:
         )
 
 
-def forget_progress() -> None:
-    """The end of a channel's flow run: its progress entry is no longer needed."""
-    resources.progress_artifacts().pop(flow_run.get_id() or "", None)
+def forget_progress(completed: bool = False) -> None:
+    """The end of a channel's flow run: its progress entry is no longer needed; a completed
+    run's artifact reads 100% (a backfill's has no total to count towards, and a sync's
+    total, `total_msg_count`, also counts deleted posts and system messages)."""
+    entry = resources.progress_artifacts().pop(flow_run.get_id() or "", None)
+    if completed and entry is not None:
+        update_progress_artifact(entry[0], 100.0)
+
+
+def nothing_to_run_progress(kind: RunKind) -> None:
+    """A run whose channels were all found unchanged (no channel run): its progress artifact,
+    done, as every run has one."""
+    create_progress_artifact(
+        100.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
+    )
 
 
 def _position(cursor: dict[str, Any] | None) -> str:

@@ -158,6 +158,7 @@ def expected_line(sim, channel: dict, bundles: list | None = None) -> str:
     each thread root its replies refer to that it does not deliver itself (`bundles`: which
     posts each written bundle delivers; the root's author is already there)."""
     from mattermost_connector.config import ConnectorSettings
+    from mattermost_connector.wording import amount
 
     posts = sim.live_posts(channel["id"])
     files = sum(len(p["file_ids"]) for p in posts)
@@ -172,7 +173,10 @@ def expected_line(sim, channel: dict, bundles: list | None = None) -> str:
         copies += len(roots - carried)
     objects = per_posts + count * header + copies
     fates = f" ({files} embedded)" if files else ""  # a directory embeds every file under the cap
-    return f"ok, {len(posts)} posts, {files} files{fates}, {objects} objects"
+    return (
+        f"ok, {amount(len(posts), 'post')}, {amount(files, 'file')}{fates}, "
+        f"{amount(objects, 'object')}"
+    )
 
 
 def channel_bundles(bundles: list[STIX], name: str) -> list[STIX]:

@@ -2,7 +2,9 @@
 
 `pytest --without-prefect` runs the domain tests (DOMAIN_TESTS, less those that take the
 `prefect_api` fixture) with Prefect unimportable, as if it were not installed: the domain
-(`mattermost_connector/`) must work without it.
+(`mattermost_connector/`) must work without it. It also runs the simulator's own tests
+(`test_simulator*.py`, marked `simulator`), which pin the simulator to the server and test
+nothing of the connector: they are not counted among the domain tests (`make test-count`).
 """
 
 from __future__ import annotations
@@ -43,17 +45,24 @@ DOMAIN_TESTS = frozenset(
         "test_domain.py",
         "test_errors.py",
         "test_home.py",
+        "test_invariants.py",
         "test_observables.py",
         "test_live_socket.py",
         "test_pipeline_core.py",
         "test_pipeline_run.py",
         "test_docs.py",
-        "test_simulator.py",
         "test_state.py",
         "test_stix.py",
         "test_walk.py",
     }
 )
+
+
+SIMULATOR_TESTS = "test_simulator"  # the prefix of the simulator's own test files
+
+
+def is_simulator_test(name: str) -> bool:
+    return name.startswith(SIMULATOR_TESTS) and name.endswith(".py")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -75,6 +84,7 @@ class PrefectBlocker(importlib.abc.MetaPathFinder):
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "domain: needs no Prefect (see DOMAIN_TESTS)")
+    config.addinivalue_line("markers", "simulator: the simulator's own tests (no Prefect)")
     if config.getoption("--without-prefect"):
         if "prefect" in sys.modules:
             raise pytest.UsageError("--without-prefect: Prefect was imported before the tests")
@@ -84,19 +94,24 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
     if not config.getoption("--without-prefect") or collection_path.suffix != ".py":
         return None
-    is_test = collection_path.name.startswith("test_")
-    return True if is_test and collection_path.name not in DOMAIN_TESTS else None
+    name = collection_path.name
+    kept = name in DOMAIN_TESTS or is_simulator_test(name)
+    return True if name.startswith("test_") and not kept else None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the domain tests (`-m domain` selects them); leave out the others under
-    --without-prefect."""
+    """Mark the domain tests (`-m domain` selects them) and the simulator's (`-m simulator`);
+    leave out the others under --without-prefect."""
     kept, dropped = [], []
     for item in items:
         domain = item.path.name in DOMAIN_TESTS and "prefect_api" not in item.fixturenames
+        simulator = is_simulator_test(item.path.name)
         if domain:
             item.add_marker(pytest.mark.domain)
-        (kept if domain or not config.getoption("--without-prefect") else dropped).append(item)
+        if simulator:
+            item.add_marker(pytest.mark.simulator)
+        without = domain or simulator
+        (kept if without or not config.getoption("--without-prefect") else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

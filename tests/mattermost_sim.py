@@ -587,6 +587,18 @@ class MattermostSimulator:
                 if not user:
                     raise AppError(404, "app.user.missing_account.const")
                 return self.visible_user(user, me)
+            case "POST", ["posts"]:
+                # api4/post.go createPost (server/channels/api4/post.go): the body's
+                # channel_id, message and root_id; the caller needs create_post in the
+                # channel (a member, or for a public channel a member of its team, who joins
+                # it on posting: readable_channel's rule); the post, as created. The server
+                # answers 201 Created; the simulator's routes answer 200.
+                request = json.loads(body or b"{}")
+                if not isinstance(request, dict) or not request.get("message"):
+                    raise AppError(400, "api.context.invalid_body_param.app_error")
+                channel = self.readable_channel(str(request.get("channel_id", "")), me)
+                root = self.state.posts.get(str(request.get("root_id") or ""))
+                return self.add_post(channel, me, str(request["message"]), root=root)
             case "POST", ["users", "ids"]:
                 ids = json.loads(body or b"[]")
                 if not isinstance(ids, list) or not ids:
@@ -1099,6 +1111,16 @@ def seed_demo(sim: MattermostSimulator, *, big: int = 1500, token: str = DEMO_TO
     return Demo(sim, token, [sharing, incident, direct], [reader, alice, bob, bot])
 
 
+def post_command(sim: MattermostSimulator, demo: Demo) -> str:
+    """A shell command that posts to the demo's ioc-sharing through the API (POST /posts, as
+    Mattermost's own createPost), as the demo's reader."""
+    body = f'{{"channel_id": "{demo.channels[0]["id"]}", "message": "a new indicator"}}'
+    return (
+        f"curl -s -X POST -H 'Authorization: Bearer {demo.token}' -d '{body}' "
+        f"http://127.0.0.1:{sim.port}{API}/posts"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8065)
@@ -1111,6 +1133,8 @@ def main() -> None:
         print("channels:", ",".join(c["id"] for c in demo.channels))
     sim.start(port=args.port)
     print(f"Mattermost simulator on http://127.0.0.1:{sim.port}{API}", flush=True)
+    if args.demo:
+        print("a new post (for `sync` or `live` to deliver):", post_command(sim, demo), flush=True)
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

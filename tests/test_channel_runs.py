@@ -68,15 +68,22 @@ def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
     world.configure(channels, CONNECTOR_CHANNEL_CONCURRENCY="2")
 
     running: set[str] = set()
+    entered: set[str] = set()
     peak: list[int] = [0]
-    guard = threading.Lock()
+    guard = threading.Condition()
     real_open = lifecycle.channel_context  # the first thing opening a channel does
 
-    def slow_open(client, channel_id, *args, **kwargs):
+    def paired_open(client, channel_id, *args, **kwargs):
+        """Each channel waits in its open until a second one runs beside it (or none is left
+        to come): the bound is reached however slowly subflows start on a loaded machine."""
         with guard:
             running.add(channel_id)
+            entered.add(channel_id)
             peak[0] = max(peak[0], len(running))
-        time.sleep(3)  # longer than starting a subflow on a loaded SQLite test server
+            guard.notify_all()
+            assert guard.wait_for(
+                lambda: len(running) >= 2 or len(entered) == len(channels), timeout=300
+            )
         return real_open(client, channel_id, *args, **kwargs)
 
     real_close = lifecycle.close
@@ -87,8 +94,9 @@ def test_channels_run_as_their_own_flow_runs_at_most_the_bound_at_once(
         finally:
             with guard:
                 running.discard(channel_id)
+                guard.notify_all()
 
-    monkeypatch.setattr(lifecycle, "channel_context", slow_open)
+    monkeypatch.setattr(lifecycle, "channel_context", paired_open)
     monkeypatch.setattr(lifecycle, "close", close)
     report = world.sync()
 
@@ -134,8 +142,16 @@ def test_a_channel_another_process_holds_is_run_only_once_it_is_released(
     assert store.try_lease(held["id"], "another-process", 60)
     released: list[float] = []
 
+    def others_done() -> bool:
+        ended = {r.channel_id for r in store.runs() if str(r.status) == "completed"}
+        return {c["id"] for c in others} <= ended
+
     def release_later() -> None:
-        time.sleep(8)
+        """Released once the other channels' runs have all ended: they went ahead while it
+        was held (if they waited for it, this gives up after 5 minutes and the test fails)."""
+        deadline = time.monotonic() + 300
+        while not others_done() and time.monotonic() < deadline:
+            time.sleep(0.1)
         released.append(time.time())
         store.release_lease(held["id"], "another-process")
 

@@ -201,11 +201,18 @@ def test_busy_channel_pays_the_full_check_once(prefect_api, world):
     assert row["posts"] == 1001
     assert row["note"].startswith("full check: 1,000 or more posts changed")
     assert "CONNECTOR_RUN_EVERY" in row["note"]
-    walked = [
-        r for r in sim.requests[mark:] if r.path.endswith("/posts") and "since" not in r.query
+    # the complete listing ran: it locates the channel's start by time (pages without
+    # `after`), which the new-posts pass, resuming at its anchor, never does
+    located = [
+        r
+        for r in sim.requests[mark:]
+        if r.path.endswith("/posts") and not {"since", "after"} & r.query.keys()
     ]
-    assert walked  # the complete listing ran
+    assert located
     store = StateStore(f"sqlite:///{world.workdir / 'state.db'}")
+    # and it listed every post delivered: none is left for its sweep to call deleted
+    (checking,) = store.runs(limit=1, channel_id=busy["id"])
+    assert store.unseen(busy["id"], checking.id, created_from=0) == []
     assert "full check" in status_report(store)
 
     mark = len(sim.requests)
@@ -228,3 +235,34 @@ def test_the_probe_never_moves_a_held_or_moved_cursor(tmp_path: Path):
     assert moved == {"free"}
     assert store.cursor("free") == new and store.cursor("held") == old
     assert store.cursor("moved").boundary_ms == 120
+
+
+def test_one_unreadable_channel_among_readable_ones_does_not_stop_the_others(
+    demo, workdir, monkeypatch
+):
+    """A channel deleted in Mattermost, or one the account may not read, must not stop the
+    whole connector: the preflight lets the run go, which imports the readable channels and
+    fails each unreadable one with its reason (tests/test_sync.py). Only when no listed
+    channel is readable does it stop, naming each with its reason."""
+    from mattermost_connector.check import preflight
+    from mattermost_connector.errors import ChannelNotAccessible
+    from tests.support import settings_with
+
+    sim = demo.sim
+    outsider = sim.add_channel(sim.add_team("elsewhere"), "secret", type="P", members=[])
+    unknown = "u" * 26
+    env = {
+        "MATTERMOST_DOMAIN": "127.0.0.1",
+        "MATTERMOST_PORT": str(sim.port),
+        "MATTERMOST_PROTOCOL": "http",
+        "MATTERMOST_TOKEN": demo.token,
+    }
+    ids = [demo.channels[0]["id"], unknown, outsider["id"]]
+    preflight(settings_with(monkeypatch, **env, MATTERMOST_CHANNEL_IDS=",".join(ids)))
+    with pytest.raises(ChannelNotAccessible) as caught:
+        preflight(settings_with(monkeypatch, **env, MATTERMOST_CHANNEL_IDS=",".join(ids[1:])))
+    assert str(caught.value) == (
+        f"channel {unknown} is not accessible: 404 app.channel.get.existing.app_error; "
+        f"channel {outsider['id']} is not accessible: 403 api.context.permissions.app_error; "
+        "check MATTERMOST_CHANNEL_IDS"
+    )

@@ -27,18 +27,6 @@ def test_listing_returns_order_only_not_context_posts(demo: Demo):
     assert set(body["posts"]) - set(body["order"]), "simulator should send context posts"
 
 
-def test_the_server_defaults_and_caps_page_size(demo: Demo):
-    client = make_client(demo.sim, demo.token)
-    channel_id = demo.channels[0]["id"]
-    assert len(client._http.get(f"/channels/{channel_id}/posts").json()["order"]) == 60
-    assert len(client.posts(channel_id, per_page=1000)) == 200
-
-
-def test_since_is_capped_at_1000_rows(demo: Demo):
-    client = make_client(demo.sim, demo.token)
-    assert len(client.posts(demo.channels[0]["id"], since=1)) <= 1000 + 375  # + thread roots
-
-
 def test_users_are_fetched_in_batches(demo: Demo):
     client = make_client(demo.sim, demo.token)
     ids = [u["id"] for u in demo.users] + ["z" * 26]
@@ -78,14 +66,28 @@ def test_token_travels_in_the_header_only(demo: Demo):
 
 @pytest.mark.parametrize(
     ("status", "error_id"),
-    [(404, "app.channel.get.existing.app_error"), (400, "api.context.invalid_url_param.app_error")],
+    [
+        (404, "app.channel.get.existing.app_error"),
+        (400, "api.context.invalid_url_param.app_error"),
+        (403, "api.context.permissions.app_error"),
+    ],
 )
-def test_app_errors_carry_status_and_id(demo: Demo, status: int, error_id: str):
-    client = make_client(demo.sim, demo.token)
-    channel_id = "q" * 26 if status == 404 else "Q" * 26
+def test_app_errors_carry_status_and_id_and_are_never_asked_again(
+    demo: Demo, status: int, error_id: str
+):
+    """A 400, 403 or 404 would answer the same again: one request, no retry, no wait."""
+    sim = demo.sim
+    outsider = sim.add_user("outsider")
+    secret = sim.add_channel(sim.add_team("elsewhere"), "secret", type="P", members=[outsider])
+    client = make_client(sim, demo.token)
+    channel_id = {404: "q" * 26, 400: "Q" * 26, 403: secret["id"]}[status]
+    mark = len(sim.requests)
+    started = time.monotonic()
     with pytest.raises(MattermostError) as caught:
         client.channel(channel_id)
     assert (caught.value.status, caught.value.error_id) == (status, error_id)
+    assert [r.status for r in sim.requests[mark:]] == [status]
+    assert time.monotonic() - started < 1  # the retry policy's first wait is 0.01 s here
 
 
 @pytest.mark.parametrize("share", [1.0, 0.0], ids=["retry-after", "x-ratelimit-reset-only"])
@@ -231,3 +233,86 @@ def test_a_truncated_file_is_retried_then_reported(tmp_path):
     (found,) = download_attachments(client, [post], tmp_path, 100)["p"]
     assert found.status == AttachmentFate.FAILED and "shorter than Content-Length" in found.error
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_429_one_channel_gets_makes_the_channels_already_waiting_wait_for_it_too():
+    """Channels run 4 at once on one client, and Mattermost limits per token: a thread
+    already waiting for a spent budget to reset, when another's request comes back 429 with
+    Retry-After, waits for that too instead of sending and being refused on its own.
+    (Mattermost answers Retry-After and X-RateLimit-Reset in whole seconds: throttled's
+    http.go, see tests/mattermost_sim.py `rate_limit`.)"""
+    import threading
+
+    import httpx
+
+    in_flight, waiting = threading.Event(), threading.Event()
+    arrivals: dict[str, float] = {}
+    refused_at: list[float] = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path.endswith("/pace"):  # a budget spent: the next request after 1 s
+            return httpx.Response(
+                200, json={}, headers={"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "1"}
+            )
+        if path.endswith("/a") and not refused_at:  # a request in flight, then refused
+            in_flight.set()
+            assert waiting.wait(5)
+            refused_at.append(time.monotonic())
+            return httpx.Response(429, text="limit exceeded\n", headers={"Retry-After": "2"})
+        arrivals.setdefault(path, time.monotonic())
+        return httpx.Response(200, json={})
+
+    def sleep(seconds: float) -> None:
+        waiting.set()
+        time.sleep(seconds)
+
+    settings = MattermostSettings(domain="chat.example.org", token="t", channel_ids=["a" * 26])
+    client = MattermostClient(settings, transport=httpx.MockTransport(server), sleep=sleep)
+    first = threading.Thread(target=client.channel, args=("a",))
+    first.start()
+    assert in_flight.wait(5)
+    client.channel("pace")
+    client.channel("b")  # waits for the spent budget; meanwhile "a" is refused
+    first.join(10)
+    assert arrivals["/api/v4/channels/b"] >= refused_at[0] + 2 - 0.05
+    assert arrivals["/api/v4/channels/a"] >= refused_at[0] + 2 - 0.05
+
+
+def test_https_against_a_plain_http_server_says_the_protocol(demo: Demo, workdir, monkeypatch):
+    from mattermost_connector.check import preflight
+    from tests.support import settings_with
+
+    settings = settings_with(
+        monkeypatch,
+        MATTERMOST_DOMAIN="127.0.0.1",
+        MATTERMOST_PORT=str(demo.sim.port),
+        MATTERMOST_PROTOCOL="https",
+        MATTERMOST_TOKEN=demo.token,
+    )
+    with pytest.raises(MattermostError) as caught:
+        preflight(settings)
+    assert str(caught.value).endswith(
+        "the server answers in plain HTTP, not HTTPS: set MATTERMOST_PROTOCOL=http "
+        "(or check MATTERMOST_PORT)"
+    )
+
+
+def test_a_host_that_is_not_mattermost_is_named_by_its_page_title_not_its_markup():
+    import httpx
+
+    page = "<!DOCTYPE HTML><html><head><title>Error response</title></head><body>" + (
+        "<p>Error code: 404</p>" * 200
+    )
+
+    def web_server(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(404, text=page, headers={"Content-Type": "text/html"})
+
+    settings = MattermostSettings(domain="chat.example.org", token="t", channel_ids=["a" * 26])
+    client = MattermostClient(settings, transport=httpx.MockTransport(web_server))
+    with pytest.raises(MattermostError) as caught:
+        client.me()
+    assert str(caught.value) == (
+        "GET /api/v4/users/me: 404 an HTML page ('Error response'), not Mattermost's API: "
+        "check MATTERMOST_DOMAIN, MATTERMOST_PORT and MATTERMOST_BASEPATH"
+    )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -87,7 +87,8 @@ def test_queue_mode_needs_the_platform(workdir: Path, monkeypatch):
 
 BAD_INPUTS = [
     ({"MATTERMOST_TOKEN": None}, "MATTERMOST_TOKEN is required"),
-    ({"MATTERMOST_TOKEN": ""}, "MATTERMOST_TOKEN: must not be empty"),
+    ({"MATTERMOST_TOKEN": ""}, "MATTERMOST_TOKEN is required"),
+    ({"MATTERMOST_TOKEN": "  "}, "MATTERMOST_TOKEN: must not be empty"),
     (
         {"MATTERMOST_TLP": "PURPLE"},
         "MATTERMOST_TLP: must be one of CLEAR, WHITE, GREEN, AMBER, AMBER+STRICT, RED",
@@ -182,3 +183,120 @@ def test_unwritable_state_store_is_one_line(workdir: Path):
     assert result.returncode == 1
     assert result.stderr.strip().startswith("error: CONNECTOR_STATE_DATABASE_URL: cannot open")
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+ROOT = Path(__file__).resolve().parents[1]
+FILLED = {
+    "OPENCTI_TOKEN": "a-real-token",
+    "CONNECTOR_ID": "6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69",
+    "MATTERMOST_TOKEN": VALID_TOKEN,
+    "MATTERMOST_CHANNEL_IDS": "5i5rip6zaf8qprwfi86iu9xsjy",
+}
+
+
+def env_sample_with(workdir: Path, **values: str) -> None:
+    """`.env.sample` copied to `.env`, with `values` filled in where the sample has them."""
+    lines = (ROOT / ".env.sample").read_text().splitlines()
+    filled = [
+        f"{line.split('=', 1)[0]}={values[line.split('=', 1)[0]]}"
+        if "=" in line and line.split("=", 1)[0] in values
+        else line
+        for line in lines
+    ]
+    (workdir / ".env").write_text("\n".join(filled) + "\n")
+
+
+def test_env_sample_copied_to_dotenv_loads_once_its_blanks_are_filled(workdir: Path):
+    """Every `VARIABLE=` the sample leaves empty is unset (its default), CONNECTOR_ID too."""
+    env_sample_with(workdir, **FILLED)
+    settings = load_settings()
+    assert str(settings.connector.id) == FILLED["CONNECTOR_ID"]
+    assert settings.connector.work_pool is None
+    assert settings.opencti.token_block is None and settings.mattermost.teams == []
+    assert settings.mattermost.request_timeout is None
+    env_sample_with(workdir, **{**FILLED, "CONNECTOR_ID": ""})
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert str(caught.value).startswith("CONNECTOR_ID is required when CONNECTOR_SEND_TO_QUEUE")
+
+
+@pytest.mark.parametrize("prefix", ["MATTERMOST_", "OPENCTI_"])
+def test_a_token_block_beside_an_empty_token_is_the_token(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, prefix: str
+):
+    import mattermost_connector.config as config
+
+    monkeypatch.setattr(config, "load_secret_block", lambda name, variable: f"from-{name}")
+    env_sample_with(workdir, **{**FILLED, f"{prefix}TOKEN": "", f"{prefix}TOKEN_BLOCK": "kept"})
+    settings = load_settings()
+    group = settings.mattermost if prefix == "MATTERMOST_" else settings.opencti
+    assert group.token is not None and group.token.get_secret_value() == "from-kept"
+
+
+def test_an_empty_value_in_config_yml_is_unset(workdir: Path, monkeypatch):
+    (workdir / "config.yml").write_text("connector:\n  id: ''\n  duration_period:\n")
+    settings = settings_with(monkeypatch)
+    assert settings.connector.id is None and settings.connector.duration_period is None
+
+
+@pytest.mark.parametrize("spelling", ["AMBER_STRICT", "amber_strict", "TLP:AMBER_STRICT"])
+def test_the_original_connectors_amber_strict_spelling_is_accepted(
+    workdir: Path, monkeypatch, spelling: str
+):
+    assert settings_with(monkeypatch, MATTERMOST_TLP=spelling).mattermost.tlp is TLP.AMBER_STRICT
+
+
+def test_the_schema_accepts_amber_strict_in_both_spellings():
+    from mattermost_connector.metadata import config_schema
+
+    enum = config_schema()["properties"]["MATTERMOST_TLP"]["enum"]
+    assert "AMBER+STRICT" in enum and "AMBER_STRICT" in enum
+
+
+def test_settings_without_effect_are_accepted_with_one_warning_each(
+    workdir: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+):
+    import mattermost_connector.config as config
+
+    monkeypatch.setattr(config, "_warned", set())
+    (workdir / ".env").write_text("CONNECTOR_UPDATE_EXISTING_DATA=true\n")
+    monkeypatch.setenv("CONNECTOR_TYPE", "STREAM")
+    with caplog.at_level("WARNING", logger="mattermost_connector.config"):
+        settings_with(monkeypatch)
+        settings_with(monkeypatch)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("CONNECTOR_TYPE has no effect: ")
+    assert warnings[1].startswith("CONNECTOR_UPDATE_EXISTING_DATA has no effect: ")
+
+
+def test_settings_without_effect_are_not_warned_about_when_empty_or_right(
+    workdir: Path, monkeypatch, caplog: pytest.LogCaptureFixture
+):
+    import mattermost_connector.config as config
+
+    monkeypatch.setattr(config, "_warned", set())
+    monkeypatch.setenv("CONNECTOR_UPDATE_EXISTING_DATA", "")
+    monkeypatch.setenv("CONNECTOR_TYPE", "external_import")  # the connector manager's value
+    with caplog.at_level("WARNING", logger="mattermost_connector.config"):
+        settings_with(monkeypatch)
+    assert not caplog.records
+
+
+@pytest.mark.parametrize("every", ["30s", "90s", "5m", "1h", "7h", "1d"])
+def test_the_sync_schedule_starts_within_one_interval_before_now(every: str):
+    """Prefect counts a rule's dates forward from its DTSTART one at a time: a start years
+    back cost seconds to minutes per computation. The start is the last multiple of the
+    interval since the epoch, so two deploys in one interval schedule the same instants."""
+    from dateutil.rrule import rrulestr
+
+    from mattermost_connector.config import parse_duration, recurrence
+
+    delta = parse_duration(every)
+    now = datetime(2026, 12, 7, 23, 54, 31, tzinfo=UTC)
+    rule = recurrence(delta, now)
+    start = datetime.strptime(rule.split("\n")[0], "DTSTART:%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+    assert now - delta < start <= now
+    assert recurrence(delta, start + delta - timedelta(seconds=1)) == rule
+    assert int(start.timestamp()) % int(delta.total_seconds()) == 0
+    assert rrulestr(rule).after(now.replace(tzinfo=None)) == (start + delta).replace(tzinfo=None)

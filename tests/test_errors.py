@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import socket
 from types import SimpleNamespace
 
 import pytest
@@ -113,3 +114,42 @@ def test_only_transient_and_busy_faults_are_retried_within_the_budget():
         retry_call(full, connector, "test")  # type: ignore[arg-type]
     assert len(calls) == 1
     assert delays(SimpleNamespace(delivery_retries=3, delivery_retry_delay=10)) == [10, 20, 40]  # type: ignore[arg-type]
+
+
+def _queue_settings(monkeypatch: pytest.MonkeyPatch, url: str, token: str):
+    from tests.support import settings_with
+
+    return settings_with(
+        monkeypatch,
+        CONNECTOR_SEND_TO_QUEUE="true",
+        OPENCTI_URL=url,
+        OPENCTI_TOKEN=token,
+        CONNECTOR_ID="6c3e9a2b-7d41-4f8e-9b0a-1e2d3c4b5a69",
+    )
+
+
+def test_a_refused_opencti_token_is_permanent_an_unreachable_platform_transient(
+    workdir, monkeypatch: pytest.MonkeyPatch
+):
+    """pycti reports both as "OpenCTI API is not reachable": under `serve` a refused token
+    was retried for the whole budget. It is asked again, and said as it is."""
+    from mattermost_connector.delivery import opencti_helper
+    from tests.graphql_server import GraphQLServer
+
+    platform = GraphQLServer("the-right-token", lambda op, v: {"data": {"about": {}}}).start()
+    refused = _queue_settings(monkeypatch, platform.url, "a-wrong-token")
+    with pytest.raises(DeliveryError) as caught:
+        opencti_helper(refused)
+    assert fault_of(caught.value) is Fault.PERMANENT
+    assert str(caught.value) == (
+        f"cannot register with OpenCTI at {platform.url}: the token was refused; "
+        "check OPENCTI_TOKEN"
+    )
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    away = _queue_settings(monkeypatch, f"http://127.0.0.1:{port}", "a-wrong-token")
+    with pytest.raises(DeliveryError) as caught:
+        opencti_helper(away)
+    assert fault_of(caught.value) is Fault.TRANSIENT
+    assert "a-wrong-token" not in str(caught.value)

@@ -46,16 +46,19 @@ def test_bad_token(workdir: Path, demo: Demo):
     assert StateStore(f"sqlite:///{workdir / 'state.db'}").runs() == []  # nothing started
 
 
-def test_unknown_channel(workdir: Path, demo: Demo):
-    unknown = "u" * 26
+def test_no_readable_channel(workdir: Path, demo: Demo):
+    """Every listed channel unreadable: stopped at once, each named (one among readable
+    ones does not stop the others: tests/test_channels.py)."""
+    unknown, other = "u" * 26, "v" * 26
     env = {
         **mattermost_env(demo),
         **offline_env(workdir),
-        "MATTERMOST_CHANNEL_IDS": f"{demo.channels[0]['id']},{unknown}",
+        "MATTERMOST_CHANNEL_IDS": f"{unknown},{other}",
     }
     code, output, took = sync(env, workdir)
     assert code == 1 and took < FAST
     assert_one_line(output, f"channel {unknown} is not accessible: 404", "MATTERMOST_CHANNEL_IDS")
+    assert f"channel {other} is not accessible: 404" in output
 
 
 def test_unknown_team(workdir: Path, demo: Demo):

@@ -8,6 +8,7 @@ duplicates within the README's bound (CONNECTOR_DELIVERY_CONCURRENCY bundles per
 from __future__ import annotations
 
 import errno
+import json
 import tempfile
 import time
 import uuid
@@ -23,6 +24,7 @@ from mattermost_connector.amqp import Publisher
 from mattermost_connector.delivery import OpenCTIDestination
 from mattermost_connector.kinds import RunStatus
 from mattermost_connector.pipeline import lifecycle, loading
+from mattermost_connector.pipeline.spool import OWNER_FILE, store_identity
 from mattermost_connector.state import StateStore
 from mattermost_connector.stix import message_id
 from tests.checks import delivered_messages, queue_messages
@@ -296,11 +298,14 @@ def test_a_killed_runs_spool_is_removed_by_the_channels_next_run(world: World):
     channel = world.channel("spool-left")
     world.populate(channel, 20)
     world.configure([channel])
+    store = store_identity(f"sqlite:///{world.workdir / 'state.db'}")
     left = Path(tempfile.gettempdir()) / f"mattermost-{channel['id']}-killed"
     left.mkdir()
     (left / "bundle-000001.json").write_text("{}")
+    (left / OWNER_FILE).write_text(json.dumps({"store": store, "run": 1}))  # lock free: dead
     other = Path(tempfile.gettempdir()) / "mattermost-another-channel-x"
     other.mkdir()
+    (other / OWNER_FILE).write_text(json.dumps({"store": store, "run": 2}))
     world.sync()
     assert not left.exists() and other.exists()
     assert not list(Path(tempfile.gettempdir()).glob(f"mattermost-{channel['id']}-*"))

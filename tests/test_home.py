@@ -290,3 +290,131 @@ def test_only_completed_task_runs_are_quieted(caplog):
         "Task run failed with exc",
         "Finished in state Crashe",
     ]
+
+
+# -- mistakes answered in one line --------------------------------------------------------------
+
+
+def test_an_unknown_command_lists_the_commands_by_name(capsys):
+    from mattermost_prefect.cli import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["snyc"])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "(choose from 'sync', 'backfill', 'serve', 'live', 'status', 'schedule', 'check')" in (
+        error
+    )
+    assert "RunKind" not in error
+
+
+@pytest.mark.parametrize("since", ["1700000000000", "1700000000000.0"])
+def test_a_backfill_since_in_milliseconds_is_refused_up_front(
+    workdir: Path, monkeypatch, capsys, since: str
+):
+    """Mattermost counts in milliseconds; a backfill takes seconds: refused before Prefect
+    starts, saying which unit to give (it used to fail 28 s later on `year 55840`)."""
+    from mattermost_prefect.cli import main
+
+    for name, value in VALID.items():
+        monkeypatch.setenv(name, value)
+    code = main(["backfill", "--channel", CHANNEL, "--since", since, "--until", "2024-01-01"])
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"configuration error: --since/--until: start: {since} looks like epoch milliseconds "
+        "(Mattermost's unit): give epoch seconds (1700000000) or ISO 8601\n"
+    )
+    assert not (workdir / "data").exists()
+
+
+def test_epoch_seconds_up_to_the_year_5000_are_seconds():
+    from mattermost_connector.window import parse_instant
+
+    assert parse_instant("1700000000", "start") == 1_700_000_000_000
+    assert parse_instant("99999999999", "start") == 99_999_999_999_000
+    with pytest.raises(ConfigError, match="looks like epoch milliseconds"):
+        parse_instant("100000000000", "end")
+
+
+def test_check_creates_nothing(demo, workdir: Path, monkeypatch):
+    """`check --help` says it changes nothing: no data/, no bundle directory, no state
+    database appear; each says where it would be created, and that it could be."""
+    from mattermost_connector.check import run_checks
+
+    settings = settings_with(
+        monkeypatch,
+        MATTERMOST_DOMAIN="127.0.0.1",
+        MATTERMOST_PORT=str(demo.sim.port),
+        MATTERMOST_PROTOCOL="http",
+        MATTERMOST_TOKEN=demo.token,
+        MATTERMOST_CHANNEL_IDS=demo.channels[0]["id"],
+    )
+    findings = list(run_checks(settings))
+    assert all(ok for ok, _ in findings), findings
+    assert list(workdir.iterdir()) == []
+    assert (True, "state store: data/state.db not created yet, at the first run (writable)") in (
+        findings
+    )
+    assert (
+        True,
+        "bundle directory data/bundles: not created yet, at the first run (writable)",
+    ) in findings
+    (workdir / "data").write_text("a file where the directory goes")
+    findings = list(run_checks(settings))
+    assert (False, "state store data/state.db: data is not a directory") in findings
+
+
+def test_one_of_anything_is_singular_in_every_line():
+    from mattermost_connector.channel_run import ChannelResult
+    from mattermost_connector.kinds import RunKind, RunStatus
+    from mattermost_connector.wording import amount
+
+    one = ChannelResult(
+        CHANNEL, "cti/town", RunKind.SYNC, RunStatus.COMPLETED, Counts(posts=1, files=1, objects=1)
+    )
+    assert one.summary() == f"channel {CHANNEL} (cti/town): ok, 1 post, 1 file, 1 object"
+    two = ChannelResult(
+        CHANNEL, None, RunKind.SYNC, RunStatus.COMPLETED, Counts(posts=2, files=0, objects=3)
+    )
+    assert two.summary() == f"channel {CHANNEL}: ok, 2 posts, 0 files, 3 objects"
+    assert progress.describe("cti/town", "backfill", 1, 1, 0) == "cti/town: 1 post this backfill"
+    assert progress.describe("cti/town", "sync", 1, 1, 1) == (
+        "cti/town: 1 of about 1 post (1 this run)"
+    )
+    assert amount(1, "channel") == "1 channel" and amount(1200, "post", grouped=True) == (
+        "1,200 posts"
+    )
+    assert amount(1, "entry", "entries") == "1 entry" and amount(2, "entry", "entries") == (
+        "2 entries"
+    )
+
+
+def test_the_connectors_log_lines_carry_prefects_timestamp_form():
+    """One output, one timestamp form: `00:15:02.123 | INFO    | name - message`, as
+    Prefect's console handler writes its own lines (prefect/logging/logging.yml)."""
+    import re
+
+    from mattermost_prefect.cli import console_formatter
+
+    record = logging.LogRecord("mattermost_connector.load", logging.INFO, "", 0, "hi", (), None)
+    line = console_formatter().format(record)
+    assert re.fullmatch(r"\d\d:\d\d:\d\d\.\d{3} \| INFO    \| mattermost_connector.load - hi", line)
+
+
+def test_status_writes_every_moment_in_one_form(workdir: Path):
+    """Cursors, windows and run history side by side: ISO 8601 UTC with `Z` for all (the
+    history's started/updated times were `2026-12-08 00:10:00` beside `...T00:10:00Z`)."""
+    import re
+
+    from mattermost_connector.status import report
+
+    store = StateStore(f"sqlite:///{workdir / 'state.db'}")
+    store.save_cursor(CHANNEL, Cursor(_ms("2024-03-01T10:00:00")), posts_delivered=12)
+    window = backfill_key(CHANNEL, _ms("2024-01-01"), _ms("2024-02-01"))
+    store.save_cursor(window, Cursor(_ms("2024-01-15")), 7)
+    store.finish_run(store.start_run(CHANNEL, "sync"), "completed", Counts(posts=12))
+    text = report(store, runs=1)
+    store.close()
+    moments = re.findall(r"\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d\S*", text)
+    assert len(moments) >= 4, text
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m) for m in moments), moments

@@ -412,3 +412,51 @@ def wait_for(predicate, seconds: float, what: str) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.5)
+
+
+def _progress_of(flow_run_id, key: str) -> list[float]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[key]),
+            )
+        )
+    return [a.data for a in found if a.type == "progress"]
+
+
+def test_progress_reads_100_when_every_channel_was_unchanged_and_after_a_backfill(world: World):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    from mattermost_prefect.flows.backfill import mattermost_backfill
+    from mattermost_prefect.flows.sync import mattermost_sync
+
+    channel = world.channel("steady")
+    posts = world.populate(channel, 30)
+    world.configure([channel])
+    world.sync()
+    again = mattermost_sync(return_state=True)
+    assert again.is_completed() and "unchanged" in str(again.result())
+    assert _progress_of(again.state_details.flow_run_id, "mattermost-sync-progress") == [100.0]
+    start, end = posts[5]["create_at"], posts[20]["create_at"]
+    state = mattermost_backfill(
+        channel["id"], str(start / 1000), str(end / 1000), return_state=True
+    )
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        (child,) = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[state.state_details.flow_run_id]
+                )
+            )
+        )
+    assert _progress_of(child.id, "mattermost-channel-progress") == [100.0]

@@ -425,3 +425,76 @@ def test_a_retried_load_sends_again_only_what_no_attempt_delivered(tmp_path: Pat
     assert destination.sent == [2, 5]
     assert [c for _, c in store.recorded[1:]] == [b.cursor for b in bundles[1:]]
     assert not list(tmp_path.glob("bundle-*"))  # recorded: files and markers gone
+
+
+# -- spools: a run removes only its own store's dead runs' --------------------------------------
+
+SPOOL_CHANNEL = "5i5rip6zaf8qprwfi86iu9xsjy"
+HOLD_A_SPOOL = """
+import sys, time
+from mattermost_connector.pipeline.spool import new_spool
+print(new_spool(sys.argv[1], sys.argv[2], 7), flush=True)
+time.sleep(60)
+"""
+
+
+def _spool_held_by_another_process(store: str, tmp: Path):
+    import os
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", HOLD_A_SPOOL, SPOOL_CHANNEL, store],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp)},
+    )
+    assert process.stdout is not None
+    return process, Path(process.stdout.readline().strip())
+
+
+def test_a_spool_is_removed_only_when_it_is_this_stores_dead_run(tmp_path: Path, monkeypatch):
+    """Two installs on one host sync the same channel: one's run must never remove the
+    other's live spool (its run then fails on FileNotFoundError), nor any other install's;
+    only its own store's runs that died (the owner file's lock is free)."""
+    import tempfile
+
+    from mattermost_connector.pipeline.spool import new_spool, release_spool, store_identity
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    ours = store_identity(f"sqlite:///{tmp_path / 'ours.db'}")
+    theirs = store_identity(f"sqlite:///{tmp_path / 'theirs.db'}")
+    assert ours != theirs
+    their_live, their_spool = _spool_held_by_another_process(theirs, tmp_path)
+    our_live, our_live_spool = _spool_held_by_another_process(ours, tmp_path)
+    try:
+        without_owner = tmp_path / f"mattermost-{SPOOL_CHANNEL}-older-install"
+        without_owner.mkdir()
+        mine = new_spool(SPOOL_CHANNEL, ours, 8)
+        assert their_spool.is_dir() and our_live_spool.is_dir() and without_owner.is_dir()
+        release_spool(mine)
+        assert not mine.exists()
+    finally:
+        for process in (their_live, our_live):
+            process.kill()
+            process.wait()
+    again = new_spool(SPOOL_CHANNEL, ours, 9)  # both processes died
+    assert not our_live_spool.exists()  # ours: removed
+    assert their_spool.is_dir() and without_owner.is_dir()  # another install's: left
+    release_spool(again)
+
+
+def test_a_sqlite_store_is_named_by_its_absolute_path_and_never_by_its_password(
+    tmp_path: Path, monkeypatch
+):
+    from mattermost_connector.pipeline.spool import store_identity
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other").mkdir()
+    here = store_identity("sqlite:///data/state.db")
+    assert here == store_identity(f"sqlite:///{tmp_path}/data/state.db")
+    monkeypatch.chdir(tmp_path / "other")
+    assert store_identity("sqlite:///data/state.db") != here
+    named = store_identity("postgresql+psycopg://u:s3cret@db/state")
+    assert "s3cret" not in named and named != store_identity("postgresql+psycopg://u:x@db/state")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 
@@ -236,3 +238,37 @@ def test_users_the_account_may_not_see(world):
     )
     found = client.post("/users/ids", json=[me["id"], other["id"]]).json()
     assert [user["id"] for user in found] == [me["id"]]  # left out, without an error
+
+
+def test_a_post_can_be_created_through_the_api_as_mattermost_does(world):
+    """api4/post.go createPost: what `python -m tests.mattermost_sim --demo` tells a user to call, to give
+    `live` something new (tests/demo.py)."""
+    sim, channel, _, client = world
+    created = client.post("/posts", json={"channel_id": channel["id"], "message": "fresh"})
+    assert created.status_code == 200, created.text
+    post = created.json()
+    assert (post["message"], post["channel_id"], post["root_id"]) == ("fresh", channel["id"], "")
+    assert listing(client, channel).json()["order"][0] == post["id"]
+    reply = client.post(
+        "/posts", json={"channel_id": channel["id"], "message": "re", "root_id": post["id"]}
+    ).json()
+    assert reply["root_id"] == post["id"]
+    outsider = sim.add_channel(sim.add_team("other"), "closed", type="P", members=[])
+    refused = client.post("/posts", json={"channel_id": outsider["id"], "message": "x"})
+    assert refused.status_code == 403
+    assert client.post("/posts", json={"channel_id": channel["id"]}).status_code == 400
+
+
+def test_the_demo_gives_the_simulator_new_posts(sim: MattermostSimulator):
+    import subprocess
+
+    from tests.demo import add_posts
+    from tests.mattermost_sim import post_command, seed_demo
+
+    demo = seed_demo(sim, big=10)
+    before = len(sim.live_posts(demo.channels[0]["id"]))
+    add_posts(sim, demo, 3)
+    assert len(sim.live_posts(demo.channels[0]["id"])) == before + 3
+    done = subprocess.run(post_command(sim, demo), shell=True, capture_output=True, timeout=30)
+    assert done.returncode == 0 and json.loads(done.stdout)["message"] == "a new indicator"
+    assert len(sim.live_posts(demo.channels[0]["id"])) == before + 4

@@ -114,7 +114,7 @@ def test_a_v1_file_with_cursors_migrates_to_the_current_schema_keeping_them(tmp_
         'INSERT INTO channel_cursors VALUES (\'c1\', \'{"boundary_ms": 7, "boundary_ids": [], "anchor_id": "a"}\', 3, \'2026-01-01\')',
     )
     store = StateStore(url)
-    assert store.version() == SCHEMA_VERSION == 6
+    assert store.version() == SCHEMA_VERSION  # the latest migration's, whatever it is
     assert store.cursor("c1").anchor_id == "a"
     store.record_attachments(
         "c1",

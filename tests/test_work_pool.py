@@ -74,6 +74,19 @@ def run(command: list[str], env: dict, cwd: Path, timeout: float) -> subprocess.
     return done
 
 
+def flow_runs_of(api: str, deployment_id: str, states: list[str] | None = None) -> int:
+    body: dict = {"deployments": {"id": {"any_": [deployment_id]}}}
+    if states:
+        body["flow_runs"] = {"state": {"type": {"any_": states}}}
+    answer = httpx.post(f"{api}/flow_runs/count", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    return int(answer.json())
+
+
+def scheduled_runs_of(api: str, deployment_id: str) -> int:
+    return flow_runs_of(api, deployment_id, ["SCHEDULED"])
+
+
 @pytest.mark.slow
 def test_two_workers_share_the_channels_each_post_once_no_channel_twice_at_once(
     sim: MattermostSimulator, tmp_path: Path, state_url: str
@@ -141,6 +154,14 @@ def test_two_workers_share_the_channels_each_post_once_no_channel_twice_at_once(
         ).json()
         (schedule,) = sync_deployment["schedules"]
         assert schedule["schedule"]["rrule"].endswith("FREQ=DAILY;INTERVAL=1")  # RUN_EVERY=1d
+        # The schedule is deployed as a user's would be, then paused: its daily run (at 00:00
+        # UTC) would otherwise start a second sync on the workers when the test crosses
+        # midnight. Pausing deletes the runs the scheduler made already; none may remain.
+        paused = httpx.post(
+            f"{api}/deployments/{sync_deployment['id']}/pause_deployment", timeout=30
+        )
+        assert paused.status_code < 300, paused.text
+        assert scheduled_runs_of(api, sync_deployment["id"]) == 0
         channel_deployment = httpx.get(
             f"{api}/deployments/name/mattermost-channel/channel", timeout=5
         ).json()
@@ -217,6 +238,9 @@ def test_two_workers_share_the_channels_each_post_once_no_channel_twice_at_once(
         )
         expected = {f"{n}/{index}" for n in range(CHANNELS) for index in range(POSTS)}
         assert set(delivered) == expected and set(delivered.values()) == {1}
+        # only the test's runs: the deployed sync never ran (`mattermost-connector sync` runs
+        # the flow in its own process, dispatching its channels to the pool)
+        assert flow_runs_of(api, sync_deployment["id"]) == 0
         all_logs = "".join(log.read_text() for log in logs) + server_log.read_text()
         assert TOKEN not in all_logs
     finally:

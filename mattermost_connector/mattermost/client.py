@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -272,16 +273,29 @@ class MattermostClient:
                 error_id=error_id,
             )
         raise MattermostError(
-            f"{request.method} {request.url.path}: {status} {error_id or ''} {message}".strip(),
+            " ".join(
+                part
+                for part in (f"{request.method} {request.url.path}: {status}", error_id, message)
+                if part
+            ),
             status=status,
             error_id=error_id,
         )
 
     def _wait_rate_limit(self) -> None:
-        delay = self._not_before - time.monotonic()
-        if delay > 0:
-            log.info("rate limited by Mattermost: waiting %.1f s", delay)
-            self._sleep(min(delay, self._retry.max_rate_limit_wait))
+        """Wait until the token's budget allows a request. Every channel of a run shares this
+        client, and Mattermost's limit is per token: a 429 (or a spent budget) another thread
+        learns of meanwhile moves the deadline, so it is read again after each wait rather
+        than every thread sending once more to find out on its own."""
+        waited = 0.0
+        while (delay := self._not_before - time.monotonic()) > 0:
+            delay = min(delay, self._retry.max_rate_limit_wait - waited)
+            if delay <= 0:
+                return
+            if not waited:
+                log.info("rate limited by Mattermost: waiting %.1f s", delay)
+            self._sleep(delay)
+            waited += delay
 
     def _note_rate_limit(self, response: httpx.Response) -> None:
         """Pace before the server has to say 429: when the budget is spent, wait for its reset."""
@@ -336,10 +350,29 @@ def _app_error(response: httpx.Response) -> tuple[str | None, str]:
     try:
         body = response.json()
     except ValueError:
-        return None, response.text.strip()[:200]
+        return None, _not_an_app_error(response)
     if isinstance(body, dict):
         return body.get("id"), str(body.get("message", ""))
     return None, ""
+
+
+_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.I | re.S)
+EXCERPT = 80
+
+
+def _not_an_app_error(response: httpx.Response) -> str:
+    """An answer that is not Mattermost's AppError JSON, in a few words: a web page (a proxy,
+    another site on that host and port) by its title, never its whole markup."""
+    text = response.text.strip()
+    if "html" in response.headers.get("Content-Type", "").lower() or text.startswith("<"):
+        title = _TITLE.search(text)
+        name = " ".join(title.group(1).split())[:EXCERPT] if title else ""
+        return (
+            f"an HTML page{f' ({name!r})' if name else ''}, not Mattermost's API: check "
+            "MATTERMOST_DOMAIN, MATTERMOST_PORT and MATTERMOST_BASEPATH"
+        )
+    text = " ".join(text.split())
+    return text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
 
 
 _POST_FIELDS = (("id", str), ("create_at", int), ("user_id", str))

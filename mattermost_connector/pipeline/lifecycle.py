@@ -4,7 +4,6 @@ outcome wherever it is shown (run history, OpenCTI work, the report row)."""
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -18,9 +17,10 @@ from mattermost_connector.errors import one_line
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.mattermost.channels import channel_as_first_imported, channel_context
 from mattermost_connector.pipeline.services import Services
-from mattermost_connector.pipeline.spool import new_spool
+from mattermost_connector.pipeline.spool import new_spool, release_spool, store_identity
 from mattermost_connector.retries import retry_call
 from mattermost_connector.window import backfill_key, iso
+from mattermost_connector.wording import amount
 
 log = logging.getLogger("mattermost_connector.pipeline")
 T = TypeVar("T")
@@ -68,7 +68,9 @@ def open_channel(
     since = iso(cursor.boundary_ms)
     work = Work(channel_id, friendly_name=f"Mattermost {context.name}: {label} from {since}")
     posts_before = store.posts_delivered(key)
-    spool = new_spool(channel_id)
+    spool = new_spool(
+        channel_id, store_identity(services.settings.connector.state_database_url), run_id
+    )
     # last: a retried open (the store, the disk) leaves no OpenCTI work behind unclosed
     for destination in services.destinations:
         destination.open_work(work)
@@ -102,8 +104,10 @@ def work_message(counts: Counts) -> str:
         else ""
     )
     return (
-        f"{counts.posts} posts, {counts.files} files, {counts.objects} objects in "
-        f"{counts.bundles} bundles" + (f"; files: {by_fate}" if by_fate else "") + changed
+        f"{amount(counts.posts, 'post')}, {amount(counts.files, 'file')}, "
+        f"{amount(counts.objects, 'object')} in {amount(counts.bundles, 'bundle')}"
+        + (f"; files: {by_fate}" if by_fate else "")
+        + changed
     )
 
 
@@ -129,7 +133,7 @@ def close(
         message = error or archived or work_message(counts)
         for destination in services.destinations:
             destination.close_work(run.work, message, in_error=bool(error))
-        shutil.rmtree(run.spool, ignore_errors=True)
+        release_spool(run.spool)
     note = run.note if run else None
     shown = error or archived or note
     if unrecorded is None:
