@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,8 +30,10 @@ from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
 from mattermost_connector.config import Settings
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import MattermostError, one_line, stops_the_run
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.live.announced import AnnouncedPosts, PeriodicCheck
 from mattermost_connector.live.due import DueChannel, DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket
@@ -47,6 +50,8 @@ from mattermost_prefect.tasks.steps import prefect_steps
 log = logging.getLogger("mattermost_connector.live")
 
 CATCH_UP = "catch-up"
+UNCONFIRMED = "unconfirmed"  # announced posts no run has taken yet (a lagging replica)
+CHECK = "check"  # the periodic catch-up (MATTERMOST_LIVE_CHECK_PERIOD)
 
 
 def deliver_channel(channel_id: str) -> ChannelResult:
@@ -103,7 +108,8 @@ def delivery_label(due: list[DueChannel], names: dict[str, str]) -> str:
     for channel in due:
         for reason, count in channel.reasons.items():
             reasons[reason] = reasons.get(reason, 0) + count
-    why = "+".join(sorted({r if r in (CATCH_UP, RESYNC) else "events" for r in reasons}))
+    kinds = (CATCH_UP, RESYNC, UNCONFIRMED, CHECK)
+    why = "+".join(sorted({r if r in kinds else "events" for r in reasons}))
     if len(due) == 1:
         channels = names.get(due[0].channel_id) or due[0].channel_id
     else:
@@ -134,6 +140,8 @@ class LiveSession:
         self.stop = threading.Event()
         self.due = DueChannels()
         self.witness = ChangeWitness()
+        self.announced = AnnouncedPosts()
+        self.check = PeriodicCheck(mattermost.live_check_period.total_seconds())
         self.listener = Listener(
             MattermostSocket(mattermost),
             self.channels,
@@ -142,6 +150,7 @@ class LiveSession:
             delay=mattermost.keepalive_delay,
             stop=self.stop,
             witness=self.witness,
+            announced=self.announced,
         )
         self.connect_timeout = mattermost.timeout
         self.deliveries = 0  # flow runs started (benchmark, tests)
@@ -173,21 +182,43 @@ class LiveSession:
             if not self.stop.is_set() and self.listener.failure is None:
                 self.due.mark_all(self.channels, CATCH_UP)
             while not self.stop.is_set() and self.listener.failure is None:
-                due = self.due.take(timeout=1.0)
+                self._mark_scheduled()
+                wait = min(1.0, self.check.next_in(), self.announced.next_retry_in() or 1.0)
+                due = self.due.take(timeout=wait)
                 if due and not self.stop.is_set():
                     self.deliver(due)
         finally:
             self.stop.set()
+
+    def _mark_scheduled(self) -> None:
+        """Channels due without an event: announced posts to look for again, and every
+        channel at each periodic check."""
+        for channel_id in self.announced.due():
+            self.due.mark(channel_id, UNCONFIRMED)
+        if self.check.due():
+            self.due.mark_all(self.channels, CHECK)
 
     def deliver(self, due: list[DueChannel]) -> None:
         names = resources.store().channel_names()
         label = delivery_label(due, names)
         log.info("%s", label)
         self.deliveries += 1
+        started = time.monotonic()
+        report: list[dict[str, Any]] = []
         try:
-            live_delivery([channel.channel_id for channel in due], label)
+            report = live_delivery([channel.channel_id for channel in due], label)
         except Exception as error:  # a delivery that crashed: the next event tries again
             log.error("%s failed: %s", label, one_line(error))
+        self._confirm(due, report, started)
+
+    def _confirm(self, due: list[DueChannel], report: list[dict[str, Any]], started: float) -> None:
+        """Which announced posts each channel's run took; the others are looked for again."""
+        cursors = {row["channel_id"]: row["cursor_after"] or row["cursor_before"] for row in report}
+        for channel in due:
+            cursor = cursors.get(channel.channel_id)
+            self.announced.confirm(
+                channel.channel_id, Cursor.from_dict(cursor) if cursor else None, started
+            )
 
     def request_stop(self) -> None:
         self.stop.set()

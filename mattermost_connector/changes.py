@@ -36,6 +36,13 @@ SINCE_CAP = 1000
 # milliseconds of each other, well inside the margin. 5 minutes (before) made a channel that
 # got more than 1,000 changes within 5 minutes of a run pay the full check at the next run
 # too; with 30 s only a burst in the last 30 s before a run does.
+# Read replicas: `since` reads a replica (post_store.go GetPostsSince, GetReplicaX), which can
+# lag the master. A change stamped at T is seen by a check at C only once replicated; the next
+# check reads from C - margin, so a change replicated later than T + margin is never listed by
+# `since`: the margin covers a replica lag of up to about 30 s, not more (PostgreSQL streaming
+# replicas lag by milliseconds to seconds when healthy). Beyond it, an edit or deletion made
+# then is missed by scheduled syncs until the post changes again or a full check runs; in live
+# mode the event carries it (live/witness.py), as long as no gap comes before that run.
 CHANGES_MARGIN_MS = 30 * 1000
 
 Post = dict[str, Any]

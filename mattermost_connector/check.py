@@ -128,7 +128,7 @@ def _mattermost(settings: Settings) -> Iterator[Finding]:
         for channel_id in settings.mattermost.channel_ids:
             try:
                 _, name, _ = named_channel(client, channel_id)
-                client.posts(channel_id, per_page=1)
+                client.posts(channel_id, per_page=1, skipFetchThreads="true")
             except MattermostError as error:
                 yield False, f"channel {channel_id}: {one_line(error)}"
             else:

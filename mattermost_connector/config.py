@@ -346,6 +346,8 @@ class MattermostSettings(_Group):
     keepalive: bool = False
     keepalive_delay: float = Field(5.0, ge=0)
     live: bool = False
+    # live mode catches every channel up this often, whatever the events (ISO 8601)
+    live_check_period: timedelta = timedelta(minutes=10)
     debug: bool = False
     deleted_posts: Literal["label", "ignore"] = "label"
     include_system_messages: bool = False
@@ -366,6 +368,13 @@ class MattermostSettings(_Group):
         if not kinds:
             raise ValueError(f"must list at least one of {', '.join(OBSERVABLE_KINDS)}")
         return kinds
+
+    @field_validator("live_check_period")
+    @classmethod
+    def _positive_check_period(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be greater than zero, like PT10M")
+        return value
 
     @field_validator("max_attachment_size", mode="before")
     @classmethod

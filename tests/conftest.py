@@ -51,6 +51,7 @@ DOMAIN_TESTS = frozenset(
         "test_pipeline_core.py",
         "test_pipeline_run.py",
         "test_docs.py",
+        "test_since.py",
         "test_state.py",
         "test_stix.py",
         "test_walk.py",

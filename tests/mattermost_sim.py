@@ -145,6 +145,13 @@ class MattermostSimulator:
         self._throttled_until = 0.0  # an injected 429 holds until then (monotonic s)
         self._version = 0  # bumped by every change to posts: invalidates the listing cache
         self._listing: dict[str, tuple[int, list[dict[str, Any]], list[int]]] = {}
+        # Read replicas (SqlSettings.DataSourceReplicas): the post listings and GetSingle read
+        # GetReplicaX (post_store.go getPostsAround, getRootPosts, GetPostsSince, GetSingle),
+        # while the WebSocket event is sent from the master's data as soon as it is written
+        # (app/post.go): a `posted` event can come before a listing shows the post. Seconds.
+        self.replica_lag: float = 0.0
+        self._created: dict[str, float] = {}  # post id -> when inserted (monotonic)
+        self._history: dict[str, list[tuple[float, dict[str, Any]]]] = {}  # rows before changes
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -338,9 +345,11 @@ class MattermostSimulator:
             if root:
                 self.state.replies.setdefault(root["id"], []).append(post["id"])
                 stored_root = self.state.posts[root["id"]]
+                self._before_change(stored_root)
                 # SaveMultiple: "UPDATE Posts SET UpdateAt = <the reply's CreateAt>" on the
                 # root, unconditionally: an old reply moves its root's update_at back
                 stored_root["update_at"] = at
+                self._moved(stored_root)
                 stored_root["reply_count"] += 1
                 stored_root["last_reply_at"] = at
             self._count(channel, post)
@@ -367,7 +376,9 @@ class MattermostSimulator:
             history = json.loads(json.dumps(post))
             history.update(id=self.new_id(), original_id=post_id, delete_at=at, update_at=at)
             self._index(history)
+            self._before_change(post)
             post.update(message=message, edit_at=at, update_at=at)
+            self._moved(post)
             self._bump_root(post, at)
             # SqlPostStore.Update: "UPDATE Channels SET LastPostAt = now WHERE LastPostAt < now"
             channel = self.state.channels[post["channel_id"]]
@@ -379,7 +390,42 @@ class MattermostSimulator:
         self._version += 1
         self.state.posts[post["id"]] = post
         self.state.tiebreak[post["id"]] = self._rng.random()
+        self._created[post["id"]] = time.monotonic()
         self.state.by_channel.setdefault(post["channel_id"], {})[post["id"]] = None
+
+    def _before_change(self, post: dict[str, Any]) -> None:
+        """Keep the row as it was, for the replica (`replica_lag`) to serve a while longer."""
+        if self.replica_lag:
+            self._history.setdefault(post["id"], []).append((time.monotonic(), dict(post)))
+
+    def _replicated(self, post: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The row as the read replica has it: `replica_lag` seconds behind the master; None
+        while its insert has not reached the replica."""
+        if post is None or not self.replica_lag:
+            return post
+        horizon = time.monotonic() - self.replica_lag
+        if self._created.get(post["id"], 0.0) > horizon:
+            return None
+        for changed_at, before in self._history.get(post["id"], ()):
+            if changed_at > horizon:
+                return before
+        return post
+
+    def replica_rows(self, channel_id: str) -> list[dict[str, Any]]:
+        """The channel's rows on the read replica."""
+        rows = self.channel_rows(channel_id)
+        if not self.replica_lag:
+            return rows
+        return [r for p in rows if (r := self._replicated(p)) is not None]
+
+    def _moved(self, post: dict[str, Any]) -> None:
+        """An UPDATE moved the row: its place among the posts of its millisecond changes.
+
+        The listings order by CreateAt alone, without an Id tie-break (post_store.go:
+        getPostsAround, getRootPosts), and PostgreSQL writes an updated row as a new tuple
+        (its btree keeps equal keys in heap order), so tied posts come back in another order
+        after any update of one of them. Here: a new random place among its ties."""
+        self.state.tiebreak[post["id"]] = self._rng.random()
 
     def channel_rows(self, channel_id: str) -> list[dict[str, Any]]:
         posts = self.state.posts
@@ -388,7 +434,9 @@ class MattermostSimulator:
     def react(self, post_id: str) -> None:
         with self._lock:
             self._version += 1
+            self._before_change(self.state.posts[post_id])
             self.state.posts[post_id]["update_at"] = self.now()
+            self._moved(self.state.posts[post_id])
 
     def delete_post(self, post_id: str) -> None:
         """Soft delete; deleting a root deletes its replies too."""
@@ -396,20 +444,24 @@ class MattermostSimulator:
             self._version += 1
             at = self.now()
             post = self.state.posts[post_id]
+            if post["delete_at"]:  # App.DeletePost: GetSingle(id, false) finds no such post
+                return
             before = json.loads(json.dumps(post))  # the event carries the post as read before
-            targets = [post]
-            if not post["root_id"]:
-                targets += [
-                    self.state.posts[i]
-                    for i in self.state.replies.get(post_id, [])
-                    if i in self.state.posts
-                ]
+            # SqlPostStore.Delete: "UPDATE Posts SET DeleteAt = ?, UpdateAt = ?, Props = ...
+            # WHERE Id = ? OR RootId = ?": the replies of a root, those deleted already and
+            # the edit-history rows of its replies (their RootId is the root) included, all
+            # stamped again; a root's own history rows (RootId '') are not. The root of a
+            # deleted reply is not touched (only its Threads row is).
+            targets = [
+                row
+                for row in self.channel_rows(post["channel_id"])
+                if row["id"] == post_id or row["root_id"] == post_id
+            ]
             for target in targets:
-                if target["delete_at"]:
-                    continue
+                self._before_change(target)
                 target.update(delete_at=at, update_at=at)
+                self._moved(target)
                 target["props"] = {**target["props"], "deleteBy": post["user_id"]}
-            self._bump_root(post, at)
             # App.DeletePost then deletes the files of that post (not of its replies):
             # FileInfo.DeleteForPost sets their DeleteAt, and GET /files/{id} answers 404
             # (app/post.go, file_info_store.go). SqlPostStore.Delete updates Posts only: the
@@ -431,7 +483,9 @@ class MattermostSimulator:
     def _bump_root(self, post: dict[str, Any], at: int) -> None:
         if post["root_id"] and post["root_id"] in self.state.posts:
             root = self.state.posts[post["root_id"]]
+            self._before_change(root)
             root["update_at"] = max(root["update_at"], at)
+            self._moved(root)
 
     def archive_channel(self, channel_id: str, by: dict[str, Any]) -> dict[str, Any]:
         """App.DeleteChannel: a "has archived the channel." system post, then the channel's
@@ -627,8 +681,8 @@ class MattermostSimulator:
                     )
                 return self.list_posts(channel["id"], query, me)
             case "GET", ["posts", post_id]:
-                post = self.state.posts.get(_valid(post_id))
-                if not post or post["delete_at"]:
+                post = self._replicated(self.state.posts.get(_valid(post_id)))
+                if not post or post["delete_at"]:  # GetSingle reads the replica
                     raise AppError(404, "app.post.get.app_error")
                 self.readable_channel(post["channel_id"], me)
                 return self.with_metadata(post)
@@ -779,21 +833,29 @@ class MattermostSimulator:
         ):
             raise AppError(403, "api.context.permissions.app_error")
         key = lambda p: (p["create_at"], self.state.tiebreak[p["id"]])  # noqa: E731
+        whole = query.get("skipFetchThreads", ["false"])[0] != "true"
         if since > 0:
-            changed = [p for p in self.channel_rows(channel_id) if p["update_at"] > since]
+            changed = [p for p in self.replica_rows(channel_id) if p["update_at"] > since]
             self._rng.shuffle(changed)  # LIMIT 1000 with no ORDER BY: any 1000 rows
             picked = changed[:SINCE_LIMIT]
             roots = {p["root_id"] for p in picked if p["root_id"]}
             picked_ids = {p["id"] for p in picked}
             picked += [
-                self.state.posts[r] for r in roots if r in self.state.posts and r not in picked_ids
+                row
+                for r in roots
+                if r not in picked_ids
+                and (row := self._replicated(self.state.posts.get(r))) is not None
             ]
-            selected = sorted(picked, key=key, reverse=True)
-            return self._answer(selected, [], etag=False)
+            # GetPostsSince: the rows, and the roots of the replies among them, are all in
+            # `posts`; only those changed after `since` are in `order` (p.UpdateAt > Time):
+            # a root sent along for a reply is in `posts` alone unless it changed too
+            rows = sorted(picked, key=key, reverse=True)
+            selected = [p for p in rows if p["update_at"] > since]
+            return self._answer(selected, [p for p in rows if p["update_at"] <= since], etag=False)
         live, stamps = self._live_ascending(channel_id)
         if after or before:
             anchor_id = _valid(after or before)
-            anchor = self.state.posts.get(anchor_id)
+            anchor = self._replicated(self.state.posts.get(anchor_id))
             if anchor is None:
                 return self._answer([], [], etag=True)
             if after:
@@ -803,39 +865,51 @@ class MattermostSimulator:
             else:
                 end = bisect.bisect_left(stamps, anchor["create_at"]) - page * per_page
                 selected = live[max(0, end - per_page) : max(0, end)][::-1]
-        else:
-            end = len(live) - page * per_page
-            selected = live[max(0, end - per_page) : max(0, end)][::-1]
-        return self._answer(selected, self._context(selected), etag=True)
+            threads = self._threads(selected, every_post=True, whole=whole)
+            return self._answer(selected, threads, etag=True)
+        end = len(live) - page * per_page
+        selected = live[max(0, end - per_page) : max(0, end)][::-1]
+        threads = self._threads(selected, every_post=False, whole=whole)
+        return self._answer(selected, threads, etag=True)
 
     def _live_ascending(self, channel_id: str) -> tuple[list[dict[str, Any]], list[int]]:
         """Non-deleted posts by (create_at, row order), as the database's index returns them;
         rebuilt only after a change."""
         cached = self._listing.get(channel_id)
-        if cached is None or cached[0] != self._version:
+        if cached is None or cached[0] != self._version or self.replica_lag:
             live = sorted(
-                (p for p in self.channel_rows(channel_id) if not p["delete_at"]),
+                (p for p in self.replica_rows(channel_id) if not p["delete_at"]),
                 key=lambda p: (p["create_at"], self.state.tiebreak[p["id"]]),
             )
             cached = (self._version, live, [p["create_at"] for p in live])
             self._listing[channel_id] = cached
         return cached[1], cached[2]
 
-    def _context(self, selected: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Roots and a sibling reply of the page's replies: sent in `posts`, not in `order`."""
+    def _threads(
+        self, selected: list[dict[str, Any]], *, every_post: bool, whole: bool
+    ) -> list[dict[str, Any]]:
+        """Every live post of every thread the page touches, sent in `posts`, not in `order`,
+        unless `skipFetchThreads=true` (`whole` False): then the roots of its replies only.
+        `after`/`before` (getPostsAround): the threads of every post of the page, `Id IN
+        rootIds OR RootId IN rootIds` with rootIds the page's ids and their roots. The default
+        page (getParentsPostsPostgreSQL): the threads of its replies only (`q1.RootId = q2.Id
+        OR q1.RootId = q2.RootId`). post_store.go."""
+        posts = self.state.posts
+        roots: set[str] = set()
+        for post in selected:
+            if post["root_id"]:
+                roots.add(post["root_id"])
+            elif every_post and whole:
+                roots.add(post["id"])
         ids = {p["id"] for p in selected}
         extra: dict[str, dict[str, Any]] = {}
-        for post in selected:
-            root_id = post["root_id"]
-            if not root_id:
-                continue
-            if root_id not in ids and root_id in self.state.posts:
-                extra[root_id] = self.state.posts[root_id]
-            for sibling_id in self.state.replies.get(root_id, []):
-                if sibling_id not in ids and sibling_id in self.state.posts:
-                    extra.setdefault(sibling_id, self.state.posts[sibling_id])
-                    break
-        return [p for p in extra.values() if not p["delete_at"]]
+        for root_id in roots:
+            thread = self.state.replies.get(root_id, ()) if whole else ()
+            for post_id in (root_id, *thread):
+                post = self._replicated(posts.get(post_id))
+                if post is not None and post_id not in ids and not post["delete_at"]:
+                    extra[post_id] = post
+        return list(extra.values())
 
     def _answer(
         self, selected: list[dict[str, Any]], context: list[dict[str, Any]], *, etag: bool
@@ -908,12 +982,6 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.sim
         split = urlsplit(self.path)
         query = parse_qs(split.query)
-        if split.path == f"{API}/websocket" and self.headers.get("Upgrade", "").lower() == (
-            "websocket"
-        ):
-            self._log(method, split.path, query, 101)
-            sim.websocket.serve(self, query)
-            return
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request_id = uuid.uuid4().hex[:26]
@@ -925,6 +993,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not allowed:
             self._log(method, split.path, query, 429)
             self._send(429, b"limit exceeded\n", "text/plain; charset=utf-8", limit_headers)
+            return
+        if split.path == f"{API}/websocket" and self.headers.get("Upgrade", "").lower() == (
+            "websocket"
+        ):  # behind the rate limiter, as every request (app/server.go)
+            self._log(method, split.path, query, 101)
+            sim.websocket.serve(self, query)
             return
         if split.path in sim.faults.failing_paths:
             status = sim.faults.failing_paths[split.path]

@@ -14,7 +14,18 @@ wsapi/, api4/websocket.go, app/post.go):
   (`delete_at` 0) and `delete_by`, once for a deleted root (its replies get no event);
 - the server pings every `ping_interval` (60 s there) and answers the client's pings;
 - a connection that drops stays registered, inactive, queueing what it misses (up to 256;
-  more and the hub drops it), until reaped (`replay_seconds`). Reconnecting with
+  more and the hub drops it), until reaped: the hub's ticker (inactiveConnReaperInterval,
+  5 minutes: `reap_interval`) removes, at each tick, every inactive connection whose
+  lastUserActivityAt is older than 5 minutes (`replay_seconds`) (web_hub.go, Hub.Start and
+  RemoveInactiveConnections). That time is set when the WebConn is made, at each connect or
+  resume (NewWebConn), and a token's reader does nothing else: so a connection up for more
+  than 5 minutes can be reaped at the first tick after it drops, seconds after;
+- a `seq` can skip: writePump gives an event its seq and counts it before encoding it, and
+  an event that fails to encode is dropped, not sent nor kept (web_conn.go, writePump:
+  "Error in encoding websocket message"): `lose_next`;
+- the upgrade is an HTTP request like any: the rate limiter wraps the whole router
+  (app/server.go, Server.Start: `handler = rateLimiter.RateLimitHandler(handler)`), so a
+  reconnection storm meets 429s (see MattermostSimulator.rate_limit). Reconnecting with
   `connection_id` and `sequence_number` (the next seq wanted): found in the dead queue, the
   events from there are sent again with their seqs, then the queued ones; the dead queue ending
   right before it, the queued ones follow (lossless); otherwise a NEW connection id, seq 0, a
@@ -60,6 +71,7 @@ class SocketState:
     pending: list[dict[str, Any]] = field(default_factory=list)
     socket: ServerConnection | None = None
     detached_at: float = 0.0
+    active_at: float = field(default_factory=time.monotonic)  # lastUserActivityAt
 
 
 class SocketHub:
@@ -68,7 +80,10 @@ class SocketHub:
     def __init__(self, sim: MattermostSimulator) -> None:
         self.sim = sim
         self.ping_interval: float = 60.0
-        self.replay_seconds: float = 300.0  # an inactive connection is reaped after this
+        self.replay_seconds: float = 300.0  # staleThreshold: inactive and older, reaped
+        self.reap_interval: float = 300.0  # inactiveConnReaperInterval: the reaper's ticker
+        self._origin = time.monotonic()  # the hub's start: its ticker ticks from there
+        self._lose = 0  # events still to lose in writePump (lose_next)
         self.down_until = 0.0  # monotonic: upgrades answered 502 by the proxy until then
         self.states: dict[str, SocketState] = {}
         self.upgrades: list[dict[str, Any]] = []  # what each upgrade asked (tests)
@@ -92,6 +107,12 @@ class SocketHub:
         """Drop every socket and refuse upgrades (502 from the proxy) for `seconds`."""
         self.down_until = time.monotonic() + seconds
         self.drop()
+
+    def lose_next(self, events: int = 1) -> None:
+        """The next `events` events sent fail to encode: their seqs are used, nothing is sent
+        or kept in the dead queue, and the next event's seq skips."""
+        with self._lock:
+            self._lose += events
 
     def forget(self) -> None:
         """A server restart: every connection's queues are gone."""
@@ -154,8 +175,11 @@ class SocketHub:
 
     def _send(self, state: SocketState, event: dict[str, Any]) -> None:
         text = json.dumps({**event, "seq": state.sequence})
-        state.dead.append((state.sequence, text))
         state.sequence += 1
+        if self._lose and event["event"] != "hello":
+            self._lose -= 1
+            return
+        state.dead.append((state.sequence - 1, text))
         self._write(state, text)
 
     def _write(self, state: SocketState, text: str) -> None:
@@ -172,9 +196,13 @@ class SocketHub:
         state.detached_at = time.monotonic()
 
     def _reap(self) -> None:
+        """What the reaper's last tick removed: inactive at the tick, and made (connected or
+        resumed) more than `replay_seconds` before it, however recently it dropped."""
         now = time.monotonic()
+        tick = self._origin + (now - self._origin) // self.reap_interval * self.reap_interval
         for key, state in list(self.states.items()):
-            if state.socket is None and now - state.detached_at > self.replay_seconds:
+            inactive = state.socket is None and state.detached_at <= tick
+            if inactive and tick - state.active_at > self.replay_seconds:
                 del self.states[key]
 
     # -- connections -----------------------------------------------------------------------
@@ -276,6 +304,7 @@ class SocketHub:
             else:
                 wanted = int(sequence) if sequence.isdigit() else -1
                 state.socket = socket
+                state.active_at = time.monotonic()  # a new WebConn on the old queues
                 kept = [seq for seq, _ in state.dead]
                 if wanted in kept:  # drainDeadQueue: sent again, same seqs
                     for seq, text in list(state.dead):

@@ -98,6 +98,14 @@ BAD_INPUTS = [
         {"CONNECTOR_RUN_EVERY": "10x"},
         "CONNECTOR_RUN_EVERY: must be a positive whole number followed by s, m, h or d",
     ),
+    (
+        {"MATTERMOST_LIVE_CHECK_PERIOD": "PT0S"},
+        "MATTERMOST_LIVE_CHECK_PERIOD: must be greater than zero, like PT10M",
+    ),
+    (
+        {"MATTERMOST_LIVE_CHECK_PERIOD": "soon"},
+        "MATTERMOST_LIVE_CHECK_PERIOD: must be an ISO 8601 duration",
+    ),
     ({"CONNECTOR_ID": "not-a-uuid"}, "CONNECTOR_ID: must be a UUID"),
     ({"MATTERMOST_CHANNEL_IDS": ""}, "no channel to sync: set MATTERMOST_CHANNEL_IDS"),
     ({"MATTERMOST_CHANNEL_IDS": " , ,"}, "no channel to sync: set MATTERMOST_CHANNEL_IDS"),

@@ -355,3 +355,27 @@ def test_serve_runs_the_listener_beside_the_deployments_when_live(
     assert served == ["serving"]
     # the listener stopped with serve
     wait_for(lambda: world.sim.websocket.open_sockets == 0, 5, "the WebSocket closed")
+
+
+def test_a_post_the_replica_shows_late_and_one_no_event_brings_are_delivered(world: World, live):
+    """A post no event brings (a public channel read without joining) is delivered by the
+    periodic check (MATTERMOST_LIVE_CHECK_PERIOD). Listings read a replica that can lag the
+    event: the post announced is looked for again until a run takes it (here within the
+    check's period, right after a check)."""
+    channel = world.channel("lagging")
+    unjoined = world.sim.add_channel(world.team, "unjoined", members=world.authors)
+    world.sim.join_team(world.team, world.reader)
+    world.populate(channel, 3)
+    session = live([channel, unjoined], MATTERMOST_LIVE_CHECK_PERIOD="PT6S")
+    wait_for(lambda: len(delivered(world, channel)) == 3, 60, "the catch-up")
+    silent = world.sim.add_post(unjoined, world.authors[1], "no event for this one")
+    wait_for(lambda: silent["id"] in delivered(world, unjoined), 20, "the periodic check")
+    whys = [name.split(":")[0] for name in delivery_runs()]
+    assert any("check" in why for why in whys), whys
+    world.sim.replica_lag = 1.0
+    late = world.sim.add_post(channel, world.authors[0], "the replica shows it late")
+    wait_for(lambda: late["id"] in delivered(world, channel), 20, "the late post")
+    assert delivered(world, channel)[late["id"]] == 1
+    wait_for(lambda: not session.announced.waiting(channel["id"]), 10, "the confirmation")
+    names = delivery_runs()
+    assert any("unconfirmed" in n.split(":")[0] and "cti/lagging" in n for n in names), names

@@ -8,10 +8,13 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from mattermost_connector.config import MattermostSettings
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import AuthenticationError
+from mattermost_connector.live.announced import AnnouncedPosts, PeriodicCheck
 from mattermost_connector.live.due import DueChannels
 from mattermost_connector.live.listener import RESYNC, Listener
 from mattermost_connector.live.socket import MattermostSocket, websocket_url
@@ -246,3 +249,131 @@ def test_witness_is_complete_only_without_a_gap_since_the_last_run_opened(sim, w
     witness.end_scan(channel)
     assert not witness.snapshot(channel).complete
     assert witness.snapshot(channel).posts == {}
+
+
+# -- what the server does that loses events (issue 22) -------------------------------------------
+
+
+def test_listener_resyncs_when_a_seq_skips(sim, world):
+    """The server can skip a seq (an event that fails to encode in writePump): the event it
+    held is lost, so every channel is caught up over REST."""
+    watched, other = world["watched"], world["other"]
+    listener, due, thread = start_listener(sim, [watched["id"], other["id"]])
+    sim.websocket.lose_next(1)
+    sim.add_post(watched, world["alice"], "its event is lost")
+    sim.add_post(other, world["alice"], "its event arrives, one seq too far")
+    found = take_all(due)
+    assert found == {watched["id"]: {RESYNC: 1}, other["id"]: {RESYNC: 1, "posted": 1}}
+    assert listener.resyncs == 1
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_listener_resyncs_when_reaped_soon_after_a_drop(sim, world):
+    """A connection up longer than the reaper's threshold is reaped at its next tick, however
+    recently it dropped: the resume gets a new connection id, and every channel is due."""
+    watched = world["watched"]
+    hub = sim.websocket
+    hub.replay_seconds, hub.reap_interval = 0.4, 0.4
+    listener, due, thread = start_listener(sim, [watched["id"]])
+    time.sleep(0.5)
+    hub.down(10.0)
+    dropped = time.monotonic()
+    next_tick = hub._origin + ((dropped - hub._origin) // 0.4 + 1) * 0.4
+    hub.down_until = next_tick + 0.05  # back up before replay_seconds since the drop
+    sim.add_post(watched, world["alice"], "while away")
+    assert take_all(due) == {watched["id"]: {RESYNC: 1}}
+    assert listener.resyncs == 1
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_listener_waits_what_a_429_on_the_upgrade_asks(sim, world):
+    """The rate limiter wraps the upgrade too: a reconnection meeting a 429 waits its
+    Retry-After instead of trying again at its own short delay."""
+    listener, _due, thread = start_listener(sim, [world["watched"]["id"]], delay=0.05)
+    sim.faults.rate_limit_per_sec, sim.faults.rate_limit_burst = 1.0, 1
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{sim.port}/api/v4",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    while client.get("/users/me").status_code != 429:
+        pass
+    sim.websocket.drop()
+    deadline = time.monotonic() + 8
+    while listener.connections < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listener.connections == 2
+    refused = [r for r in sim.requests if r.path.endswith("/websocket") and r.status == 429]
+    assert 1 <= len(refused) <= 2, len(refused)
+    listener.stop.set()
+    thread.join(5)
+
+
+# -- announced posts: the listing may lag the event (read replicas) ------------------------------
+
+
+def test_an_announced_post_is_looked_for_again_until_a_run_takes_it():
+    clock = Clock()
+    announced = AnnouncedPosts(first_retry=1.0, attempts=3, clock=clock)
+    announced.announce("c", "p", create_at=5_000)
+    behind = Cursor(boundary_ms=4_000)  # the run's listing did not show the post yet
+    assert announced.confirm("c", behind, run_started=0.0) == ["p"]
+    clock.now = 0.9
+    assert announced.due() == []
+    clock.now = 1.0
+    assert announced.due() == ["c"] and announced.due() == []  # once per retry
+    assert announced.confirm("c", behind, run_started=1.0) == ["p"]
+    clock.now = 2.9
+    assert announced.due() == []  # twice as long: 2 s after the second run
+    clock.now = 3.0
+    assert announced.due() == ["c"]
+    past = Cursor(boundary_ms=5_000, boundary_ids=("p",))
+    assert announced.confirm("c", past, run_started=3.0) == []
+    clock.now = 100.0
+    assert announced.due() == [] and announced.waiting("c") == set()
+
+
+def test_an_announced_post_is_given_up_after_its_attempts_and_only_runs_after_it_count():
+    clock = Clock()
+    announced = AnnouncedPosts(first_retry=1.0, attempts=2, clock=clock)
+    clock.now = 10.0
+    announced.announce("c", "p", create_at=5_000)
+    # a run that started before the event came: it is not expected to have taken the post
+    assert announced.confirm("c", None, run_started=9.0) == ["p"]
+    assert announced.next_retry_in() is None
+    for _ in range(2):  # the attempts
+        clock.now += 10.0
+        assert announced.confirm("c", None, run_started=clock.now) == ["p"]
+        assert announced.next_retry_in() is not None
+    clock.now += 10.0
+    assert announced.confirm("c", None, run_started=clock.now) == []  # given up
+    assert announced.waiting("c") == set() and announced.given_up == 1
+
+
+def test_a_deleted_post_is_no_longer_awaited_and_the_listener_announces_new_ones(sim, world):
+    watched = world["watched"]
+    listener, due, thread = start_listener(sim, [watched["id"], world["other"]["id"]])
+    kept = sim.add_post(watched, world["alice"], "kept")
+    gone = sim.add_post(watched, world["alice"], "deleted soon")
+    sim.add_post(world["private"], world["alice"], "not ours")
+    take_all(due)
+    assert listener.announced.waiting(watched["id"]) == {kept["id"], gone["id"]}
+    sim.delete_post(gone["id"])
+    take_all(due)
+    assert listener.announced.waiting(watched["id"]) == {kept["id"]}
+    listener.stop.set()
+    thread.join(5)
+
+
+def test_the_periodic_check_comes_once_a_period():
+    clock = Clock()
+    check = PeriodicCheck(600.0, clock=clock)
+    clock.now = 599.0
+    assert not check.due() and check.next_in() == 1.0
+    clock.now = 600.0
+    assert check.due() and not check.due()
+    clock.now = 1199.0
+    assert not check.due()
+    clock.now = 1200.0
+    assert check.due()

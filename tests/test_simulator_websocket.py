@@ -85,6 +85,7 @@ def test_simulator_resumes_within_its_replay_window_only(sim, world):
     time.sleep(0.2)
     # past the replay window: a new connection id, seq 0
     sim.websocket.replay_seconds = 0.1
+    sim.websocket.reap_interval = 0.1
     time.sleep(0.3)
     late = connect(
         f"{url(sim)}?connection_id={connection_id}&sequence_number=3", additional_headers=headers

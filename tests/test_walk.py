@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 
 from mattermost_connector.cursor import Cursor
@@ -113,3 +114,35 @@ def test_empty_channel_yields_nothing_and_keeps_its_start(sim: MattermostSimulat
     _, channel = channel_with(sim, [])
     taken, cursor = walk_all(sim, channel, Cursor.start_at(100))
     assert taken == [] and cursor == Cursor.start_at(100)
+
+
+def test_a_millisecond_reordered_while_paged_is_taken_exactly(sim: MattermostSimulator):
+    """Tied posts change places whenever one is updated (no Id tie-break on the server): the
+    walk must still take each post of a millisecond larger than a page exactly once."""
+    stamps = [4_000_000] * 2 + [4_000_001] * 23 + [4_000_002] * 3
+    _, channel = channel_with(sim, stamps)
+    tied = [p["id"] for p in sim.state.posts.values() if p["create_at"] == 4_000_001]
+    chooser = random.Random(5)
+
+    def someone_reacts(path: str, query: dict) -> None:
+        if path.endswith("/posts"):
+            for post_id in chooser.sample(tied, 4):
+                sim.react(post_id)
+
+    sim.on_request = someone_reacts
+    for trial in range(5):
+        taken, _ = walk_all(sim, channel, Cursor.start_at(0), per_page=5)
+        assert Counter(taken).most_common(1)[0][1] == 1, f"trial {trial}: a post twice"
+        assert set(taken) == set(sim.state.posts), f"trial {trial}: a post skipped"
+
+
+def test_the_walk_asks_for_no_thread_context(sim: MattermostSimulator):
+    """Every listing the walk reads says skipFetchThreads=true: else the server adds every post
+    of every thread a page touches (post_store.go getPostsAround), which the walk discards."""
+    user, channel = channel_with(sim, [6_000_000 + i for i in range(12)])
+    root = next(iter(sim.state.posts.values()))
+    for i in range(30):
+        sim.add_post(channel, user, f"reply {i}", root=root, create_at=6_000_100 + i)
+    walk_all(sim, channel, Cursor.start_at(0), per_page=5)
+    listings = [r for r in sim.requests if r.path.endswith("/posts")]
+    assert listings and all(r.query.get("skipFetchThreads") == ["true"] for r in listings)

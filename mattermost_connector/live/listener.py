@@ -1,7 +1,8 @@
 """The WebSocket listener: connect, turn events into due channels, reconnect.
 
 MATTERMOST_KEEPALIVE=true: after a disconnection, reconnect after MATTERMOST_KEEPALIVE_DELAY
-seconds, then twice as long each failed attempt (at most MAX_DELAY), resuming the connection
+seconds, then twice as long each failed attempt (at most MAX_DELAY; at least what a 429 asks:
+the rate limiter wraps the upgrade too), resuming the connection
 so that the server replays what was missed. When the server answers with a new connection id
 (its queue for us is gone), or a `seq` skips, every channel is due ("resync": caught up over
 REST). MATTERMOST_KEEPALIVE=false: the first disconnection ends the listener (`failure`), so
@@ -16,8 +17,9 @@ import threading
 from collections.abc import Collection
 
 from mattermost_connector.errors import AuthenticationError, one_line
+from mattermost_connector.live.announced import AnnouncedPosts
 from mattermost_connector.live.due import DueChannels
-from mattermost_connector.live.events import HELLO, POST_EVENTS, LiveEvent
+from mattermost_connector.live.events import HELLO, POST_DELETED, POST_EVENTS, POSTED, LiveEvent
 from mattermost_connector.live.socket import Disconnected, MattermostSocket
 from mattermost_connector.live.witness import ChangeWitness
 from mattermost_connector.retries import backoff
@@ -40,10 +42,12 @@ class Listener:
         delay: float,
         stop: threading.Event,
         witness: ChangeWitness | None = None,
+        announced: AnnouncedPosts | None = None,
     ) -> None:
         self.socket, self.channels, self.due = socket, frozenset(channels), due
         self.keepalive, self.delay, self.stop = keepalive, delay, stop
         self.witness = witness or ChangeWitness()
+        self.announced = announced or AnnouncedPosts()
         self.failure: str | None = None  # why the listener gave up, when it did
         self.connected = threading.Event()  # set once the first hello came
         self.connections = 0  # upgrades that succeeded (tests, benchmark)
@@ -70,7 +74,8 @@ class Listener:
                         self._give_up(f"{one_line(error)} (MATTERMOST_KEEPALIVE=false)")
                         return
                     wait = min(backoff(self.delay, attempt), max(MAX_DELAY, self.delay))
-                    wait *= random.uniform(1.0, 1.1)
+                    # a 429: the limiter refuses every attempt until its wait is over
+                    wait = max(wait, error.retry_after) * random.uniform(1.0, 1.1)
                     attempt += 1
                     log.warning("%s: reconnecting in %.1f s", one_line(error), wait)
                     self.stop.wait(wait)
@@ -102,4 +107,16 @@ class Listener:
             self.connected.set()
         if event.name in POST_EVENTS and event.channel_id in self.channels:
             self.witness.saw(event)
+            self._note(event)
             self.due.mark(event.channel_id, event.name)
+
+    def _note(self, event: LiveEvent) -> None:
+        """A new post is awaited until a delivery takes it (the listing may lag the event);
+        a deleted one no longer is."""
+        post, channel_id = event.post or {}, event.channel_id
+        if not isinstance(post.get("id"), str) or channel_id is None:
+            return
+        if event.name == POSTED and isinstance(post.get("create_at"), int):
+            self.announced.announce(channel_id, post["id"], post["create_at"])
+        elif event.name == POST_DELETED:
+            self.announced.forget(channel_id, post["id"])

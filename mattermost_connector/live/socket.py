@@ -24,7 +24,14 @@ from mattermost_connector.live.events import HELLO, LiveEvent, parse_event
 
 
 class Disconnected(MattermostError):
-    """The WebSocket could not be opened, or was lost."""
+    """The WebSocket could not be opened, or was lost. `retry_after`: the seconds a 429 on
+    the upgrade asked to wait (the server's rate limiter wraps the upgrade too)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float = 0.0
+    ) -> None:
+        super().__init__(message, status=status)
+        self.retry_after = retry_after
 
 
 class _Connection(Protocol):
@@ -78,7 +85,10 @@ class MattermostSocket:
                 raise AuthenticationError(
                     "Mattermost refused the token on the WebSocket (401)", status=401
                 ) from None
-            raise Disconnected(f"WebSocket upgrade answered {status}", status=status) from None
+            wait = _asked_wait(error.response.headers) if status == 429 else 0.0
+            raise Disconnected(
+                f"WebSocket upgrade answered {status}", status=status, retry_after=wait
+            ) from None
         except (OSError, TimeoutError, WebSocketException) as error:
             raise Disconnected(f"WebSocket not opened: {_reason(error)}") from None
 
@@ -120,6 +130,16 @@ class MattermostSocket:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+
+def _asked_wait(headers: Any) -> float:
+    """Seconds a 429 asks to wait: Retry-After, else X-RateLimit-Reset (relative), else 1."""
+    for header in ("Retry-After", "X-RateLimit-Reset"):
+        try:
+            return max(float(headers.get(header) or ""), 0.0)
+        except ValueError:
+            continue
+    return 1.0
 
 
 def _reason(error: BaseException) -> str:

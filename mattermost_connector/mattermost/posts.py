@@ -4,6 +4,8 @@ The server's `after=<post id>` returns posts strictly newer than the anchor's `c
 naive "anchor on the last post" skips posts sharing that millisecond. The cursor therefore keeps
 the millisecond it has reached and the ids already taken in it, and anchors on a post of the
 millisecond before. `since` is never used to list posts: it silently stops at 1000 rows.
+A millisecond holding more than a page is read whole, until two reads agree (`read_millisecond`):
+the order of tied posts changes while they are read.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ from mattermost_connector.cursor import Cursor
 from mattermost_connector.mattermost.client import PER_PAGE, MattermostClient
 
 log = logging.getLogger("mattermost_connector.mattermost")
+
+MAX_PASSES = 6  # reads of one millisecond until two agree (read_millisecond)
+# Without it the server adds to each page every post of every thread the page touches
+# (post_store.go getPostsAround: `Id IN rootIds OR RootId IN rootIds`), which the walk does
+# not read: one long thread makes each page touching it that much larger.
+NO_THREADS = {"skipFetchThreads": "true"}
 
 Post = dict[str, Any]
 
@@ -55,7 +63,9 @@ def walk_posts(
             return
     page_index = 0
     while True:
-        batch = client.posts(channel_id, after=cursor.anchor_id, page=page_index, per_page=per_page)
+        batch = client.posts(
+            channel_id, after=cursor.anchor_id, page=page_index, per_page=per_page, **NO_THREADS
+        )
         if resumed and not batch and last_post_at is not None and last_post_at > cursor.boundary_ms:
             log.warning(
                 "channel %s: anchor post %s is gone; locating the position by time instead",
@@ -77,9 +87,71 @@ def walk_posts(
             yield Page(fresh, cursor)
         if len(batch) < per_page:
             return
-        # A full page with nothing new means one millisecond holds more posts than a page:
-        # keep the anchor and page on through that millisecond.
-        page_index = 0 if fresh else page_index + 1
+        if fresh or page_index:
+            # page 0 again from the anchor; past a millisecond read whole, page on from there
+            page_index = 0 if fresh else page_index + 1
+            continue
+        # A full page with nothing new: the cursor's millisecond holds more posts than a page.
+        group, end = read_millisecond(client, channel_id, cursor, per_page)
+        fresh = [post for post in group if cursor.wants(post)]
+        for post in fresh:
+            cursor = cursor.advance(post)
+        if fresh:
+            yield Page(fresh, cursor)
+        # the page holding the millisecond's end, and what follows it (posts of the
+        # millisecond in it are taken now)
+        page_index = max(end // per_page, 1)
+
+
+def read_millisecond(
+    client: MattermostClient, channel_id: str, cursor: Cursor, per_page: int
+) -> tuple[list[Post], int]:
+    """Every post of the cursor's millisecond, exactly, and the offset (after the anchor)
+    where the posts after it begin.
+
+    Inside a millisecond the server's order is not stable: it sorts on CreateAt alone, and an
+    update moves a row among its ties (post_store.go, getPostsAround; PostgreSQL), so paging
+    by offset through it can skip a post and see another twice. A pass reads the millisecond
+    page by page; the passes are repeated until one sees no post twice and the same posts as
+    the pass before it. Every post seen in any pass is kept, even if they never agree."""
+    seen: dict[str, Post] = {}
+    previous: set[str] | None = None
+    end = 0
+    for _ in range(MAX_PASSES):
+        reads, end = _millisecond_pass(client, channel_id, cursor, per_page)
+        ids = [post["id"] for post in reads]
+        seen.update((post["id"], post) for post in reads)
+        if len(set(ids)) == len(ids) and set(ids) == previous:
+            break
+        previous = set(ids)
+    else:
+        log.warning(
+            "channel %s: the posts of millisecond %d kept moving while read; every post seen "
+            "in %d passes is taken",
+            channel_id,
+            cursor.boundary_ms,
+            MAX_PASSES,
+        )
+    return _ascending(list(seen.values())), end
+
+
+def _millisecond_pass(
+    client: MattermostClient, channel_id: str, cursor: Cursor, per_page: int
+) -> tuple[list[Post], int]:
+    """One read of the cursor's millisecond, from the anchor, page by page: the posts read
+    in it (repeats included) and how many rows up to its end."""
+    reads: list[Post] = []
+    end, index = 0, 0
+    while True:
+        batch = client.posts(
+            channel_id, after=cursor.anchor_id, page=index, per_page=per_page, **NO_THREADS
+        )
+        inside = [post for post in batch if post["create_at"] <= cursor.boundary_ms]
+        reads += [post for post in inside if post["create_at"] == cursor.boundary_ms]
+        end += len(inside)
+        if len(inside) < len(batch) or len(batch) < per_page:
+            return reads, end
+        index += 1
 
 
 def _locate(
@@ -96,7 +168,7 @@ def _locate(
 
     def page(index: int) -> list[Post]:
         if index not in pages:
-            pages[index] = client.posts(channel_id, page=index, per_page=per_page)
+            pages[index] = client.posts(channel_id, page=index, per_page=per_page, **NO_THREADS)
         return pages[index]
 
     def reaches_before(index: int) -> bool:
