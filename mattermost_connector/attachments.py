@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -15,6 +16,9 @@ from mattermost_connector.stix import Attachment, safe_file_name, with_hashes
 
 log = logging.getLogger("mattermost_connector.attachments")
 
+# numbers each download: a file fetched again (a thread root's, for a later batch's copies of
+# it) gets a new path, not one being removed in the background (pipeline/discards.py)
+_DOWNLOADS = itertools.count()
 Rows = Mapping[str, list[dict[str, Any]]]  # attachments rows (state store) by post id
 
 
@@ -52,7 +56,7 @@ def _fetch(
     too_large = f"over MATTERMOST_MAX_ATTACHMENT_SIZE ({max_size} bytes)"
     if size > max_size:
         return Attachment(file_id, name, mime, size, status=Fate.TOO_LARGE, error=too_large)
-    target = spool / file_id
+    target = spool / f"{file_id}-{next(_DOWNLOADS)}"  # never a path handed to DISCARDS
     try:
         with open(target, "wb") as sink:
             result = client.download(file_id, sink, max_bytes=max_size)

@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
-import stix2
-from pycti import Channel, Identity
 
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
@@ -49,11 +47,13 @@ _STATEMENT_MARKINGS = {
         "TLP:AMBER+STRICT",
     ),
 }
+# stix2's TLP_WHITE ... TLP_RED, as it serialises them (written out: importing stix2 and pycti
+# cost a second and 40 MB per process; tests/test_stix.py compares them with stix2's)
 _STANDARD_MARKINGS = {
-    TLP.WHITE: stix2.TLP_WHITE,
-    TLP.GREEN: stix2.TLP_GREEN,
-    TLP.AMBER: stix2.TLP_AMBER,
-    TLP.RED: stix2.TLP_RED,
+    TLP.WHITE: ("marking-definition--613f2e26-407d-48c7-9eca-b8e91df99dc9", "white"),
+    TLP.GREEN: ("marking-definition--34098fce-860f-48ae-8e50-ebd3cc5e41da", "green"),
+    TLP.AMBER: ("marking-definition--f88d31f6-486f-44da-b317-01333bde0b82", "amber"),
+    TLP.RED: ("marking-definition--5e57c739-391a-4eb3-b6be-7d15ca92d5ed", "red"),
 }
 
 
@@ -140,7 +140,16 @@ def _build_marking(tlp: TLP) -> dict[str, Any]:
             "x_opencti_definition_type": "TLP",
             "x_opencti_definition": definition,
         }
-    return json.loads(_STANDARD_MARKINGS[tlp].serialize())
+    marking_id, colour = _STANDARD_MARKINGS[tlp]
+    return {
+        "type": "marking-definition",
+        "spec_version": "2.1",
+        "id": marking_id,
+        "created": "2017-01-20T00:00:00.000Z",
+        "definition_type": "tlp",
+        "name": f"TLP:{colour.upper()}",
+        "definition": {"tlp": colour},
+    }
 
 
 def _timestamp(epoch_ms: int) -> datetime:
@@ -199,9 +208,16 @@ def _uuid5(kind: str, canonical: str) -> str:
     return f"{kind}--{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+def _json_string(text: str) -> str:
+    """A string as canonical JSON writes it (orjson escapes as RFC 8785 does)."""
+    return orjson.dumps(text).decode()
+
+
 @cache
 def _identity_id(name: str) -> str:
-    return Identity.generate_id(name, "individual")
+    """pycti's Identity.generate_id(name, "individual"), written out."""
+    name = _json_string(name.lower().strip())
+    return _uuid5("identity", f'{{"identity_class":"individual","name":{name}}}')
 
 
 def identity_id(user: Mapping[str, Any]) -> str:
@@ -212,7 +228,8 @@ def identity_id(user: Mapping[str, Any]) -> str:
 
 @cache
 def _channel_id(name: str) -> str:
-    return Channel.generate_id(name)
+    """pycti's Channel.generate_id(name), written out."""
+    return _uuid5("channel", f'{{"name":{_json_string(name.lower().strip())}}}')
 
 
 def channel_id(context: ChannelContext) -> str:
@@ -343,7 +360,13 @@ def _size(text: str) -> int:
 
 
 def _segments_size(segments: Iterable[Segment]) -> int:
-    return sum(s.encoded_size if isinstance(s, Spooled) else _size(s) for s in segments)
+    total = 0
+    for segment in segments:  # a loop, not sum(): measured for every object of every post
+        if isinstance(segment, str):
+            total += len(segment) if segment.isascii() else len(segment.encode("utf-8"))
+        else:
+            total += segment.encoded_size
+    return total
 
 
 def write_segments(segments: Iterable[Segment], handle: Any) -> None:
@@ -450,13 +473,16 @@ def _artifact_object(
 
 
 def _title(message: str) -> str | None:
-    first_line = message.strip().splitlines()[0] if message.strip() else ""
+    stripped = message.strip()
+    first_line = stripped.splitlines()[0] if stripped else ""
     return (first_line[:117] + "...") if len(first_line) > 120 else (first_line or None)
 
 
 def _fates(attachments: list[Attachment]) -> list[str]:
     """What became of each file, for the message's description (the same in every copy). By
     status: a file stored by an earlier delivery keeps its line though not sent again."""
+    if not attachments:
+        return []
     lines = []
     missing = [a for a in attachments if a.status not in (Fate.EMBEDDED, Fate.UPLOADED)]
     if missing:
@@ -629,6 +655,7 @@ class _PostPlan:
     attachments: list[Attachment]
     uploads: list[Upload]
     embedded: list[Attachment]  # in the media-content: what a copy of it must carry too
+    final_size: int = 0  # bytes of `final` in a bundle, separators included
 
 
 def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[Segment]:
@@ -694,8 +721,8 @@ def _plan_post(
     def entry_size(attachment: Attachment) -> int:  # with the comma before it
         return _segments_size(_file_entry(attachment, marking, no_trigger_import)) + 1
 
-    files = unique_names(files)
-    if queue:
+    files = unique_names(files) if files else files
+    if queue and any(a.path for a in files):  # else nothing to place: no room to measure
         reserved = 0 if post.get("root_id") else reserve
         files = _fit_files(files, objects, room, reserved, entry_size)
     message, links = objects(files)
@@ -704,9 +731,14 @@ def _plan_post(
         _with_files(message, [_file_entry(a, marking, no_trigger_import) for a in embedded]),
         *[[link] for link in links],
     ]
-    url, author_id = context.permalink(post["id"]), identity_id(author)
-    carried, uploads = _artifacts(files, url, author_id, marking, artifact_room if queue else None)
-    return _PostPlan(carried, final, files, uploads, embedded)
+    carried: list[list[Segment]] = []
+    uploads: list[Upload] = []
+    if any(a.status == Fate.UPLOADED and a.path is not None for a in files):
+        url, author_id = context.permalink(post["id"]), identity_id(author)
+        room = artifact_room if queue else None
+        carried, uploads = _artifacts(files, url, author_id, marking, room)
+    size = sum(_segments_size(obj) + 2 for obj in final)
+    return _PostPlan(carried, final, files, uploads, embedded, size)
 
 
 def _fit_files(
@@ -800,6 +832,7 @@ class _References:
         self._missing = set(missing)
         self._first_files, self.no_trigger_import = first_files, no_trigger_import
         self._parts: dict[tuple[str, str], Part] = {}
+        self._sizes: dict[tuple[str, str], int] = {}  # of each part in a bundle, separator included
         self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
 
     def author(self, user_id: str) -> Mapping[str, Any]:
@@ -822,6 +855,15 @@ class _References:
 
     def parts(self, keys: list[tuple[str, str]]) -> list[Part]:
         return [self._part(key) for key in keys]
+
+    def size(self, keys: list[tuple[str, str]]) -> int:
+        """Bytes these parts add to a bundle, separators included (measured once each)."""
+        total = 0
+        for key in keys:
+            if key not in self._sizes:
+                self._sizes[key] = _segments_size(self._part(key)) + 2
+            total += self._sizes[key]
+        return total
 
     def _part(self, key: tuple[str, str]) -> Part:
         if key not in self._parts:
@@ -896,15 +938,20 @@ def iter_bundles(
     planner.refs = refs
     filling = _Filling(header, planner, max_objects, max_bytes)
     for post in posts:
-        identity = refs.parts([("user", post["user_id"])])[0]
         plan = planner.place(post)
         for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
+            identity = refs.parts([("user", post["user_id"])])[0]
             yield BundlePart(_bundle([[header[0]], identity, artifact]), 3, [], [])
         full = filling.add(post, plan)
         if full is not None:
             yield full
     if filling.carried:
         yield filling.flush()
+
+
+def _parts_size(parts: list[Part]) -> int:
+    """Bytes these objects add to a bundle, separators included."""
+    return sum(_segments_size(part) + 2 for part in parts)
 
 
 def _bundle_base(header: list[str]) -> int:
@@ -955,9 +1002,12 @@ class _Planner:
     def plan(self, post: Post) -> _PostPlan:
         if post["id"] not in self.plans:
             refs = self.refs
-            identity = refs.parts([("user", post["user_id"])])[0]
-            # what a bundle of its own holds
-            alone = refs.parts(refs.needed(post, fresh=True)) + self.observable_parts(post, set())
+            room = artifact_room = self.max_bytes  # only OpenCTI's messages bound a post's files
+            if self.queue:
+                alone = refs.needed(post, fresh=True)  # what a bundle of its own holds
+                indicators = self.observable_parts(post, set())
+                room = self.max_bytes - self.base - refs.size(alone) - _parts_size(indicators)
+                artifact_room = self.artifact_bytes - refs.size([("user", post["user_id"])])
             plan = _plan_post(
                 post,
                 self.context,
@@ -965,8 +1015,8 @@ class _Planner:
                 self.attachments.get(post["id"], []),
                 self.tlp,
                 root_known=refs.linkable(post),
-                room=self.max_bytes - self.base - sum(_segments_size(p) + 2 for p in alone),
-                artifact_room=self.artifact_bytes - _segments_size(identity) - 2,
+                room=room,
+                artifact_room=artifact_room,
                 queue=self.queue,
                 no_trigger_import=refs.no_trigger_import,
                 observables=self.observables(post),
@@ -1022,11 +1072,14 @@ class _Filling:
         """Put `post` in: in this bundle if it fits, else in a new one, returning the full
         one to deliver first."""
         full = None
-        needed, added, added_size = self._with_references(post, plan)
-        too_many = len(self.header) + len(self.objects) + len(added) > self.max_objects
-        if self.carried and (self.size + added_size > self.max_bytes or too_many):
+        needed, extra, added_size = self._adds(post, plan)
+        too_many = len(self.header) + len(self.objects) + len(needed) + len(extra)
+        if self.carried and (
+            self.size + added_size > self.max_bytes or too_many > self.max_objects
+        ):
             full = self.flush()
-            needed, added, added_size = self._with_references(post, plan)
+            needed, extra, added_size = self._adds(post, plan)
+        added = self.refs.parts(needed) + extra
         copied = self.refs.took(post, needed)
         self.refs.present.update(("observable", o.id) for o in self.planner.placed(post))
         if copied is not None:  # the post replaces the copy of it a reply brought first
@@ -1039,15 +1092,13 @@ class _Filling:
         self.uploads.extend(plan.uploads)
         return full
 
-    def _with_references(
-        self, post: Post, plan: _PostPlan
-    ) -> tuple[list[tuple[str, str]], list[Part], int]:
-        """What the post adds to this bundle: the references and indicators it lacks, then
-        its objects."""
+    def _adds(self, post: Post, plan: _PostPlan) -> tuple[list[tuple[str, str]], list[Part], int]:
+        """What placing `post` adds to this bundle: the reference keys it lacks, its
+        indicators the bundle lacks and the post's own objects, and their bytes."""
         needed = self.refs.needed(post)
         indicators = self.planner.observable_parts(post, self.refs.present)
-        added = self.refs.parts(needed) + indicators + plan.final
-        return needed, added, sum(_segments_size(obj) + 2 for obj in added)
+        size = self.refs.size(needed) + _parts_size(indicators) + plan.final_size
+        return needed, indicators + plan.final, size
 
     def flush(self) -> BundlePart:
         part = BundlePart(

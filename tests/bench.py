@@ -3,6 +3,7 @@
     .venv/bin/python -m tests.bench                      # every scenario of the README
     .venv/bin/python -m tests.bench --posts 20000 --files 200 --mode directory
     .venv/bin/python -m tests.bench --repeat 3           # each sync three times: the median
+    .venv/bin/python -m tests.bench --ratios             # issue 20's throughput and memory targets
 
 For each scenario it seeds one channel, measures the floor (the same posts and files fetched
 and JSON-parsed with httpx alone, nothing else; the median of three runs), then runs
@@ -284,24 +285,130 @@ def last_flow_run_seconds() -> float:
     return (flow_run.end_time - flow_run.start_time).total_seconds()
 
 
+# -- ratios: flow run and marginal cost against the floor, each measured beside its own floor --
+
+RATIO_SCENARIOS = [(20_000, 200), (100_000, 0)]
+RATIO_TARGET = 2.0  # flow run / floor and marginal / floor (issue 20, item 3)
+RSS_TARGET_MB = 200  # the connector's own peak RSS (issue 20, item 5)
+
+
+@dataclass
+class Trial:
+    """One floor, then a full sync into a fresh store and a no-op sync on the same store."""
+
+    floor_s: float
+    flow_s: float
+    process_s: float
+    noop_process_s: float
+    peak_rss_mb: float
+
+    @property
+    def flow_ratio(self) -> float:
+        return self.flow_s / self.floor_s
+
+    @property
+    def marginal_ratio(self) -> float:
+        """The sync's cost less a command's fixed cost (a no-op sync's, whole processes)."""
+        return (self.process_s - self.noop_process_s) / self.floor_s
+
+
+def timed_sync(env: dict[str, str], work: Path) -> tuple[float, float]:
+    """`mattermost-connector sync` in its own process: its seconds and peak RSS (MB)."""
+    command = [str(Path(sys.executable).parent / "mattermost-connector"), "sync"]
+    stop, rss = threading.Event(), []
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command, env=env, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    sampler = threading.Thread(target=peak_rss, args=(process.pid, stop, rss), daemon=True)
+    sampler.start()
+    out, err = process.communicate()
+    elapsed = time.perf_counter() - started
+    stop.set()
+    sampler.join()
+    if process.returncode != 0:
+        raise SystemExit(f"sync failed ({process.returncode}):\n{out}\n{err[-3000:]}")
+    return elapsed, max(rss, default=0) / 1024
+
+
+def trial(sim: MattermostSimulator, channel: dict, prefect_api: str) -> Trial:
+    """The floor, measured just before the syncs it is compared with (the machine's load
+    moves between trials), then a full directory-mode sync and a no-op one after it."""
+    floor_s = floor(sim, channel)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    env = connector_env(sim, prefect_api, work, MATTERMOST_CHANNEL_IDS=channel["id"])
+    env |= directory_env(work)
+    try:
+        process_s, rss_mb = timed_sync(env, work)
+        flow_s = last_flow_run_seconds()
+        shutil.rmtree(work / "bundles", ignore_errors=True)
+        noop_s, _ = timed_sync(env, work)
+        if any((work / "bundles").glob("*.json")):
+            raise SystemExit("the no-op sync delivered something: not a no-op")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return Trial(floor_s, flow_s, process_s, noop_s, rss_mb)
+
+
+def spread(values: list[float], unit: str = "x", digits: int = 2) -> str:
+    """The median and, in brackets, the lowest and highest."""
+    return (
+        f"{statistics.median(values):.{digits}f}{unit} "
+        f"[{min(values):.{digits}f}-{max(values):.{digits}f}]"
+    )
+
+
+def ratios(prefect_api: str, trials: int = 3) -> None:
+    """Issue 20's throughput (item 3) and memory (item 5) figures, `trials` times each."""
+    print(
+        f"| posts | files | floor (s) | flow run / floor (<= {RATIO_TARGET}) "
+        f"| marginal / floor (<= {RATIO_TARGET}) | no-op sync (s) "
+        f"| peak RSS MB (<= {RSS_TARGET_MB}) |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for posts, files in RATIO_SCENARIOS:
+        sim, channel = seed(posts, files)
+        try:
+            done = [trial(sim, channel, prefect_api) for _ in range(trials)]
+        finally:
+            sim.stop()
+        print(
+            f"| {posts:,} | {files} | {spread([t.floor_s for t in done], 's')} "
+            f"| {spread([t.flow_ratio for t in done])} "
+            f"| {spread([t.marginal_ratio for t in done])} "
+            f"| {spread([t.noop_process_s for t in done], 's', 1)} "
+            f"| {spread([t.peak_rss_mb for t in done], '', 0)} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--posts", type=int)
     parser.add_argument("--files", type=int, default=0)
     parser.add_argument("--mode", choices=["directory", "amqp", "amqp-split"], default="directory")
     parser.add_argument("--repeat", type=int, default=1, help="syncs per scenario (median)")
+    parser.add_argument(
+        "--ratios",
+        action="store_true",
+        help="flow run / floor, marginal / floor and peak RSS at 20,000 + 200 files and "
+        "100,000 posts, each `--repeat` times (default 3) beside its own floor",
+    )
     args = parser.parse_args()
     scenarios = [(args.posts, args.files, args.mode)] if args.posts else SCENARIOS
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    print(
-        "| posts | files | mode | floor (s) | flow run (s) | posts/s | flow/floor "
-        "| process (s) | process/floor | peak RSS (MB) |"
-    )
-    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     with prefect_test_harness(server_startup_timeout=120):
         api = PREFECT_API_URL.value()
+        if args.ratios:
+            ratios(api, max(args.repeat, 3))
+            return
+        print(
+            "| posts | files | mode | floor (s) | flow run (s) | posts/s | flow/floor "
+            "| process (s) | process/floor | peak RSS (MB) |"
+        )
+        print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|")
         for posts, files, mode in scenarios:
             print(run(posts, files, mode, api, args.repeat).row(), flush=True)
 

@@ -48,6 +48,7 @@ DOMAIN_TESTS = frozenset(
         "test_invariants.py",
         "test_observables.py",
         "test_live_socket.py",
+        "test_memory.py",
         "test_pipeline_core.py",
         "test_pipeline_run.py",
         "test_docs.py",

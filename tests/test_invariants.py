@@ -512,7 +512,8 @@ def services_on(reader: SimpleNamespace, store: StateStore) -> Services:
         start_timestamp=0,
         include_system_messages=False,
     )
-    settings = SimpleNamespace(mattermost=mattermost)
+    connector = SimpleNamespace(state_database_url="sqlite:///unused.db")
+    settings = SimpleNamespace(mattermost=mattermost, connector=connector)
     users = SimpleNamespace(resolve=lambda ids: {})
     return Services(settings, reader.client, store, [Works()], users)  # type: ignore[arg-type]
 

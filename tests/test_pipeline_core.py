@@ -22,6 +22,7 @@ from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.pipeline import loading, new_posts
+from mattermost_connector.pipeline.discards import DISCARDS, Discards
 from mattermost_connector.pipeline.ordered import deliver_in_order, take_new_posts
 from mattermost_connector.pipeline.positions import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.services import Services
@@ -377,6 +378,7 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
     with pytest.raises(RuntimeError, match="bundle 3 refused"):
         loading.load(services, run, bundles)
     assert [c for _, c in store.recorded] == [bundles[0].cursor, bundles[1].cursor]
+    DISCARDS.wait()  # recorded bundles' files are removed in the background
     assert not bundles[0].path.exists() and bundles[2].path.exists()  # kept for a retry
     assert destination.states == []  # mirrored once per batch, only when it completes
     store.recorded.clear()
@@ -385,6 +387,68 @@ def test_the_load_step_records_nothing_after_a_refused_bundle(tmp_path: Path):
     assert [c for _, c in store.recorded] == [b.cursor for b in bundles[2:]]
     (state,) = destination.states
     assert state == {"cursor": bundles[-1].cursor.to_dict(), "updated_at": clock().isoformat()}
+
+
+class StuckDiscards(Discards):
+    """A disk so busy that no file handed over is removed yet."""
+
+    def discard(self, *paths: Path) -> None:
+        with self._lock:
+            self._pending.update(paths)
+
+
+class CountingDestination(FakeDestination):
+    def __init__(self, refuse: int) -> None:
+        super().__init__(refuse)
+        self.sent: list[int] = []
+
+    def send(self, work, text, objects, sequence) -> None:
+        super().send(work, text, objects, sequence)
+        self.sent.append(sequence)
+
+
+def test_a_retried_load_skips_recorded_bundles_whose_files_are_not_removed_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Removing a delivered bundle's file is left to a background thread (pipeline/discards.py): until
+    it is done the file is still there, and must count as gone, or the retry sends it again."""
+    monkeypatch.setattr(loading, "DISCARDS", StuckDiscards())
+    settings = SimpleNamespace(
+        connector=SimpleNamespace(delivery_concurrency=1, delivery_retries=0)
+    )
+    store, destination = FakeStore(), CountingDestination(refuse=3)
+    services = Services(settings, None, store, [destination], None)  # type: ignore[arg-type]
+    run = channel_run(tmp_path)
+    bundles, cursor = [], run.cursor
+    for n in range(1, 5):
+        path = tmp_path / f"bundle-{n}.json"
+        path.write_text("{}")
+        cursor = cursor.advance(post(n))
+        bundles.append(BundleFile(path, 1, 0, [post(n)], [], cursor, sequence=n))
+    with pytest.raises(RuntimeError, match="bundle 3 refused"):
+        loading.load(services, run, bundles)
+    assert bundles[0].path.exists()  # recorded, its removal still pending
+    destination.refuse = -1
+    loading.load(services, run, bundles)
+    assert destination.sent == [1, 2, 3, 4]  # 3 refused then sent; 1 and 2 not sent again
+    assert [c for _, c in store.recorded] == [b.cursor for b in bundles]
+
+
+def test_a_file_downloaded_again_gets_a_path_of_its_own(tmp_path: Path):
+    """A thread root's file is fetched again for a later batch's copies of the root while its
+    first download may still be waiting for removal in the background: the same path would
+    lose the new download."""
+    from mattermost_connector.attachments import _fetch
+
+    class Client:
+        def download(self, file_id, sink, max_bytes):
+            sink.write(b"bytes")
+            return SimpleNamespace(mime_type="text/plain", size=5, sha256="x")
+
+    info = {"id": "f" * 26, "name": "a.txt", "size": 5}
+    first = _fetch(Client(), info, tmp_path, 100)  # type: ignore[arg-type]
+    again = _fetch(Client(), info, tmp_path, 100)  # type: ignore[arg-type]
+    assert first.path != again.path and first.path.exists() and again.path.exists()
 
 
 class SlowRefusal(FakeDestination):
@@ -424,6 +488,7 @@ def test_a_retried_load_sends_again_only_what_no_attempt_delivered(tmp_path: Pat
     loading.load(services, replace(run), bundles)
     assert destination.sent == [2, 5]
     assert [c for _, c in store.recorded[1:]] == [b.cursor for b in bundles[1:]]
+    DISCARDS.wait()  # removed in the background (pipeline/discards.py)
     assert not list(tmp_path.glob("bundle-*"))  # recorded: files and markers gone
 
 

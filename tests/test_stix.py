@@ -242,6 +242,38 @@ def test_fast_ids_equal_pycti_and_stix2_generators(text: str):
     )
 
 
+@pytest.mark.parametrize("text", [*AWKWARD, "  Mixed Case  ", "İstanbul ǅ ß"])
+def test_written_out_identity_and_channel_ids_equal_pycti(text: str):
+    """stix.py computes them without importing pycti (a second and 40 MB per process)."""
+    import pycti
+
+    from mattermost_connector.stix import _channel_id, _identity_id
+
+    assert _identity_id(text) == pycti.Identity.generate_id(text, "individual")
+    assert _channel_id(text) == pycti.Channel.generate_id(text)
+
+
+@pytest.mark.parametrize("tlp", [TLP.WHITE, TLP.GREEN, TLP.AMBER, TLP.RED])
+def test_written_out_tlp_markings_equal_stix2s(tlp: TLP):
+    import stix2
+
+    from mattermost_connector.stix import marking_object
+
+    expected = getattr(stix2, f"TLP_{tlp.name}")
+    assert marking_object(tlp) == json.loads(expected.serialize())
+    assert marking_id(tlp) == expected.id
+
+
+def test_the_mapping_imports_neither_pycti_nor_stix2():
+    """Their import is most of a directory sync's memory beside Prefect's."""
+    import subprocess
+    import sys
+
+    code = "import sys, mattermost_connector.stix; print('pycti' in sys.modules, 'stix2' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_files_beyond_one_message_travel_as_artifacts_and_none_exceeds_it(tmp_path: Path):
     """For OpenCTI every bundle fits `max_bytes` (one queue message): the files that fit go
     with their message, each other one alone in a bundle as an Artifact with its bytes (ids

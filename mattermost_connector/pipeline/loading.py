@@ -12,6 +12,8 @@ from mattermost_connector.delivery import Destination
 from mattermost_connector.errors import DeliveryError
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.kinds import RunKind
+from mattermost_connector.memory import release_free_memory
+from mattermost_connector.pipeline.discards import DISCARDS
 from mattermost_connector.pipeline.ordered import deliver_in_order
 from mattermost_connector.pipeline.services import Services
 from mattermost_connector.pipeline.spool import recorded_marker, sent_marker
@@ -32,7 +34,7 @@ def load(services: Services, run: ChannelRun, bundles: list[BundleFile]) -> None
         recorded.append(bundle)
 
     deliver_in_order(
-        [b for b in bundles if b.path.exists() and not recorded_marker(b.path).exists()],
+        [b for b in bundles if not DISCARDS.gone(b.path) and not recorded_marker(b.path).exists()],
         lambda bundle: send(services, run, bundle),
         record_in_order,
         services.settings.connector.delivery_concurrency,
@@ -40,6 +42,7 @@ def load(services: Services, run: ChannelRun, bundles: list[BundleFile]) -> None
     cursor = next((b.cursor for b in reversed(recorded) if b.cursor is not None), None)
     if cursor is not None and run.kind == RunKind.SYNC:
         publish_state(services, run.channel_id, cursor)
+    release_free_memory()  # the batch is done with: its pages back, not a growing heap
 
 
 def send(services: Services, run: ChannelRun, bundle: BundleFile) -> None:
@@ -97,11 +100,11 @@ def record(services: Services, run: ChannelRun, bundle: BundleFile) -> None:
     if bundle.cursor is None:  # a post's first parts: kept until its last part moves it
         recorded_marker(bundle.path).touch()
         return
-    bundle.path.unlink(missing_ok=True)
-    for upload in bundle.uploads:
-        upload.path.unlink(missing_ok=True)
-    for destination in services.destinations:
-        sent_marker(bundle.path, destination.name).unlink(missing_ok=True)
+    DISCARDS.discard(  # the bundle first: gone for a retried load from now on
+        bundle.path,
+        *(upload.path for upload in bundle.uploads),
+        *(sent_marker(bundle.path, d.name) for d in services.destinations),
+    )
 
 
 def publish_state(services: Services, channel_id: str, cursor: Cursor) -> None:

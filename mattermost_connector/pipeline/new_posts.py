@@ -19,6 +19,7 @@ from mattermost_connector.errors import local_fault
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.mattermost import posts as walker
 from mattermost_connector.observables import observer_for
+from mattermost_connector.pipeline.discards import DISCARDS
 from mattermost_connector.pipeline.ordered import Files
 from mattermost_connector.pipeline.positions import bundle_cursors, cut_at_window_end
 from mattermost_connector.pipeline.services import Services
@@ -144,11 +145,15 @@ def write_bundles(
             path = _spooled(part, run.spool / f"bundle-{sequence:06d}.json", connector.bundle_bytes)
             keep.update(upload.path for upload in part.uploads)
             written.append(_bundle_file(part, path, sequence))
-    finally:
-        for files in attachments.values():
-            for attachment in files:
-                if attachment.path is not None and attachment.path not in keep:
-                    attachment.path.unlink(missing_ok=True)
+    finally:  # each download has a path of its own: none is written again once dropped
+        DISCARDS.discard(
+            *(
+                attachment.path
+                for files in attachments.values()
+                for attachment in files
+                if attachment.path is not None and attachment.path not in keep
+            )
+        )
     carried = bundle_cursors(run.cursor, (b.posts for b in written), batch.cursor)
     for bundle, cursor in zip(written, carried, strict=True):
         bundle.cursor = cursor
