@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from mattermost_connector import integration_posts
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.observables import MAX_BYTES_PER_POST
@@ -517,7 +518,9 @@ def message_objects(
     what links it: to the channel, to its thread's root (left out when the root could not be
     delivered: no relationship may dangle), to the Artifacts of its uploaded files, to the
     indicators found in it (created by its author; their objects travel in its bundle)."""
+    shown = integration_posts.render(post, author)  # attachments, webhook name, priority
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
+    description.extend(shown.notes)
     if post.get("root_id"):
         description.append(f"reply in thread {context.permalink(post['root_id'])}")
         if not root_known:
@@ -532,7 +535,7 @@ def message_objects(
     description.extend(_fates(attachments))
     marking = marking_id(tlp)
     url = context.permalink(post["id"])
-    text = post.get("message") or ""
+    text = shown.content
     message: dict[str, Any] = {
         "type": "media-content",
         "spec_version": "2.1",
@@ -554,8 +557,13 @@ def message_objects(
             "x_opencti_created_by_ref": identity_id(author),
         }
     )
-    if post.get("delete_at"):
-        message["x_opencti_labels"] = [DELETED_LABEL]
+    if shown.links:
+        message["x_opencti_external_references"] = integration_posts.external_references(
+            shown.links
+        )
+    labels = [*shown.labels, *([DELETED_LABEL] if post.get("delete_at") else [])]
+    if labels:
+        message["x_opencti_labels"] = labels
     when = _stamp(post["create_at"])
     links = [_related(message["id"], channel_id(context), when, marking)]
     if post.get("root_id") and root_known:
@@ -667,9 +675,11 @@ def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[
 
 
 # Room a thread root leaves for one reply beside its copy in a queue message: the largest
-# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped), its
-# description and links (ten files as Artifacts), and both authors.
-REPLY_RESERVE = 192 * 1024
+# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped) and as much
+# again of an integration's attachments (integration_posts.ATTACHMENTS_TEXT_MAX), its
+# description and links (ten files as Artifacts, LINKS_MAX external references of URL_MAX
+# characters), and both authors.
+REPLY_RESERVE = 320 * 1024
 
 
 def _observable_parts(

@@ -45,6 +45,7 @@ DOMAIN_TESTS = frozenset(
         "test_domain.py",
         "test_errors.py",
         "test_home.py",
+        "test_integration_posts.py",
         "test_invariants.py",
         "test_observables.py",
         "test_live_socket.py",
