@@ -48,12 +48,6 @@ CHANGES_MARGIN_MS = 30 * 1000
 Post = dict[str, Any]
 
 
-@dataclass
-class ChangeScan:
-    posts: list[Post]
-    capped: bool
-
-
 # Posts the server leaves out of a channel's total_msg_count (model/post.go IsJoinLeaveMessage,
 # used by post_store.go SaveMultiple).
 JOIN_LEAVE_TYPES = frozenset(

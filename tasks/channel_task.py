@@ -52,8 +52,3 @@ def close_channel(
     """Record the outcome everywhere it is shown (run history, OpenCTI work, logs), then
     give the channel's lease back."""
     return steps.close(services(), channel_id, lease, run_id, run, kind, error, archived)
-
-
-def release(lease: HeldLease) -> None:
-    """An interrupted run: only the lease given back (a plain call, outside any task)."""
-    lease.release()

@@ -53,6 +53,7 @@ DOMAIN_TESTS = frozenset(
         "test_pipeline_core.py",
         "test_pipeline_run.py",
         "test_prefect_calls.py",
+        "test_docs.py",
         "test_since.py",
         "test_state.py",
         "test_stix.py",

@@ -16,7 +16,7 @@ import pytest
 from mattermost_connector.config import TLP
 from mattermost_connector.stix import (
     ChannelContext,
-    bundle_json,
+    _bundle,
     channel_object,
     identity_object,
     marking_object,
@@ -176,6 +176,11 @@ def test_bundles_imported_in_reverse_order_keep_every_file(demo, bundles):
     """A message imported again (an upsert) does not take new files: each file must come
     with the message's first import, whatever the order."""
     assert assert_files_stored(demo, replay(bundles, reverse=True)) == demo_files(demo)
+
+
+def bundle_json(parts: Iterator[str]) -> str:
+    """A bundle of serialised objects, joined as the connector joins them (stix._bundle)."""
+    return "".join(_bundle([[part] for part in parts]))  # type: ignore[misc]
 
 
 def _message_bundle(file_name: str, data: bytes) -> str:

@@ -98,7 +98,7 @@ def decode(raw: str) -> Cursor:
     return Cursor.from_dict(json.loads(raw))
 
 
-class CursorStore(EngineBound):
+class DeliveryStore(EngineBound):
     """Cursors and delivered posts. `key` is the channel id for a sync, a backfill window's
     own key otherwise."""
 
