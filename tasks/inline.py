@@ -19,7 +19,6 @@ from typing import Any
 from mattermost_connector.channel_run import ChannelRun
 from mattermost_connector.config import ConnectorSettings
 from mattermost_connector.pipeline import steps
-from mattermost_connector.pipeline.lease import HeldLease
 from mattermost_connector.pipeline.ordered import Pending
 from mattermost_connector.pipeline.services import Services
 from mattermost_connector.pipeline.steps import STEPS, Retries, Step, Steps
@@ -53,7 +52,6 @@ def inline_steps(
                 services(), channel_id, kind, window, flow_run_id
             ),
             close=lambda *args: steps.close(services(), *args),
-            release=HeldLease.release,
             progress=progress,
         )
     finally:
