@@ -15,6 +15,7 @@ from uuid import UUID
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 
 from mattermost_connector.config import Settings
+from mattermost_prefect.deployments.forked_runs import start_runs_forked
 from mattermost_prefect.flows.backfill import mattermost_backfill
 from mattermost_prefect.flows.sync import mattermost_sync
 
@@ -48,6 +49,7 @@ def serve_all(settings: Settings) -> None:
     from prefect.exceptions import TerminationSignal
     from prefect.runner import Runner
 
+    start_runs_forked()  # each run forks from a process that imported the connector once
     runner = Runner(pause_on_shutdown=True)
     sync, *others = deployments(settings)
     sync_id = runner.add_deployment(sync)
@@ -62,8 +64,7 @@ def serve_all(settings: Settings) -> None:
 
 def start_up_sync(deployment_id: UUID) -> None:
     """A run of the sync deployment due now, which the runner starts at once."""
-    from prefect.client.orchestration import get_client
+    from mattermost_prefect.tasks import observe
 
-    with get_client(sync_client=True) as client:
-        run = client.create_flow_run_from_deployment(deployment_id, tags=["start-up"])
+    run = observe.schedule_deployment_run(deployment_id, tags=["start-up"])
     log.info("serve: start-up sync scheduled (flow run %s)", run.id)

@@ -1,15 +1,15 @@
-"""One channel's run as its own Prefect flow run (`mattermost-channel`), named after the
-channel: a subflow of the sync or backfill that starts it, in the same process, or, with
-CONNECTOR_WORK_POOL, a run of the `mattermost-channel/channel` deployment on a work pool."""
+"""One channel's run, named after the channel: a task run of the sync or backfill that starts
+it (`mattermost_channel_task`, the default, in the same process), or, with CONNECTOR_WORK_POOL,
+its own flow run of the `mattermost-channel/channel` deployment on a work pool, which a
+worker on any machine can take (`mattermost_channel`)."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from prefect import flow
-from prefect.artifacts import create_table_artifact
-from prefect.runtime import deployment
+from prefect import flow, task
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 
 from mattermost_connector.channel_run import ChannelResult
@@ -23,15 +23,22 @@ from mattermost_connector.errors import (
 )
 from mattermost_connector.kinds import RunKind, RunStatus
 from mattermost_connector.pipeline.run import run_channel
-from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name, rename_run
+from mattermost_connector.pipeline.steps import Steps
+from mattermost_prefect.flows.names import channel_flow_run_name, channel_run_name
 from mattermost_prefect.flows.quiet import quiet_expected_failures
-from mattermost_prefect.tasks.report import forget_progress
+from mattermost_prefect.tasks import observe, resources
+from mattermost_prefect.tasks.channel_task import services
+from mattermost_prefect.tasks.inline import inline_steps
+from mattermost_prefect.tasks.policy import TASK_DEFAULTS
+from mattermost_prefect.tasks.report import channel_progress, forget_progress
 from mattermost_prefect.tasks.steps import prefect_steps
 
 quiet_expected_failures()
 
 CHANNEL_FLOW = "mattermost-channel"
 CHANNEL_DEPLOYMENT = "channel"
+# A channel as a task run of the sync that runs it (the embedded default).
+CHANNEL_TASK = "mattermost-channel"
 # The state names of a channel run that stops the whole run with it (errors.stops_the_run):
 # the token refused, or Mattermost not answering after the retries.
 TOKEN_REFUSED = "TokenRefused"
@@ -49,26 +56,61 @@ def mattermost_channel(
 ) -> State[Any]:
     """One channel's sync (or a backfill's window), holding its lease. Completed with its
     report row, Failed with the row inside a RunFailed, or Failed as TokenRefused."""
+    state, result = channel_outcome(prefect_steps(), channel_id, kind, window, start_timestamp)
+    if result is not None and result.name:  # known now, if the state store did not know it
+        name = channel_run_name(channel_id, kind, window, result.name)
+        if flow_run.get_id() and flow_run.get_name() != name:
+            observe.rename_flow_run(flow_run.get_id(), name)
+    if result is not None and deployment.get_id():  # dispatched: the sync reads the row back
+        observe.create_result_table(
+            [_plain(result.row())], key=RESULT_ARTIFACT, description=result.summary()
+        )
+    return state
+
+
+@task(name=CHANNEL_TASK, task_run_name="{channel_id}", **TASK_DEFAULTS)
+def mattermost_channel_task(
+    channel_id: str,
+    kind: RunKind = RunKind.SYNC,
+    window: tuple[int, int] | None = None,
+    start_timestamp: int | None = None,
+) -> State[Any]:
+    """The same channel run as a task run of the sync (the embedded default: flows/dispatch),
+    its steps plain calls inside it (tasks/inline.py): the channel's state, logs and progress
+    are this task run's, for a fraction of a flow run's API round trips."""
+    connector = resources.settings().connector
+    with inline_steps(services, connector, flow_run.get_id(), channel_progress) as steps:
+        state, _ = channel_outcome(steps, channel_id, kind, window, start_timestamp)
+    # Named before it starts (flows/names.named_before_running): Prefect records a task run
+    # from the events its engine sends, which would overwrite a rename made meanwhile.
+    return state
+
+
+def channel_outcome(
+    steps: Steps,
+    channel_id: str,
+    kind: RunKind,
+    window: tuple[int, int] | None,
+    start_timestamp: int | None,
+) -> tuple[State[Any], ChannelResult | None]:
+    """The channel run's final state, and its result unless what stopped it stops the whole
+    run (a refused token, a server that does not answer: a state named after it)."""
     completed = False
     try:
-        result = run_channel(prefect_steps(), channel_id, kind, window, start_timestamp)
+        result = run_channel(steps, channel_id, kind, window, start_timestamp)
         completed = result.ok
     except MattermostError as error:  # run_channel raises only what stops the whole run
         if not stops_the_run(error):
             raise
         reason = one_line(error)
         name = TOKEN_REFUSED if isinstance(error, AuthenticationError) else SERVER_UNREACHABLE
-        return Failed(name=name, message=reason, data=RunFailed(reason))
+        return Failed(name=name, message=reason, data=RunFailed(reason)), None
     finally:
         forget_progress(completed)
-    if result.name:  # known now, if the state store did not know it yet
-        rename_run(channel_run_name(channel_id, kind, window, result.name))
     row = result.row()
-    if deployment.get_id():  # dispatched: the sync reads the row back from the API
-        create_table_artifact([_plain(row)], key=RESULT_ARTIFACT, description=result.summary())
     if result.ok:
-        return Completed(message=result.summary(), data=row)
-    return Failed(message=result.summary(), data=RunFailed(result.summary(), [row]))
+        return Completed(message=result.summary(), data=row), result
+    return Failed(message=result.summary(), data=RunFailed(result.summary(), [row])), result
 
 
 def _plain(row: dict[str, Any]) -> dict[str, Any]:

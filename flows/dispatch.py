@@ -1,15 +1,15 @@
-"""Run a list of channels, each as its own `mattermost-channel` flow run, up to
-CONNECTOR_CHANNEL_CONCURRENCY at once: in this process (subflows), or on the workers of
-CONNECTOR_WORK_POOL (`run_deployment` of `mattermost-channel/channel`). Each channel run
-still takes its channel's lease, so two runs never work on one channel at once."""
+"""Run a list of channels, up to CONNECTOR_CHANNEL_CONCURRENCY at once: in this process, each
+as a `mattermost-channel` task run of the current flow run (the default), or on the workers of
+CONNECTOR_WORK_POOL, each as its own flow run (`run_deployment` of
+`mattermost-channel/channel`). Each channel run still takes its channel's lease, so two runs
+never work on one channel at once."""
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from contextvars import copy_context
 
 from prefect.runtime import flow_run
@@ -23,11 +23,11 @@ from mattermost_prefect.flows.channel import (
     RESULT_ARTIFACT,
     channel_result,
     crashed,
-    mattermost_channel,
+    mattermost_channel_task,
     raise_if_stopping,
 )
-from mattermost_prefect.flows.names import channel_labels, channel_run_name
-from mattermost_prefect.tasks import resources
+from mattermost_prefect.flows.names import channel_labels, channel_run_name, named_before_running
+from mattermost_prefect.tasks import observe, resources
 from mattermost_prefect.tasks.channel_task import SHARED_RUN
 from mattermost_prefect.tasks.report import start_progress, update_progress
 
@@ -47,7 +47,11 @@ def run_channels(
     connector = resources.settings().connector
     run_one = dispatched if connector.work_pool else in_process
     progress = start_progress(kind, len(channel_ids))
-    labels = channel_labels(channel_ids)  # one read for all: each run is named after one
+    # one read for all (each run is named after one); on this process, channels never named
+    # are asked for: a task run keeps the name it starts with
+    labels = (
+        channel_labels(channel_ids) if connector.work_pool else named_before_running(channel_ids)
+    )
     stopped = threading.Event()
     results: dict[str, ChannelResult] = {}
     refused: str | None = None
@@ -98,31 +102,15 @@ def run_channels(
 def in_process(
     channel_id: str, name: str, kind: RunKind, window: Window, start_timestamp: int | None
 ) -> ChannelResult:
-    """The channel as a subflow of the current flow run, in this process."""
-    with without_heartbeats():
-        state = mattermost_channel.with_options(flow_run_name=name)(
-            channel_id=channel_id,
-            kind=kind,
-            window=window,
-            start_timestamp=start_timestamp,
-            return_state=True,
-        )
+    """The channel as a task run of the current flow run, in this process."""
+    state = mattermost_channel_task.with_options(task_run_name=name)(
+        channel_id=channel_id,
+        kind=kind,
+        window=window,
+        start_timestamp=start_timestamp,
+        return_state=True,
+    )
     return channel_result(state, channel_id, kind)
-
-
-@contextmanager
-def without_heartbeats() -> Iterator[None]:
-    """No heartbeat thread for a subflow in this process (in this thread's context only):
-    the sync's run already beats for the process, and stopping a flow run's heartbeat thread
-    costs up to a second at its end (it sleeps in one-second steps), per channel."""
-    import prefect.context
-
-    current = prefect.context.get_settings_context()
-    settings = current.settings
-    flows = settings.flows.model_copy(update={"heartbeat_frequency": None})
-    quiet = settings.model_copy(update={"flows": flows})
-    with prefect.context.SettingsContext(profile=current.profile, settings=quiet):
-        yield
 
 
 def dispatched(
@@ -130,12 +118,6 @@ def dispatched(
 ) -> ChannelResult:
     """The channel as a run of the per-channel deployment, executed by a worker of
     CONNECTOR_WORK_POOL; waits for it, then reads its report row from the Prefect API."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import (
-        ArtifactFilter,
-        ArtifactFilterFlowRunId,
-        ArtifactFilterKey,
-    )
     from prefect.deployments import run_deployment
 
     run = run_deployment(
@@ -153,13 +135,7 @@ def dispatched(
     )
     state = run.state
     raise_if_stopping(state)
-    with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[RESULT_ARTIFACT]),
-                flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]),
-            )
-        )
+    artifacts = observe.read_result_artifacts(run.id, RESULT_ARTIFACT)
     for artifact in artifacts:
         data = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
         if data:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from datetime import UTC, datetime
 
 from prefect.runtime import flow_run
@@ -21,6 +22,35 @@ def channel_labels(channel_ids: list[str]) -> dict[str, str]:
     except Exception:  # a name is a nicety: never fail a run for it
         known = {}
     return {channel_id: known.get(channel_id) or channel_id for channel_id in channel_ids}
+
+
+def named_before_running(channel_ids: list[str]) -> dict[str, str]:
+    """Each channel's label, asking Mattermost for those the state store has never named (a
+    first sync of channels listed by id): a channel's task run takes its name when it starts,
+    and Prefect records a task run from its engine's events, which would overwrite a later
+    rename. Two requests per unnamed channel, CONNECTOR_CHANNEL_CONCURRENCY at once."""
+    labels = channel_labels(channel_ids)
+    unnamed = [c for c, label in labels.items() if label == c]
+    if not unnamed:
+        return labels
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mattermost_connector.mattermost.channels import named_channel
+
+    client = resources.client()
+
+    def name(channel_id: str) -> tuple[str, str | None]:
+        try:
+            return channel_id, named_channel(client, channel_id)[1]
+        except Exception:  # a name is a nicety: the channel's run reports what is wrong
+            return channel_id, None
+
+    workers = max(1, min(resources.settings().connector.channel_concurrency, len(unnamed)))
+    with ThreadPoolExecutor(workers, thread_name_prefix="name") as pool:
+        found = {c: n for c, n in pool.map(name, unnamed) if n}
+    with suppress(Exception):  # the channel's run remembers it too
+        resources.store().remember_names(found)
+    return {**labels, **found}
 
 
 def _day_or_time(epoch_ms: int) -> str:

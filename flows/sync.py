@@ -67,7 +67,8 @@ def mattermost_sync(
 ) -> State[Any]:
     """Sync the given channels (default: MATTERMOST_CHANNEL_IDS and the channels
     MATTERMOST_TEAMS finds). The channels with nothing new are found and finished by one
-    probe; each of the others runs in its own flow run, CONNECTOR_CHANNEL_CONCURRENCY at once.
+    probe; each of the others runs as a task run of this sync (or, on CONNECTOR_WORK_POOL, its
+    own flow run), CONNECTOR_CHANNEL_CONCURRENCY at once.
     `start_timestamp` (epoch seconds) replaces MATTERMOST_START_TIMESTAMP for channels never
     synced before."""
     # the same budget for transient and busy faults as every task of a channel's run

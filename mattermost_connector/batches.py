@@ -9,6 +9,7 @@ from typing import Any
 from mattermost_connector.changes import delivered_version, is_system
 from mattermost_connector.channel_run import Batch
 from mattermost_connector.counts import Counts
+from mattermost_connector.cursor import Cursor
 from mattermost_connector.errors import AuthenticationError, MattermostError
 from mattermost_connector.mattermost.client import MattermostClient
 from mattermost_connector.mattermost.users import UserDirectory
@@ -25,7 +26,7 @@ def complete_batch(
     store: StateStore,
     users: UserDirectory,
     include_system: bool,
-    cursor: dict[str, Any] | None = None,
+    cursor: Cursor | None = None,
     exhausted: bool = True,
     pending: Iterable[Mapping[str, Any]] = (),
 ) -> Batch:
@@ -58,7 +59,7 @@ def complete_batch(
     authors = {post["user_id"] for post in batch_posts} | {r["user_id"] for r in known.values()}
     return Batch(
         posts=batch_posts,
-        users=first_imported(store, users.resolve(authors), authors),
+        users=authors_as_first_imported(store, users.resolve(authors), authors),
         cursor=cursor,
         exhausted=exhausted,
         counts=Counts(posts=len(batch_posts), skipped=len(posts) - len(kept)),
@@ -67,7 +68,7 @@ def complete_batch(
     )
 
 
-def first_imported(
+def authors_as_first_imported(
     store: StateStore, found: Mapping[str, dict[str, Any]], user_ids: Iterable[str]
 ) -> dict[str, dict[str, Any]]:
     """Every author (a stand-in for those the server would not show), with the name it had

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from mattermost_connector import integration_posts
 from mattermost_connector.cursor import Cursor
 from mattermost_connector.mattermost.client import MattermostClient
-from mattermost_connector.state import message_digest
 
 SINCE_CAP = 1000
 # Changes are looked for from a little before the last check, by the server's clock: the
@@ -46,12 +46,6 @@ SINCE_CAP = 1000
 CHANGES_MARGIN_MS = 30 * 1000
 
 Post = dict[str, Any]
-
-
-@dataclass
-class ChangeScan:
-    posts: list[Post]
-    capped: bool
 
 
 # Posts the server leaves out of a channel's total_msg_count (model/post.go IsJoinLeaveMessage,
@@ -156,8 +150,9 @@ def unaccounted(checked: tuple[int, int, int] | None, total_msg_count: int, seen
 
 
 def deleted_version(stored: Mapping[str, Any], delete_at: int) -> Post:
-    """A deleted post as we last delivered it: the server now answers an empty message."""
-    return {
+    """A deleted post as we last delivered it: the server now answers an empty message (and
+    no priority), so its text and an integration's attachments are the ones kept."""
+    post = {
         "id": stored["post_id"],
         "root_id": stored.get("root_id") or "",
         "user_id": stored["user_id"],
@@ -170,6 +165,7 @@ def deleted_version(stored: Mapping[str, Any], delete_at: int) -> Post:
         "file_ids": [],
         "metadata": {},
     }
+    return integration_posts.restored(post, integration_posts.decode(stored.get("integration")))
 
 
 def delivered_version(stored: Mapping[str, Any]) -> Post:
@@ -181,10 +177,14 @@ def delivered_version(stored: Mapping[str, Any]) -> Post:
 
 
 def stale(rows: Iterable[Post], delivered: Mapping[str, Mapping[str, Any]]) -> list[Post]:
-    """The rows whose delivered version is out of date: edited text, or deleted since.
+    """The rows whose delivered version is out of date: edited text or attachments (or
+    priority, or webhook name: integration_posts.digest), or deleted since.
 
     Edit-history rows (`original_id` set) are copies of old versions, never messages; a bump
-    of `update_at` alone (reaction, pin, new reply) changes nothing we deliver.
+    of `update_at` alone (reaction, pin, new reply) changes nothing we deliver. An attachment
+    changed through the API sets `edit_at` on current servers (app/post.go UpdatePost:
+    `AttachmentsEqual`), not on older ones nor through a plugin's SafeUpdate: the digest
+    sees it either way.
     """
     found: dict[str, Post] = {}
     for row in rows:
@@ -198,7 +198,7 @@ def stale(rows: Iterable[Post], delivered: Mapping[str, Mapping[str, Any]]) -> l
                 found[row["id"]] = deleted_version(stored, int(row["delete_at"]))
         elif (
             int(row.get("edit_at") or 0) != stored["edit_at"]
-            or message_digest(row.get("message") or "") != stored["message_sha256"]
+            or integration_posts.digest(row) != stored["message_sha256"]
         ):
             found[row["id"]] = row
     return sorted(found.values(), key=lambda post: (post["create_at"], post["id"]))

@@ -108,10 +108,6 @@ class LeaseError(ConnectorError):
     """The state store could not be asked for a channel's lease: the channel is not run."""
 
 
-class StoreError(ConnectorError):
-    """The state store failed a read or a write (unreachable, or refusing it)."""
-
-
 class DiskFull(ConnectorError):
     """A local resource ran out while writing under `path`: the message names the path, the
     temporary directory in use and the space needed, so an operator can free or move it."""

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from mattermost_connector import integration_posts
 from mattermost_connector.config import TLP
 from mattermost_connector.kinds import AttachmentFate as Fate
 from mattermost_connector.observables import MAX_BYTES_PER_POST
@@ -517,7 +518,9 @@ def message_objects(
     what links it: to the channel, to its thread's root (left out when the root could not be
     delivered: no relationship may dangle), to the Artifacts of its uploaded files, to the
     indicators found in it (created by its author; their objects travel in its bundle)."""
+    shown = integration_posts.render(post, author)  # attachments, webhook name, priority
     description = [f"Mattermost message by {identity_name(author)} in {context.name}"]
+    description.extend(shown.notes)
     if post.get("root_id"):
         description.append(f"reply in thread {context.permalink(post['root_id'])}")
         if not root_known:
@@ -532,7 +535,7 @@ def message_objects(
     description.extend(_fates(attachments))
     marking = marking_id(tlp)
     url = context.permalink(post["id"])
-    text = post.get("message") or ""
+    text = shown.content
     message: dict[str, Any] = {
         "type": "media-content",
         "spec_version": "2.1",
@@ -554,8 +557,13 @@ def message_objects(
             "x_opencti_created_by_ref": identity_id(author),
         }
     )
-    if post.get("delete_at"):
-        message["x_opencti_labels"] = [DELETED_LABEL]
+    if shown.links:
+        message["x_opencti_external_references"] = integration_posts.external_references(
+            shown.links
+        )
+    labels = [*shown.labels, *([DELETED_LABEL] if post.get("delete_at") else [])]
+    if labels:
+        message["x_opencti_labels"] = labels
     when = _stamp(post["create_at"])
     links = [_related(message["id"], channel_id(context), when, marking)]
     if post.get("root_id") and root_known:
@@ -622,10 +630,6 @@ def _bundle(objects: list[list[Segment]]) -> list[Segment]:
 _BUNDLE_OVERHEAD = _segments_size(_bundle([]))  # a uuid4 is always 36 characters
 
 
-def bundle_json(parts: Iterable[str]) -> str:
-    return "".join(_bundle([[part] for part in parts]))  # type: ignore[misc]
-
-
 @dataclass
 class BundlePart:
     """One bundle, the posts it completes (oldest first) with their attachments, and the files
@@ -671,9 +675,11 @@ def _payload_artifact(artifact: dict[str, Any], attachment: Attachment) -> list[
 
 
 # Room a thread root leaves for one reply beside its copy in a queue message: the largest
-# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped), its
-# description and links (ten files as Artifacts), and both authors.
-REPLY_RESERVE = 192 * 1024
+# reply Mattermost takes (16,383 characters, up to 6 bytes each once JSON-escaped) and as much
+# again of an integration's attachments (integration_posts.ATTACHMENTS_TEXT_MAX), its
+# description and links (ten files as Artifacts, LINKS_MAX external references of URL_MAX
+# characters), and both authors.
+REPLY_RESERVE = 320 * 1024
 
 
 def _observable_parts(
@@ -681,6 +687,13 @@ def _observable_parts(
 ) -> list[Part]:
     """The objects of a post's indicators, created by the post's author."""
     return [[o.serialized(author_id, marking, when)] for o in observables]
+
+
+# What embedding files adds to a media-content beside the entries themselves, when sizing
+# them against a message's room: `,"x_opencti_files":[` and `]` (the closing brace stays),
+# and the ", " before the media-content in its bundle, less the comma the first entry goes
+# without (`_plan_post` counts one with each entry).
+FILES_OVERHEAD = len(',"x_opencti_files":[') + len("]") + len(", ") - len(",")
 
 
 def _plan_post(
@@ -701,14 +714,13 @@ def _plan_post(
     """Where each of a post's files goes. For a directory, all in its media-content, however
     large. For OpenCTI, whose upsert of an existing observable ignores the files it is sent
     (upsert-utils.js reads only a single `file`), a file goes with its media-content while
-    that fits one message (`room` bytes; a thread root keeps REPLY_RESERVE free, for a reply
-    whose bundle holds a copy of it with these files); a file that does not goes alone in a
-    message of its own (`artifact_room` bytes) as an Artifact with its bytes, or, too large
-    for any message, is uploaded as an Artifact; either way the message links to the
-    Artifact. A file already uploaded (a post delivered before: redelivery_files) goes as an
-    Artifact in either mode."""
+    that fits one message (`room` bytes: `_fit_files`); a file that does not goes alone in
+    a message of its own (`artifact_room` bytes) as an Artifact with its bytes, or, too
+    large for any message, is uploaded as an Artifact (`_artifacts`); either way the message
+    links to the Artifact. A file already uploaded (a post delivered before:
+    redelivery_files) goes as an Artifact in either mode. `observables`: the post's
+    indicators, linked from it; `reserve`: what a thread root keeps free for a reply."""
     marking = marking_id(tlp)
-    files = unique_names(files) if files else files
 
     def objects(attachments: list[Attachment]) -> tuple[str, list[str]]:
         message, links = message_objects(
@@ -716,43 +728,74 @@ def _plan_post(
         )
         return serialize(message), [serialize(link) for link in links]
 
-    def entry_size(attachment: Attachment) -> int:
+    def entry_size(attachment: Attachment) -> int:  # with the comma before it
         return _segments_size(_file_entry(attachment, marking, no_trigger_import)) + 1
 
+    files = unique_names(files) if files else files
     if queue and any(a.path for a in files):  # else nothing to place: no room to measure
-        # the post's text and links at their largest: every file an Artifact
-        placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
-        widest = [replace(a, status=Fate.UPLOADED, **placeholder) if a.path else a for a in files]
-        message, links = objects(widest)
-        free = room - _size(message) - sum(_size(link) + 2 for link in links) - 22
-        if not post.get("root_id"):  # below the configurable floor, a quarter of the room
-            free -= min(reserve, room // 4)
-        kept: list[Attachment] = []
-        for attachment in files:
-            if attachment.path is None or attachment.status == Fate.UPLOADED:
-                pass
-            elif entry_size(attachment) <= free:
-                free -= entry_size(attachment)
-            else:
-                attachment = with_hashes(replace(attachment, status=Fate.UPLOADED))
-            kept.append(attachment)
-        files = kept
+        reserved = 0 if post.get("root_id") else reserve
+        files = _fit_files(files, objects, room, reserved, entry_size)
     message, links = objects(files)
     embedded = [a for a in files if a.path is not None and a.status != Fate.UPLOADED]
     final = [
         _with_files(message, [_file_entry(a, marking, no_trigger_import) for a in embedded]),
         *[[link] for link in links],
     ]
-    artifacts: list[list[Segment]] = []
+    carried: list[list[Segment]] = []
+    uploads: list[Upload] = []
+    if any(a.status == Fate.UPLOADED and a.path is not None for a in files):
+        url, author_id = context.permalink(post["id"]), identity_id(author)
+        room = artifact_room if queue else None
+        carried, uploads = _artifacts(files, url, author_id, marking, room)
+    size = sum(_segments_size(obj) + 2 for obj in final)
+    return _PostPlan(carried, final, files, uploads, embedded, size)
+
+
+def _fit_files(
+    files: list[Attachment],
+    objects: Callable[[list[Attachment]], tuple[str, list[str]]],
+    room: int,
+    reserve: int,
+    entry_size: Callable[[Attachment], int],
+) -> list[Attachment]:
+    """The files, in order, those that fit beside the media-content in a message of `room`
+    bytes kept for embedding, the others turned into Artifacts to upload (with the hashes
+    their ids need). A thread root keeps `reserve` free (REPLY_RESERVE, more with
+    indicators), for a reply whose bundle holds a copy of it with these files. `objects`:
+    the post's serialised text and links."""
+    # the post's text and links at their largest: every file an Artifact
+    placeholder = {"md5": "0" * 32, "sha1": "0" * 40, "sha256": "0" * 64}
+    widest = [replace(a, status=Fate.UPLOADED, **placeholder) if a.path else a for a in files]
+    message, links = objects(widest)
+    free = room - _size(message) - sum(_size(link) + 2 for link in links) - FILES_OVERHEAD
+    free -= min(reserve, room // 4)  # below the configurable floor, a quarter of the room
+    kept: list[Attachment] = []
+    for attachment in files:
+        if attachment.path is None or attachment.status == Fate.UPLOADED:
+            pass
+        elif entry_size(attachment) <= free:
+            free -= entry_size(attachment)
+        else:
+            attachment = with_hashes(replace(attachment, status=Fate.UPLOADED))
+        kept.append(attachment)
+    return kept
+
+
+def _artifacts(
+    files: list[Attachment], url: str, author_id: str, marking: str, room: int | None
+) -> tuple[list[list[Segment]], list[Upload]]:
+    """The post's files to upload, as Artifacts: carried with their bytes in a message of
+    their own while that fits `room` bytes (None: any size, a directory), else uploaded
+    before the post's bundle (Upload)."""
+    carried: list[list[Segment]] = []
     uploads: list[Upload] = []
     for attachment in files:
         if attachment.status != Fate.UPLOADED or attachment.path is None:
             continue
-        url, author_id = context.permalink(post["id"]), identity_id(author)
         artifact = _artifact_object(attachment, url, author_id, marking)
-        carried = _payload_artifact(artifact, attachment)
-        if not queue or _segments_size(carried) <= artifact_room:
-            artifacts.append(carried)
+        payload = _payload_artifact(artifact, attachment)
+        if room is None or _segments_size(payload) <= room:
+            carried.append(payload)
         else:
             uploads.append(
                 Upload(
@@ -764,8 +807,7 @@ def _plan_post(
                     attachment.file_id,
                 )
             )
-    size = sum(_segments_size(obj) + 2 for obj in final)
-    return _PostPlan(artifacts, final, files, uploads, embedded, size)
+    return carried, uploads
 
 
 def with_hashes(attachment: Attachment) -> Attachment:
@@ -798,7 +840,7 @@ class _References:
         self._context, self._users, self._tlp = context, users, tlp
         self._roots = {**roots, **{post["id"]: post for post in posts}}
         self._missing = set(missing)
-        self._first_files, self._no_trigger_import = first_files, no_trigger_import
+        self._first_files, self.no_trigger_import = first_files, no_trigger_import
         self._parts: dict[tuple[str, str], Part] = {}
         self._sizes: dict[tuple[str, str], int] = {}  # of each part in a bundle, separator included
         self.present: set[tuple[str, str]] = set()  # ("user" | "post", id) in this bundle
@@ -846,7 +888,7 @@ class _References:
                     self.author(root["user_id"]),
                     self._tlp,
                     self._first_files(object_id),
-                    self._no_trigger_import,
+                    self.no_trigger_import,
                 )
         return self._parts[key]
 
@@ -892,124 +934,191 @@ def iter_bundles(
     Built one at a time, files streamed from the spool as each bundle is written.
     """
     header = [serialize(marking_object(tlp)), serialize(channel_object(context, tlp))]
-    base = _BUNDLE_OVERHEAD + sum(_size(part) + 2 for part in header)
-    by_id = {post["id"]: post for post in posts}
-    plans: dict[str, _PostPlan] = {}
-    embedded: dict[str, list[Attachment]] = {}  # the files each post's own bundle embeds
-
-    def first_files(root_id: str) -> list[Attachment]:
-        if root_id in by_id:
-            if root_id not in embedded:
-                plan_of(by_id[root_id])
-            return embedded[root_id]
-        return [a for a in attachments.get(root_id, []) if a.status == Fate.EMBEDDED and a.path]
-
+    planner = _Planner(context, posts, attachments, tlp, header, max_bytes, queue, observe)
     refs = _References(
-        context, posts, users, roots or {}, missing_roots, tlp, first_files, no_trigger_import
+        context,
+        posts,
+        users,
+        roots or {},
+        missing_roots,
+        tlp,
+        planner.first_files,
+        no_trigger_import,
     )
-
-    observed: dict[str, Sequence[Observable]] = {}
-    marking = marking_id(tlp)
-
-    def observables(post: Post) -> Sequence[Observable]:
-        if observe is None:
-            return ()
-        if post["id"] not in observed:
-            observed[post["id"]] = observe(post)
-        return observed[post["id"]]
-
-    def observable_parts(post: Post) -> list[Part]:
-        """The post's indicators the bundle lacks."""
-        wanted = [o for o in observables(post) if ("observable", o.id) not in refs.present]
-        if not wanted:
-            return []
-        author_id = identity_id(refs.author(post["user_id"]))
-        return _observable_parts(wanted, author_id, marking, _stamp(post["create_at"]))
-
-    def plan_of(post: Post) -> _PostPlan:
-        """Planned once: a reply's copy of its root needs the root's plan, maybe first."""
-        if post["id"] not in plans:
-            room = artifact_room = max_bytes  # only OpenCTI's messages bound a post's files
-            if queue:
-                alone = refs.needed(post, fresh=True)  # what a bundle of its own holds
-                room = max_bytes - base - refs.size(alone)
-                if observables(post):
-                    room -= sum(
-                        _segments_size(part) + 2
-                        for part in _observable_parts(
-                            observables(post),
-                            identity_id(refs.author(post["user_id"])),
-                            marking,
-                            _stamp(post["create_at"]),
-                        )
-                    )
-                identity = refs.size([("user", post["user_id"])])
-                artifact_room = max_bytes - _BUNDLE_OVERHEAD - _size(header[0]) - 2 - identity
-            plan = _plan_post(
-                post,
-                context,
-                refs.author(post["user_id"]),
-                attachments.get(post["id"], []),
-                tlp,
-                root_known=refs.linkable(post),
-                room=room,
-                artifact_room=artifact_room,
-                queue=queue,
-                no_trigger_import=no_trigger_import,
-                observables=observables(post),
-                reserve=REPLY_RESERVE + (MAX_BYTES_PER_POST if observe else 0),
-            )
-            plans[post["id"]], embedded[post["id"]] = plan, plan.embedded
-        return plans[post["id"]]
-
-    objects: list[Part] = []
-    size, carried = base, []
-    settled: list[tuple[str, Attachment]] = []
-    uploads: list[Upload] = []
-
-    def flush() -> BundlePart:
-        part = BundlePart(
-            _bundle([[h] for h in header] + objects),
-            len(header) + len(objects),
-            list(carried),
-            list(settled),
-            list(uploads),
-        )
-        objects.clear(), carried.clear(), settled.clear(), uploads.clear()
-        refs.present.clear()
-        return part
-
-    def references(post: Post, plan: _PostPlan) -> tuple[list[tuple[str, str]], list[Part], int]:
-        """What placing `post` adds to the bundle: the reference keys it lacks, its indicators
-        the bundle lacks and the post's own objects, and their bytes."""
-        needed = refs.needed(post)
-        extra = observable_parts(post)
-        size = refs.size(needed) + sum(_segments_size(part) + 2 for part in extra)
-        return needed, extra + plan.final, size + plan.final_size
-
+    planner.refs = refs
+    filling = _Filling(header, planner, max_objects, max_bytes)
     for post in posts:
-        plan = plan_of(post)
-        del plans[post["id"]]  # only `embedded` is needed once the post is placed
+        plan = planner.place(post)
         for artifact in plan.artifacts:  # no cursor moves with these: they precede the post
             identity = refs.parts([("user", post["user_id"])])[0]
             yield BundlePart(_bundle([[header[0]], identity, artifact]), 3, [], [])
-        needed, extra, added_size = references(post, plan)
-        too_many = len(header) + len(objects) + len(needed) + len(extra) > max_objects
-        if carried and (size + added_size > max_bytes or too_many):
-            yield flush()
-            size = base
-            needed, extra, added_size = references(post, plan)
-        added = refs.parts(needed) + extra
-        copied = refs.took(post, needed)
-        placed = observed.pop(post["id"], ())  # asked once: the post is in its bundle now
-        refs.present.update(("observable", o.id) for o in placed)
+        full = filling.add(post, plan)
+        if full is not None:
+            yield full
+    if filling.carried:
+        yield filling.flush()
+
+
+def _parts_size(parts: list[Part]) -> int:
+    """Bytes these objects add to a bundle, separators included."""
+    return sum(_segments_size(part) + 2 for part in parts)
+
+
+def _bundle_base(header: list[str]) -> int:
+    """The size of a bundle holding only its header (marking, channel)."""
+    return _BUNDLE_OVERHEAD + sum(_size(part) + 2 for part in header)
+
+
+class _Planner:
+    """Each post's plan (`_plan_post`), made once: a reply's copy of its root needs the
+    root's plan, maybe before the root is placed. Keeps the files each post's own bundle
+    embeds, which every copy of it carries too."""
+
+    def __init__(
+        self,
+        context: ChannelContext,
+        posts: list[Post],
+        attachments: Mapping[str, list[Attachment]],
+        tlp: TLP,
+        header: list[str],
+        max_bytes: int,
+        queue: bool,
+        observe: Callable[[Post], Sequence[Observable]] | None,
+    ) -> None:
+        self.context, self.attachments, self.tlp, self.queue = context, attachments, tlp, queue
+        self.observe, self.marking = observe, marking_id(tlp)
+        self.observed: dict[str, Sequence[Observable]] = {}
+        # a thread root keeps room for a reply, and for its indicators when they are found
+        self.reserve = REPLY_RESERVE + (MAX_BYTES_PER_POST if observe else 0)
+        self.by_id = {post["id"]: post for post in posts}
+        self.base = _bundle_base(header)
+        self.max_bytes = max_bytes
+        # an Artifact's own bundle: the marking, the author's identity, the Artifact
+        self.artifact_bytes = max_bytes - _BUNDLE_OVERHEAD - _size(header[0]) - 2
+        self.plans: dict[str, _PostPlan] = {}
+        self.embedded: dict[str, list[Attachment]] = {}
+        self.refs: _References  # set once built (it asks this planner for roots' files)
+
+    def first_files(self, root_id: str) -> list[Attachment]:
+        """The files the root's first delivery embedded: planned now if in this batch."""
+        if root_id in self.by_id:
+            if root_id not in self.embedded:
+                self.plan(self.by_id[root_id])
+            return self.embedded[root_id]
+        return [
+            a for a in self.attachments.get(root_id, []) if a.status == Fate.EMBEDDED and a.path
+        ]
+
+    def plan(self, post: Post) -> _PostPlan:
+        if post["id"] not in self.plans:
+            refs = self.refs
+            room = artifact_room = self.max_bytes  # only OpenCTI's messages bound a post's files
+            if self.queue:
+                alone = refs.needed(post, fresh=True)  # what a bundle of its own holds
+                indicators = self.observable_parts(post, set())
+                room = self.max_bytes - self.base - refs.size(alone) - _parts_size(indicators)
+                artifact_room = self.artifact_bytes - refs.size([("user", post["user_id"])])
+            plan = _plan_post(
+                post,
+                self.context,
+                refs.author(post["user_id"]),
+                self.attachments.get(post["id"], []),
+                self.tlp,
+                root_known=refs.linkable(post),
+                room=room,
+                artifact_room=artifact_room,
+                queue=self.queue,
+                no_trigger_import=refs.no_trigger_import,
+                observables=self.observables(post),
+                reserve=self.reserve,
+            )
+            self.plans[post["id"]], self.embedded[post["id"]] = plan, plan.embedded
+        return self.plans[post["id"]]
+
+    def observables(self, post: Post) -> Sequence[Observable]:
+        """The post's indicators, asked for once until it is placed."""
+        if self.observe is None:
+            return ()
+        if post["id"] not in self.observed:
+            self.observed[post["id"]] = self.observe(post)
+        return self.observed[post["id"]]
+
+    def observable_parts(self, post: Post, present: set[tuple[str, str]]) -> list[Part]:
+        """The post's indicators a bundle holding `present` lacks."""
+        wanted = [o for o in self.observables(post) if ("observable", o.id) not in present]
+        if not wanted:
+            return []
+        author_id = identity_id(self.refs.author(post["user_id"]))
+        return _observable_parts(wanted, author_id, self.marking, _stamp(post["create_at"]))
+
+    def placed(self, post: Post) -> Sequence[Observable]:
+        """The post is in its bundle: its indicators, not to be asked for again."""
+        return self.observed.pop(post["id"], ())
+
+    def place(self, post: Post) -> _PostPlan:
+        """The post's plan, forgotten once it is placed (only what it embeds is kept)."""
+        plan = self.plan(post)
+        del self.plans[post["id"]]
+        return plan
+
+
+class _Filling:
+    """The bundle being filled: its objects and size, and the posts, attachments and uploads
+    it completes; handed over (`flush`) when the next post would take it past a bound."""
+
+    def __init__(
+        self, header: list[str], planner: _Planner, max_objects: int, max_bytes: int
+    ) -> None:
+        self.header, self.planner, self.refs = header, planner, planner.refs
+        self.max_objects, self.max_bytes = max_objects, max_bytes
+        self.base = _bundle_base(header)
+        self.size = self.base
+        self.objects: list[Part] = []
+        self.carried: list[Post] = []
+        self.settled: list[tuple[str, Attachment]] = []
+        self.uploads: list[Upload] = []
+
+    def add(self, post: Post, plan: _PostPlan) -> BundlePart | None:
+        """Put `post` in: in this bundle if it fits, else in a new one, returning the full
+        one to deliver first."""
+        full = None
+        needed, extra, added_size = self._adds(post, plan)
+        too_many = len(self.header) + len(self.objects) + len(needed) + len(extra)
+        if self.carried and (
+            self.size + added_size > self.max_bytes or too_many > self.max_objects
+        ):
+            full = self.flush()
+            needed, extra, added_size = self._adds(post, plan)
+        added = self.refs.parts(needed) + extra
+        copied = self.refs.took(post, needed)
+        self.refs.present.update(("observable", o.id) for o in self.planner.placed(post))
         if copied is not None:  # the post replaces the copy of it a reply brought first
-            objects.remove(copied)
-            size -= _segments_size(copied) + 2
-        objects.extend(added)
-        size += added_size
-        carried.append(post)
-        settled.extend((post["id"], a) for a in plan.attachments)
-        uploads.extend(plan.uploads)
-    if carried:
-        yield flush()
+            self.objects.remove(copied)
+            self.size -= _segments_size(copied) + 2
+        self.objects.extend(added)
+        self.size += added_size
+        self.carried.append(post)
+        self.settled.extend((post["id"], a) for a in plan.attachments)
+        self.uploads.extend(plan.uploads)
+        return full
+
+    def _adds(self, post: Post, plan: _PostPlan) -> tuple[list[tuple[str, str]], list[Part], int]:
+        """What placing `post` adds to this bundle: the reference keys it lacks, its
+        indicators the bundle lacks and the post's own objects, and their bytes."""
+        needed = self.refs.needed(post)
+        indicators = self.planner.observable_parts(post, self.refs.present)
+        size = self.refs.size(needed) + _parts_size(indicators) + plan.final_size
+        return needed, indicators + plan.final, size
+
+    def flush(self) -> BundlePart:
+        part = BundlePart(
+            _bundle([[h] for h in self.header] + self.objects),
+            len(self.header) + len(self.objects),
+            list(self.carried),
+            list(self.settled),
+            list(self.uploads),
+        )
+        self.objects, self.carried, self.settled, self.uploads = [], [], [], []
+        self.size = self.base
+        self.refs.present.clear()
+        return part

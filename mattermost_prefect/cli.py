@@ -15,6 +15,7 @@ from typing import Any
 
 from mattermost_connector.errors import ConfigError, ConnectorError, one_line
 from mattermost_connector.kinds import RunKind
+from mattermost_prefect import temporary_server
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -25,6 +26,9 @@ _PREFECT_DEFAULTS = {
     "PREFECT_LOGGING_EXTRA_LOGGERS": "mattermost_connector",
     # our loggers also run outside flows (checks, setup): no warning that the API misses them
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
+    # a busy API (the temporary server on SQLite answers 503 while it writes) is waited out:
+    # 7 retries back off 2, 4, ... 128 s (254 s in all; Prefect's default 5 gives 62 s)
+    "PREFECT_CLIENT_MAX_RETRIES": "7",
 }
 
 
@@ -213,6 +217,7 @@ def _prepare(channels: list[str] | None = None) -> None:
         preflight(settings, channels)
     finally:
         client_log.setLevel(level)
+    temporary_server.use_when_ready()  # started as the command began; before Prefect loads
     import mattermost_prefect.flows.sync  # noqa: F401 - Prefect's logging setup, before ours
 
     _configure_logging(settings.connector.log_level, settings.mattermost.debug)
@@ -257,10 +262,11 @@ def _backfill(args: argparse.Namespace) -> int:
 
 
 def _serve(_: argparse.Namespace) -> int:
-    from mattermost_prefect.deployments.serve import serve_all
     from mattermost_prefect.tasks import resources
 
     _prepare()
+    from mattermost_prefect.deployments.serve import serve_all
+
     settings = resources.settings()
     live = None
     if settings.mattermost.live:
@@ -334,6 +340,10 @@ COMMANDS = {
 }
 
 
+# The commands that run flows: on the temporary server unless PREFECT_API_URL is set.
+USES_PREFECT = frozenset({RunKind.SYNC, RunKind.BACKFILL, "serve", "live"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for name, value in _PREFECT_DEFAULTS.items():
@@ -342,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The temporary server Prefect starts for this process logs tracebacks from its own
         # services when it is stopped at exit; they say nothing about the sync.
         os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    if args.command in USES_PREFECT:
+        temporary_server.start_early()  # boots while the connector imports and checks
     try:
         return COMMANDS[args.command](args)
     except ConfigError as error:
@@ -353,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: progress up to the last delivered bundle is kept", file=sys.stderr)
         return 130
+    finally:
+        temporary_server.discard()  # unless a flow used it: then it stops at exit
 
 
 if __name__ == "__main__":

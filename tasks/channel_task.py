@@ -20,8 +20,8 @@ from mattermost_connector.pipeline.services import Services
 from mattermost_prefect.tasks import resources
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
-# The run whose user cache a channel's tasks share: the sync's, for the channels it runs as
-# subflows (set by flows.dispatch); unset, the current flow run's.
+# The run whose user cache a channel's tasks share: the sync's, for the channels it runs in its
+# own process (set by flows.dispatch); unset, the current flow run's.
 SHARED_RUN: ContextVar[str | None] = ContextVar("mattermost_shared_run", default=None)
 
 
@@ -52,8 +52,3 @@ def close_channel(
     """Record the outcome everywhere it is shown (run history, OpenCTI work, logs), then
     give the channel's lease back."""
     return steps.close(services(), channel_id, lease, run_id, run, kind, error, archived)
-
-
-def release(lease: HeldLease) -> None:
-    """An interrupted run: only the lease given back (a plain call, outside any task)."""
-    lease.release()

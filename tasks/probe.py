@@ -2,7 +2,7 @@
 each run), then one probe of them all that finishes the unchanged ones on the spot.
 
 Two task runs for the whole sync, whatever the number of channels: the Prefect cost of a
-channel with nothing to do is a share of them, not the ~14 task runs of its pipeline.
+channel with nothing to do is a share of them, not the 8-9 task runs of its pipeline.
 """
 
 from __future__ import annotations

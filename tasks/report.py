@@ -6,11 +6,6 @@ from typing import Any
 from uuid import UUID
 
 from prefect import task
-from prefect.artifacts import (
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
 from prefect.runtime import flow_run
 
 from mattermost_connector import progress
@@ -20,7 +15,8 @@ from mattermost_connector.errors import ConfigError
 from mattermost_connector.kinds import RunKind
 from mattermost_connector.pipeline.steps import log_progress
 from mattermost_connector.window import iso
-from mattermost_prefect.tasks import resources
+from mattermost_prefect.tasks import observe, resources
+from mattermost_prefect.tasks.inline import inline
 from mattermost_prefect.tasks.policy import TASK_DEFAULTS
 
 
@@ -34,57 +30,65 @@ def channel_ids_to_sync(requested: list[str] | None) -> list[str]:
         raise ConfigError(f"channel_ids: {error}") from None
 
 
-def start_progress(kind: RunKind, channels: int = 1) -> UUID:
+_FIRST_BATCH = object()  # a channel's entry before its second batch: no artifact yet
+
+
+def _run_key() -> str:
+    """Whose progress: the channel's task run when the channel is one (tasks/inline.py),
+    else the current flow run (a sync's or a channel's)."""
+    from prefect.runtime import task_run
+
+    return (task_run.get_id() if inline() else None) or flow_run.get_id() or ""
+
+
+def start_progress(kind: RunKind, channels: int = 1) -> UUID | None:
     """The run's progress artifact (a plain call: a task run per update would be noise)."""
-    artifact = create_progress_artifact(
-        0.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
-    )
+    artifact = observe.create_progress(f"Channels done ({kind})", key=f"mattermost-{kind}-progress")
     resources.progress_artifacts()[flow_run.get_id() or ""] = [artifact, 0, channels]
     return artifact
 
 
-def update_progress(artifact_id: UUID, done: int, total: int) -> None:
+def update_progress(artifact_id: UUID | None, done: int, total: int) -> None:
     resources.progress_artifacts().get(flow_run.get_id() or "", [None, 0, 0])[1:] = [done, total]
-    update_progress_artifact(artifact_id, progress.overall(done, total, 0.0))
+    observe.update_progress(artifact_id, progress.overall(done, total, 0.0), None)
 
 
 def channel_progress(run: ChannelRun) -> None:
     """Within a channel: posts done of about how many, in the log (steps.log_progress) and
-    the progress artifact of the channel's flow run, made at its first batch (a channel
-    with nothing new costs no artifact). A plain call, not a task: a task run per batch
-    would only add noise."""
+    the progress artifact of the channel's run (its task run or flow run), made at its second
+    batch: a channel done in one batch costs no artifact, nor the API calls one takes. A
+    plain call, not a task: a task run per batch would only add noise."""
     text = log_progress(run)
+    key = _run_key()
+    if not key:
+        return
     runs = resources.progress_artifacts()
-    run_id = flow_run.get_id()
-    if run_id and run_id not in runs:
-        artifact = create_progress_artifact(
-            0.0, key="mattermost-channel-progress", description=text
-        )
-        runs[run_id] = [artifact, 0, 1]
-    entry = runs.get(run_id or "")
-    if entry is not None:
-        artifact, channels_done, channels = entry
-        done = run.posts_before + run.counts.posts
-        current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
-        update_progress_artifact(
-            artifact, progress.overall(channels_done, channels, current), description=text
-        )
+    entry = runs.get(key)
+    if entry is None:  # the first batch: remembered, no artifact yet
+        runs[key] = [_FIRST_BATCH, 0, 1]
+        return
+    if entry[0] is _FIRST_BATCH:
+        entry[0] = observe.create_progress(text, key="mattermost-channel-progress")
+    artifact, channels_done, channels = entry
+    done = run.posts_before + run.counts.posts
+    current = progress.share(done, run.total_posts) if run.kind == RunKind.SYNC else 0.0
+    observe.update_progress(artifact, progress.overall(channels_done, channels, current), text)
 
 
 def forget_progress(completed: bool = False) -> None:
-    """The end of a channel's flow run: its progress entry is no longer needed; a completed
-    run's artifact reads 100% (a backfill's has no total to count towards, and a sync's
-    total, `total_msg_count`, also counts deleted posts and system messages)."""
-    entry = resources.progress_artifacts().pop(flow_run.get_id() or "", None)
-    if completed and entry is not None:
-        update_progress_artifact(entry[0], 100.0)
+    """The end of a channel's run: its progress entry is no longer needed; a completed run's
+    artifact reads 100% (a backfill's has no total to count towards, and a sync's total,
+    `total_msg_count`, also counts deleted posts and system messages)."""
+    entry = resources.progress_artifacts().pop(_run_key(), None)
+    if completed and entry is not None and entry[0] is not _FIRST_BATCH:
+        observe.update_progress(entry[0], 100.0, None)
 
 
 def nothing_to_run_progress(kind: RunKind) -> None:
     """A run whose channels were all found unchanged (no channel run): its progress artifact,
     done, as every run has one."""
-    create_progress_artifact(
-        100.0, key=f"mattermost-{kind}-progress", description=f"Channels done ({kind})"
+    observe.create_progress(
+        f"Channels done ({kind})", key=f"mattermost-{kind}-progress", progress=100.0
     )
 
 
@@ -119,7 +123,7 @@ def publish_report(report: list[dict[str, Any]], kind: RunKind) -> None:
     ]
     resources.progress_artifacts().pop(flow_run.get_id() or "", None)
     if rows:
-        create_table_artifact(
+        observe.create_table(
             rows, key=f"mattermost-{kind}-report", description=f"Mattermost {kind}, per channel"
         )
     resources.release_connections()

@@ -30,7 +30,6 @@ def prefect_steps() -> Steps:
         **{name: PrefectCall(each) for name, each in built.items()},
         begin=lambda channel_id, kind, window: channel_task.begin_channel(channel_id, kind, window),
         close=channel_task.close_channel,
-        release=channel_task.release,
         progress=report.channel_progress,
     )
 

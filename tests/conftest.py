@@ -45,12 +45,15 @@ DOMAIN_TESTS = frozenset(
         "test_domain.py",
         "test_errors.py",
         "test_home.py",
+        "test_integration_posts.py",
         "test_invariants.py",
         "test_observables.py",
         "test_live_socket.py",
         "test_memory.py",
         "test_pipeline_core.py",
         "test_pipeline_run.py",
+        "test_prefect_calls.py",
+        "test_docs.py",
         "test_since.py",
         "test_state.py",
         "test_stix.py",
@@ -232,11 +235,15 @@ def run_cli(
     cwd: Path,
     prefect_api: str | None = None,
     timeout: int = 300,
+    embedded: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `mattermost-connector` as a user would, in its own process."""
+    """Run `mattermost-connector` as a user would, in its own process: on `prefect_api`, or
+    (`embedded`) on a temporary server of its own, as without PREFECT_API_URL."""
     full_env = {**clean_environ(), **env}
     if prefect_api:
         full_env["PREFECT_API_URL"] = prefect_api
+    if embedded:
+        full_env.pop("PREFECT_API_URL", None)
     return subprocess.run(
         [str(Path(sys.executable).parent / "mattermost-connector"), *args],
         env=full_env,

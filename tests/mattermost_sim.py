@@ -308,10 +308,13 @@ class MattermostSimulator:
         create_at: int | None = None,
         files: list[dict[str, Any]] = (),  # type: ignore[assignment]
         type: str = "",
+        props: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a post as the API would: a reply bumps its root's update_at. Its file ids are
         deduplicated (Post.PreCommit) and, like Post.IsValid, more than fit 300 runes of JSON
-        (eleven files) are refused, never truncated."""
+        (eleven files) are refused, never truncated. `props` and `metadata` as stored (an
+        integration's: tests/mattermost_webhooks.py)."""
         file_ids = list(dict.fromkeys(f["id"] for f in files))
         if len(json.dumps(file_ids, separators=(",", ":"))) > POST_FILEIDS_MAX_RUNES:
             raise AppError(400, "model.post.is_valid.file_ids.app_error")
@@ -331,13 +334,13 @@ class MattermostSimulator:
                 "original_id": "",
                 "message": message,
                 "type": type,
-                "props": {},
+                "props": json.loads(json.dumps(props or {})),
                 "hashtags": "",
                 "file_ids": file_ids,
                 "reply_count": 0,
                 "last_reply_at": 0,
                 "participants": None,
-                "metadata": {},
+                "metadata": json.loads(json.dumps(metadata or {})),
             }
             for info in files:
                 info.update(post_id=post["id"], channel_id=channel["id"])

@@ -82,6 +82,7 @@ _ADD_MUTATIONS = {
     "IndividualAdd": ("Individual", "individualAdd"),
     "ChannelAdd": ("Channel", "channelAdd"),
     "LabelAdd": ("Label", "labelAdd"),
+    "ExternalReferenceAdd": ("External-Reference", "externalReferenceAdd"),
     "VocabularyAdd": ("Vocabulary", "vocabularyAdd"),
     "VulnerabilityAdd": ("Vulnerability", "vulnerabilityAdd"),
 }
@@ -148,6 +149,7 @@ class Entity:
     created_by: str | None = None  # internal id
     markings: list[str] = field(default_factory=list)  # internal ids
     labels: list[str] = field(default_factory=list)  # internal ids
+    references: list[str] = field(default_factory=list)  # external references' internal ids
     files: dict[str, StoredFile] = field(default_factory=dict)  # storage key -> file
     ignored_files: list[StoredFile] = field(default_factory=list)  # sent on an upsert
 
@@ -213,6 +215,13 @@ def standard_id(entity_type: str, data: dict[str, Any]) -> str:
         return _stix_uuid(stix_type, {"name": _normalize(data["name"])})
     if entity_type == "Label":
         return _stix_uuid(stix_type, {"value": _normalize(data["value"])})
+    if entity_type == "External-Reference":  # by its URL, else source_name and external_id
+        key = (
+            {"url": data["url"]}
+            if data.get("url")
+            else {"source_name": data["source_name"], "external_id": data["external_id"]}
+        )
+        return _stix_uuid("external-reference", key)
     if entity_type == "Vocabulary":  # modules/vocabulary: name within a category
         return _stix_uuid(stix_type, {"category": data["category"], "name": data["name"]})
     if entity_type == "Media-Content":
@@ -406,6 +415,9 @@ class ReplayPlatform:
             else None,
             "markings": [self._index[i].internal_id for i in data.get("objectMarking") or []],
             "labels": [self._index[i].internal_id for i in data.get("objectLabel") or []],
+            "references": [
+                self._index[i].internal_id for i in data.get("externalReferences") or []
+            ],
         }
 
     def _uploads(self, data: dict[str, Any], refs: dict[str, Any]) -> list[StoredFile]:
@@ -450,6 +462,7 @@ class ReplayPlatform:
                 refs["created_by"],
                 refs["markings"],
                 refs["labels"],
+                refs["references"],
             )
             for upload in uploads:
                 prefix = "embedded" if upload.embedded else "import"
@@ -481,6 +494,7 @@ class ReplayPlatform:
             entity.created_by = refs["created_by"]
         entity.markings += [m for m in refs["markings"] if m not in entity.markings]
         entity.labels += [m for m in refs["labels"] if m not in entity.labels]
+        entity.references += [r for r in refs["references"] if r not in entity.references]
         if data.get("file"):  # generateFileInputsForUpsert: the singular form only
             single = data["file"]
             key = f"import/{entity.entity_type}/{entity.internal_id}/{single['filename']}"

@@ -385,13 +385,14 @@ def test_a_thread_root_keeps_room_for_a_replys_indicators(tmp_path: Path):
     """With extraction, a root's reserve for a reply's bundle (which copies the root with its
     files) grows by MAX_BYTES_PER_POST: a file that fitted beside the root without it no longer
     does, and travels as an Artifact."""
-    (tmp_path / "f").write_bytes(b"x" * 615_000)
+    size = 2_000_000  # 2.67 MB encoded: fits under REPLY_RESERVE, not under both reserves
+    (tmp_path / "f").write_bytes(b"x" * size)
     files = {
         post(1, "")["id"]: [
-            Attachment("f" * 26, "a.bin", "application/octet-stream", 615_000, tmp_path / "f", "h")
+            Attachment("f" * 26, "a.bin", "application/octet-stream", size, tmp_path / "f", "h")
         ]
     }
-    bound = 1024 * 1024
+    bound = 3 * 1024 * 1024  # a quarter of it is more than both reserves: they bind
 
     def fates(observe) -> list[str]:
         parts = iter_bundles(

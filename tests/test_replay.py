@@ -16,7 +16,7 @@ import pytest
 from mattermost_connector.config import TLP
 from mattermost_connector.stix import (
     ChannelContext,
-    bundle_json,
+    _bundle,
     channel_object,
     identity_object,
     marking_object,
@@ -178,6 +178,11 @@ def test_bundles_imported_in_reverse_order_keep_every_file(demo, bundles):
     assert assert_files_stored(demo, replay(bundles, reverse=True)) == demo_files(demo)
 
 
+def bundle_json(parts: Iterator[str]) -> str:
+    """A bundle of serialised objects, joined as the connector joins them (stix._bundle)."""
+    return "".join(_bundle([[part] for part in parts]))  # type: ignore[misc]
+
+
 def _message_bundle(file_name: str, data: bytes) -> str:
     """One post's media-content carrying one file, as x_opencti_files, in its own bundle."""
     context = ChannelContext("c1", "team/chan", None, "team", "O", 1_700_000_000_000, "http://mm")
@@ -324,6 +329,71 @@ def test_thread_roots_keep_their_files_whatever_the_import_order(world):
         assert platform.rejected == [] and platform.missing_references == [], label
         for url in urls:
             assert _stored_message(platform, url) == _stored_message(forward, url), label
+
+
+# -- integration posts ------------------------------------------------------------------------
+
+
+def test_a_webhook_post_is_stored_with_its_attachments_links_and_priority(world):
+    """A webhook's alert (attachments only, an override name, urgent), its attachment edited
+    on a server that sets no edit_at for it, then deleted: OpenCTI ends with the edited text,
+    the links as external references, the webhook and account noted, labelled urgent and
+    deleted."""
+    from mattermost_connector.integration_posts import render
+    from tests.mattermost_webhooks import add_incoming_webhook, post_webhook, update_post
+
+    channel = world.channel("alerts")
+    creator = world.authors[0]
+    hook = add_incoming_webhook(world.sim, channel, creator, "MISP feed", username="misp-bot")
+    attachment = {
+        "pretext": "New event from <https://misp.example.org|MISP>",
+        "title": "Event 4242",
+        "title_link": "https://misp.example.org/events/view/4242",
+        "text": "evil.example",
+        "fields": [{"title": "Threat level", "value": 1, "short": True}],
+        "footer": "MISP",
+    }
+    (post,) = post_webhook(
+        world.sim,
+        hook,
+        attachments=[attachment],
+        priority={"priority": "urgent"},
+        username_override=True,
+    )
+    world.sim.add_post(channel, world.authors[1], "blocking it", root=post)
+    world.configure([channel])
+    world.sync()
+    edited = {
+        **world.sim.state.posts[post["id"]]["props"]["attachments"][0],
+        "text": "evil.example, worse.example",
+    }
+    update_post(world.sim, post["id"], attachments=[edited], compares_attachments=False)
+    assert world.sim.state.posts[post["id"]]["edit_at"] == 0
+    world.sync()
+    world.sim.delete_post(post["id"])
+    world.sync()
+
+    platform = replay(bundle_texts(world.workdir / "bundles"))
+    assert platform.rejected == [] and platform.missing_references == []
+    url = world.context(channel).permalink(post["id"])
+    stored = _stored_message(platform, url)
+    assert stored["content"] == (
+        "New event from [MISP](https://misp.example.org)\nEvent 4242\n"
+        "evil.example, worse.example\nThreat level: 1\nMISP"
+    )
+    assert stored["content"] == render(world.sim.state.posts[post["id"]], creator).content
+    assert stored["author"] == "@alice"
+    assert (
+        'shown as "misp-bot", posted by incoming webhook "MISP feed" of the account @alice'
+        in (stored["x_opencti_description"])
+    )
+    (message,) = [e for e in platform.of_type("Media-Content") if e.attributes["url"] == url]
+    references = [platform.resolve(r).attributes for r in message.references]
+    assert [(r["url"], r["source_name"]) for r in references] == [
+        ("https://misp.example.org/events/view/4242", "mattermost-attachment")
+    ]
+    labels = {platform.resolve(label).attributes["value"] for label in message.labels}
+    assert labels == {"priority:urgent", "deleted"}
 
 
 # -- indicators in messages (MATTERMOST_EXTRACT_OBSERVABLES) -----------------------------

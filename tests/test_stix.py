@@ -508,3 +508,15 @@ def test_a_reply_and_its_root_copy_with_files_fit_one_queue_message(tmp_path: Pa
     assert [f["name"] for f in copy["x_opencti_files"]] == [a.name for a in embedded]
     statuses = [a.status for _, a in parts[-1].attachments]
     assert "uploaded" in statuses
+
+
+def test_files_overhead_is_exactly_what_embedding_files_adds_to_a_message():
+    """What _plan_post reserves beside the entries when it fits files in a message: the
+    media-content with its files, and its separator in the bundle, to the byte."""
+    from mattermost_connector.stix import FILES_OVERHEAD, _segments_size, _size, _with_files
+
+    message = '{"type":"media-content","id":"media-content--1","content":"é"}'
+    for entries in ([['{"name":"a"}']], [['{"name":"a"}'], ['{"name":"bb"}', '"x"']]):
+        embedded = _segments_size(_with_files(message, entries)) + len(", ")
+        reserved = _size(message) + FILES_OVERHEAD + sum(_segments_size(e) + 1 for e in entries)
+        assert embedded == reserved

@@ -82,7 +82,7 @@ def named_channel(
     return channel, name, team_name
 
 
-def first_imported(store: StateStore, context: ChannelContext) -> ChannelContext:
+def channel_as_first_imported(store: StateStore, context: ChannelContext) -> ChannelContext:
     """The context with the channel's name and team as first imported (recorded now if this
     is the first time): its STIX id and its posts' URLs keep them through renames and moves."""
     key = context.channel_id

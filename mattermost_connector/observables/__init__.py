@@ -24,8 +24,12 @@ def observer_for(
     """The indicators of each post for iter_bundles, when the deployment extracts them."""
     if not settings.extract_observables:
         return None
+    from mattermost_connector.integration_posts import shown_text
     from mattermost_connector.observables.stix import observer
 
     return observer(
-        settings.observable_kinds, settings.domain, settings.observable_private_addresses
+        settings.observable_kinds,
+        settings.domain,
+        settings.observable_private_addresses,
+        text_of=shown_text,  # an integration post's attachments as its content shows them
     )

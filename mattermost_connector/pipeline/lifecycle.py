@@ -15,7 +15,7 @@ from mattermost_connector.cursor import Cursor
 from mattermost_connector.delivery import Work
 from mattermost_connector.errors import one_line
 from mattermost_connector.kinds import RunKind, RunStatus
-from mattermost_connector.mattermost.channels import channel_context, first_imported
+from mattermost_connector.mattermost.channels import channel_as_first_imported, channel_context
 from mattermost_connector.pipeline.services import Services
 from mattermost_connector.pipeline.spool import new_spool, release_spool, store_identity
 from mattermost_connector.retries import retry_call
@@ -53,7 +53,7 @@ def open_channel(
     client, store = services.client, services.store
     mattermost = services.settings.mattermost
     context, channel = channel_context(client, channel_id, mattermost.server_url)
-    context = first_imported(store, context)
+    context = channel_as_first_imported(store, context)
     store.remember_name(channel_id, context.name)  # for `status`
     server_now = client.server_time_ms or int(services.clock().timestamp() * 1000)
     if window:

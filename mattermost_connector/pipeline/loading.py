@@ -4,7 +4,6 @@ as delivered, strictly in order, the cursor following (and mirrored in OpenCTI).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 from mattermost_connector.channel_run import BundleFile, ChannelRun
 from mattermost_connector.counts import Counts
@@ -23,24 +22,15 @@ from mattermost_connector.stix import Upload
 
 log = logging.getLogger("mattermost_connector.load")
 
-Record = Callable[[Services, ChannelRun, BundleFile], None]
 
-
-def load(
-    services: Services,
-    run: ChannelRun,
-    bundles: list[BundleFile],
-    record_bundle: Record | None = None,
-) -> None:
+def load(services: Services, run: ChannelRun, bundles: list[BundleFile]) -> None:
     """Deliver a batch's bundles, up to CONNECTOR_DELIVERY_CONCURRENCY at once, recorded
     strictly in order (`deliver_in_order`). A retry skips what was recorded (its spool
-    file is gone). The cursor is mirrored once per batch (two GraphQL calls each time).
-    `record_bundle`: the recording step (`record` unless a test slows it)."""
-    settle = record_bundle or record
+    file is gone). The cursor is mirrored once per batch (two GraphQL calls each time)."""
     recorded: list[BundleFile] = []
 
     def record_in_order(bundle: BundleFile) -> None:
-        settle(services, run, bundle)
+        record(services, run, bundle)
         recorded.append(bundle)
 
     deliver_in_order(

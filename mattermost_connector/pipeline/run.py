@@ -58,7 +58,7 @@ def run_channel(
         if stops_the_run(error):
             stopping = error  # type: ignore[assignment]
     except BaseException:  # interrupted: the run stays unfinished in the history, as a kill's
-        steps.release(lease)
+        lease.release()
         raise
     try:
         result = steps.close(channel_id, lease, run_id, run, kind, failure, archived)

@@ -96,8 +96,6 @@ class Steps:
     begin: Callable[[str, RunKind, Window], tuple[HeldLease, int]]
     # (channel_id, lease, run_id, run, kind, error, archived) -> the report row; releases
     close: Callable[..., ChannelResult]
-    # an interrupted run: the lease given back, nothing else (as a kill would leave it)
-    release: Callable[[HeldLease], None]
     progress: Callable[[ChannelRun], None]
 
 
@@ -129,7 +127,6 @@ def plain_steps(services: Services, flow_run_id: str | None = None) -> Steps:
             services, channel_id, kind, window, flow_run_id
         ),
         close=lambda *args: close(services, *args),
-        release=HeldLease.release,
         progress=log_progress,
     )
 

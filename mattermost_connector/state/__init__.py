@@ -16,7 +16,7 @@ existing `runs()` and `cursors()`. Each concern's class stands alone on an engin
 (`RunHistory(engine)`), and `StateStore` is their union, so callers keep one object.
 """
 
-from mattermost_connector.state.cursors import (
+from mattermost_connector.state.deliveries import (
     POST_COLUMNS,
     POST_UPDATED,
     message_digest,

@@ -69,6 +69,8 @@ delivered_posts = sa.Table(
     sa.Column("message_sha256", sa.String(64), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("seen_run", sa.Integer),
+    # an integration post's attachments, display name and priority (integration_posts.kept)
+    sa.Column("integration", sa.Text),
 )
 
 
@@ -145,6 +147,13 @@ def _create_v6(connection: Connection) -> None:
     metadata.create_all(connection, tables=[channel_names])
 
 
+def _add_v7(connection: Connection) -> None:
+    """delivered_posts.integration, unless the table was just created with it (v2)."""
+    columns = {c["name"] for c in sa.inspect(connection).get_columns("delivered_posts")}
+    if "integration" not in columns:
+        connection.execute(sa.text("ALTER TABLE delivered_posts ADD COLUMN integration TEXT"))
+
+
 # version -> step that brings the schema from version-1 to it
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _create_v1,
@@ -153,6 +162,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _create_v4,
     5: _create_v5,
     6: _create_v6,
+    7: _add_v7,
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 
@@ -208,8 +218,8 @@ def _replace(connection: Connection, table: sa.Table, key: str, rows: list[dict[
     connection.execute(table.insert(), rows)
 
 
-# Rows per statement: 10 columns stay under the 999 parameters of SQLite before 3.32.
-ROWS_PER_STATEMENT = 99
+# Rows per statement: 11 columns stay under the 999 parameters of SQLite before 3.32.
+ROWS_PER_STATEMENT = 90
 
 
 def upsert_values(

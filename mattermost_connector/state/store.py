@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
 from mattermost_connector.errors import ConnectorError, one_line
-from mattermost_connector.state.cursors import CursorStore
+from mattermost_connector.state.deliveries import DeliveryStore
 from mattermost_connector.state.files import AttachmentStore
 from mattermost_connector.state.history import RunHistory
 from mattermost_connector.state.leases import ChannelLeases
@@ -16,7 +16,7 @@ from mattermost_connector.state.names import NameStore
 from mattermost_connector.state.schema import migrate, open_engine, schema_version
 
 
-class StateStore(CursorStore, AttachmentStore, RunHistory, ChannelLeases, NameStore):
+class StateStore(DeliveryStore, AttachmentStore, RunHistory, ChannelLeases, NameStore):
     """Cursors, delivered posts, attachments, runs, leases and names, opened (and migrated)
     from a database URL. Each write is its own committed transaction."""
 

@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mattermost_connector import integration_posts
 from mattermost_connector.counts import Counts
 from mattermost_connector.cursor import Cursor
 from mattermost_connector.state.files import upsert_attachments
@@ -35,8 +36,9 @@ POST_COLUMNS = (
     "delete_at",
     "message_sha256",
     "message",
+    "integration",
 )
-POST_UPDATED = ("update_at", "edit_at", "delete_at", "message_sha256", "message")
+POST_UPDATED = ("update_at", "edit_at", "delete_at", "message_sha256", "message", "integration")
 
 
 def message_digest(message: str) -> str:
@@ -56,8 +58,9 @@ def post_values(channel_id: str, post: dict[str, Any]) -> tuple[Any, ...]:
         int(post.get("update_at") or created),
         int(post.get("edit_at") or 0),
         int(post.get("delete_at") or 0),
-        message_digest(message),
+        integration_posts.digest(post),  # the message's own digest for most posts
         message,
+        integration_posts.encode(integration_posts.kept(post)),
     )
 
 
@@ -95,7 +98,7 @@ def decode(raw: str) -> Cursor:
     return Cursor.from_dict(json.loads(raw))
 
 
-class CursorStore(EngineBound):
+class DeliveryStore(EngineBound):
     """Cursors and delivered posts. `key` is the channel id for a sync, a backfill window's
     own key otherwise."""
 
