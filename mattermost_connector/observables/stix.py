@@ -44,9 +44,11 @@ class Observable:
     kind: str
     value: str
     algorithm: str = ""  # a file's hash name (STIX: MD5, SHA-1, SHA-256, SHA-512)
-    id: str = field(init=False, repr=False, compare=False)
-    max_size: int = field(init=False, repr=False, compare=False)  # object + link, in a bundle
-    _head: str = field(init=False, repr=False, compare=False)  # the object up to its creator
+    # derived in __post_init__: the id, the bytes its object and a link take in a bundle,
+    # and its object up to its creator
+    id: str = field(default="", init=False, repr=False, compare=False)
+    max_size: int = field(default=0, init=False, repr=False, compare=False)
+    _head: str = field(default="", init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         identifier = _observable_id(self.kind, self.value, self.algorithm)
