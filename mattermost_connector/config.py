@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.window import MILLISECONDS_FROM
 
 MATTERMOST_ID = re.compile(r"^[a-z0-9]{26}$")
 _DURATION = re.compile(r"^(\d+)([smhd])$")
@@ -110,6 +111,17 @@ def parse_channel_ids(value: object, *, required: bool = True) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def checked_token(value: SecretStr | None) -> SecretStr | None:
+    """A token as read, less the newline a secret file ends with; one holding a space or a
+    control character inside cannot be sent in a header, and is refused without being shown."""
+    if value is None:
+        return None
+    token = value.get_secret_value().strip()
+    if any(character.isspace() or not character.isprintable() for character in token):
+        raise ValueError("holds a space or a control character (the value is not shown)")
+    return SecretStr(token)
+
+
 CONFIG_YML = "config.yml"  # in the working directory, like .env, or beside the entry point
 # The project root, where OpenCTI's connectors look for config.yml beside their main module.
 INSTALL_DIR = Path(__file__).resolve().parents[1]
@@ -186,6 +198,11 @@ class OpenCTISettings(_Group):
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError("must be an http(s) URL, like http://opencti:8080")
         return value.rstrip("/")
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        return checked_token(value)
 
 
 class ConnectorSettings(_Group):
@@ -387,6 +404,8 @@ class MattermostSettings(_Group):
         value = value.strip()
         if "://" in value or "/" in value or not value:
             raise ValueError("must be a host name only, like chat.example.org (no scheme, no path)")
+        if ":" in value and not value.startswith("["):  # [::1]: an IPv6 address, bracketed
+            raise ValueError("must be a host name only: give the port in MATTERMOST_PORT")
         return value
 
     @field_validator("token")
@@ -394,6 +413,16 @@ class MattermostSettings(_Group):
     def _token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().strip():
             raise ValueError("must not be empty: set a personal access token or bot token")
+        return checked_token(value)
+
+    @field_validator("start_timestamp")
+    @classmethod
+    def _start_seconds(cls, value: int) -> int:
+        if value >= MILLISECONDS_FROM:
+            raise ValueError(
+                f"{value} looks like epoch milliseconds (Mattermost's unit): give epoch seconds "
+                f"({value // 1000})"
+            )
         return value
 
     @field_validator("protocol", "deleted_posts", mode="before")

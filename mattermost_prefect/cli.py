@@ -363,6 +363,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {one_line(error)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
+        # Stopped at once: handlers still holding records (Prefect's API log handler) fail
+        # while the interpreter shuts down; that is expected here, not worth pages of stderr.
+        logging.raiseExceptions = False
         print("interrupted: progress up to the last delivered bundle is kept", file=sys.stderr)
         return 130
     finally:

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(
             f"nothing new since the last run: no bundle written ({len(bundles)} in data/bundles/)"
-            "; `python -m tests.demo --new-posts 5` adds posts first"
+            "; `.venv/bin/python -m tests.demo --new-posts 5` adds posts first"
         )
     print("State in data/state.db: `.venv/bin/mattermost-connector status` shows it.")
     return code

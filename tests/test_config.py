@@ -128,6 +128,18 @@ BAD_INPUTS = [
         {"MATTERMOST_DOMAIN": "https://chat.example.org"},
         "MATTERMOST_DOMAIN: must be a host name only",
     ),
+    (
+        {"MATTERMOST_DOMAIN": "127.0.0.1:8065"},
+        "MATTERMOST_DOMAIN: must be a host name only: give the port in MATTERMOST_PORT",
+    ),
+    (
+        {"MATTERMOST_START_TIMESTAMP": "1700000000000"},
+        "MATTERMOST_START_TIMESTAMP: 1700000000000 looks like epoch milliseconds",
+    ),
+    (
+        {"MATTERMOST_TOKEN": f"{VALID_TOKEN}\tsecond-half"},
+        "MATTERMOST_TOKEN: holds a space or a control character (the value is not shown)",
+    ),
     ({"MATTERMOST_VERIFY": "maybe"}, "MATTERMOST_VERIFY: must be true or false"),
     (
         {"MATTERMOST_START_TIMESTAMP": "-5"},
@@ -308,3 +320,17 @@ def test_the_sync_schedule_starts_within_one_interval_before_now(every: str):
     assert recurrence(delta, start + delta - timedelta(seconds=1)) == rule
     assert int(start.timestamp()) % int(delta.total_seconds()) == 0
     assert rrulestr(rule).after(now.replace(tzinfo=None)) == (start + delta).replace(tzinfo=None)
+
+
+def test_a_token_read_from_a_file_loses_its_newline_and_one_with_a_control_character_is_refused():
+    """A secret file ends with a newline, which a header cannot carry; a tab or newline inside
+    is a mistake the server would answer with a protocol error quoting the header."""
+    from pydantic import SecretStr
+
+    from mattermost_connector.config import checked_token
+
+    assert checked_token(SecretStr("abc-123\n")).get_secret_value() == "abc-123"
+    for bad in ("abc\t123", "abc 123", "abc\x00123"):
+        with pytest.raises(ValueError) as refused:
+            checked_token(SecretStr(bad))
+        assert bad not in str(refused.value) and "123" not in str(refused.value)

@@ -27,6 +27,7 @@ from mattermost_connector.mattermost import posts as walker
 from mattermost_connector.pipeline.loading import publish_state
 from mattermost_connector.pipeline.new_posts import BATCH_POSTS, complete
 from mattermost_connector.pipeline.services import Services
+from mattermost_connector.wording import amount
 
 log = logging.getLogger("mattermost_connector.changes")
 
@@ -145,9 +146,9 @@ def changed_rows(services: Services, run: ChannelRun, since: int) -> list[dict] 
                 at = deleted[reply["root_id"]]
                 rows.append({**delivered_version(reply), "delete_at": at, "update_at": at})
             log.info(
-                "channel %s: %d changes seen live since the last scan (no `since` scan)",
+                "channel %s: %s seen live since the last scan (no `since` scan)",
                 run.channel_id,
-                len(rows),
+                amount(len(rows), "change"),
             )
             return rows
     return scan_since(services.client, run.channel_id, since)
