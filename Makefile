@@ -33,8 +33,9 @@ test-count: $(BIN)/.installed
 			| grep -c '::'; \
 	done
 
+# the domain and simulator tests ran in test-domain (without Prefect): the rest, once each
 test: lint test-domain
-	$(BIN)/pytest
+	$(BIN)/pytest -m "not domain and not simulator"
 
 # OpenCTI's __metadata__/ files and config.yml.sample, from the settings and the README's table
 metadata: $(BIN)/.installed

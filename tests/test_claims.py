@@ -270,10 +270,12 @@ def test_no_token_in_the_logs_prefect_keeps(world: World, prefect_api: str):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
+        FlowRunFilterId,
         FlowRunFilterName,
-        FlowRunFilterParentFlowRunId,
         LogFilter,
         LogFilterFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterName,
     )
     from prefect.client.schemas.sorting import FlowRunSort
 
@@ -297,23 +299,22 @@ def test_no_token_in_the_logs_prefect_keeps(world: World, prefect_api: str):
     assert result.returncode == 0, result.stderr[-2000:]
 
     async def logs() -> list[str]:
-        """The sync's run and its channel's run (a subflow), as the UI shows them."""
+        """The sync's run, its channel's task run included, as the UI shows them."""
         async with get_client() as client:
             (run,) = await client.read_flow_runs(
                 flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=["sync cti/logged"])),
                 sort=FlowRunSort.START_TIME_DESC,
                 limit=1,
             )
-            children = await client.read_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run.id])
-                )
+            channels = await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])),
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=["cti/logged"])),
             )
-            assert [child.name for child in children] == ["cti/logged"]
-            ids = [run.id, *(child.id for child in children)]
+            assert [channel.name for channel in channels] == ["cti/logged"]
             found = await client.read_logs(
-                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)), limit=200
+                log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id])), limit=200
             )
+            assert any(log.task_run_id == channels[0].id for log in found)
             return [log.message for log in found]
 
     messages = asyncio.run(logs())  # the CLI flushed its logs to the API before it exited
