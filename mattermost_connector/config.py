@@ -28,6 +28,7 @@ from pydantic_settings import (
 )
 
 from mattermost_connector.errors import ConfigError
+from mattermost_connector.observables import KINDS as OBSERVABLE_KINDS
 from mattermost_connector.window import MILLISECONDS_FROM
 
 MATTERMOST_ID = re.compile(r"^[a-z0-9]{26}$")
@@ -328,18 +329,6 @@ class StateStoreSettings(_Group):
     @classmethod
     def _db_url(cls, value: str) -> str:
         return check_database_url(value)
-
-
-# STIX types of the indicators MATTERMOST_EXTRACT_OBSERVABLES finds (a CVE: vulnerability)
-OBSERVABLE_KINDS = (
-    "ipv4-addr",
-    "ipv6-addr",
-    "domain-name",
-    "url",
-    "email-addr",
-    "file",
-    "vulnerability",
-)
 
 
 class MattermostSettings(_Group):

@@ -13,6 +13,18 @@ if TYPE_CHECKING:
     from mattermost_connector.config import MattermostSettings
     from mattermost_connector.observables.stix import Observable
 
+# The STIX types of the indicators found (a CVE: vulnerability), in the order settings list them.
+IPV4, IPV6, DOMAIN, URL, EMAIL, FILE, CVE = (
+    "ipv4-addr",
+    "ipv6-addr",
+    "domain-name",
+    "url",
+    "email-addr",
+    "file",
+    "vulnerability",
+)
+KINDS = (IPV4, IPV6, DOMAIN, URL, EMAIL, FILE, CVE)
+
 # What one post's indicators may add to its bundle, objects and links together (about 350
 # indicators): observables_of stops there, and a thread root keeps this much more room.
 MAX_BYTES_PER_POST = 256 * 1024

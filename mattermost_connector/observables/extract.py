@@ -21,16 +21,8 @@ from urllib.parse import urlsplit
 
 from iocsearcher.searcher import Searcher, can_normalize
 
-IPV4, IPV6, DOMAIN, URL, EMAIL, FILE, CVE = (
-    "ipv4-addr",
-    "ipv6-addr",
-    "domain-name",
-    "url",
-    "email-addr",
-    "file",
-    "vulnerability",
-)
-KINDS = (IPV4, IPV6, DOMAIN, URL, EMAIL, FILE, CVE)
+from mattermost_connector.observables import CVE, DOMAIN, EMAIL, FILE, IPV4, IPV6, KINDS, URL
+
 HASH_ALGORITHMS = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256", "sha512": "SHA-512"}
 _TARGETS = {
     "ip4": IPV4,
