@@ -42,14 +42,25 @@ def retry_call(
 ) -> T:
     """`action()`, again after each delay while it fails with a fault `retry_on` accepts
     (by default a transient or busy one)."""
-    budget = delays(connector)
+    return retry_with(action, delays(connector), what, retry_on)
+
+
+def retry_with(
+    action: Callable[[], T],
+    budget: list[float],
+    what: str,
+    retry_on: Callable[[Exception], bool],
+    logger: logging.Logger = log,
+) -> T:
+    """`action()`, again after each of `budget`'s delays while it fails with an error
+    `retry_on` accepts; the last error is raised."""
     for attempt in range(len(budget) + 1):
         try:
             return action()
         except Exception as error:
             if attempt == len(budget) or not retry_on(error):
                 raise
-            log.info(
+            logger.info(
                 "%s: %s; again in %gs",
                 what,
                 one_line(error, limit=200, first_line=True),

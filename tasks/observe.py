@@ -12,13 +12,12 @@ goes on; what the run needs (a dispatched channel's result) is raised.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from uuid import UUID
 
 from mattermost_connector.errors import one_line
-from mattermost_connector.retries import delays
+from mattermost_connector.retries import delays, retry_with
 
 T = TypeVar("T")
 log = logging.getLogger("mattermost_connector.prefect_api")
@@ -43,16 +42,7 @@ def call(action: Callable[[], T], what: str, budget: list[float] | None = None) 
         from mattermost_prefect.tasks import resources
 
         budget = delays(resources.settings().connector)
-    waits = budget
-    for attempt in range(len(waits) + 1):
-        try:
-            return action()
-        except Exception as error:
-            if attempt == len(waits) or not transient(error):
-                raise
-            log.info("Prefect API, %s: %s; again in %gs", what, _short(error), waits[attempt])
-            time.sleep(waits[attempt])
-    raise AssertionError("unreachable")
+    return retry_with(action, budget, f"Prefect API, {what}", transient, log)
 
 
 def shown(action: Callable[[], T], what: str) -> T | None:

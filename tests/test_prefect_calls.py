@@ -44,7 +44,6 @@ def inline_call(function: Any, retries: Retries = Retries.BUDGET) -> inline.Inli
 def no_sleep(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     slept: list[float] = []
     monkeypatch.setattr(retries.time, "sleep", slept.append)
-    monkeypatch.setattr(observe.time, "sleep", slept.append)
     return slept
 
 
